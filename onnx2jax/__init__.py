@@ -1,0 +1,29 @@
+"""onnx2jax: import ONNX models as pure JAX functions that XLA compiles as one program."""
+
+from __future__ import annotations
+
+from ._api import Model as Model
+from ._api import load as load
+from ._errors import ExternalDataError as ExternalDataError
+from ._errors import InputError as InputError
+from ._errors import ModelLoadError as ModelLoadError
+from ._errors import NodeError as NodeError
+from ._errors import Onnx2JaxError as Onnx2JaxError
+from ._errors import StaticValueError as StaticValueError
+from ._errors import UnsupportedOpsError as UnsupportedOpsError
+from ._ir import TensorSpec as TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExternalDataError",
+    "InputError",
+    "Model",
+    "ModelLoadError",
+    "NodeError",
+    "Onnx2JaxError",
+    "StaticValueError",
+    "TensorSpec",
+    "UnsupportedOpsError",
+    "load",
+]

@@ -1,0 +1,253 @@
+"""The only module that touches protobuf: reads a model safely and converts it to the execution IR."""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any, Union
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ._dtypes import to_numpy_dtype
+from ._errors import ExternalDataError, ModelLoadError
+from ._ir import Graph, Model, Node, TensorSpec
+
+ModelSource = Union[str, os.PathLike, bytes, IO[bytes], onnx.ModelProto]
+
+
+def read_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
+    """Parse ``source`` into a ModelProto without touching external data; returns the base folder."""
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {str(path)!r} does not exist or is not a file")
+        data, base_dir = path.read_bytes(), str(path.resolve().parent)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data, base_dir = bytes(source), None
+    elif hasattr(source, "read"):
+        data, base_dir = source.read(), None
+        name = getattr(source, "name", None)
+        if isinstance(name, str) and os.path.isfile(name):
+            base_dir = str(Path(name).resolve().parent)
+    else:
+        raise TypeError(
+            f"cannot load a model from {type(source).__name__}; pass a path, bytes, "
+            "a binary file object or an onnx.ModelProto"
+        )
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as e:  # protobuf raises DecodeError, RuntimeWarning-wrapped errors, ...
+        raise ModelLoadError(
+            f"cannot parse the model ({len(data)} bytes): {e}. The file is truncated, corrupt "
+            "or not an ONNX model."
+        ) from None
+    if not proto.HasField("graph"):
+        raise ModelLoadError(
+            f"the data ({len(data)} bytes) parsed but holds no graph: it is truncated, corrupt "
+            "or not an ONNX model"
+        )
+    return proto, base_dir
+
+
+def _read_external(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.TensorProto:
+    """Return a copy of ``tensor`` with its external data read in, refusing paths outside base_dir."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    where = f"tensor {tensor.name!r} stores its data in external file {location!r}"
+    if base_dir is None:
+        raise ExternalDataError(
+            f"{where}, but the model was not loaded from a file path; load it from its path "
+            "(or pass base_dir=) so the file can be found"
+        )
+    if not location or os.path.isabs(location) or Path(location).drive:
+        raise ExternalDataError(f"{where}: an absolute or empty location is refused (unsafe)")
+    if ".." in Path(location).parts:
+        raise ExternalDataError(f"{where}: a location containing '..' is refused (unsafe)")
+    root = os.path.realpath(base_dir)
+    full = os.path.realpath(os.path.join(root, location))
+    if os.path.commonpath([root, full]) != root:
+        raise ExternalDataError(
+            f"{where}: it resolves outside the model's folder {root!r} (symlink?), refused (unsafe)"
+        )
+    if not os.path.isfile(full):
+        raise ExternalDataError(f"{where}, but {full!r} does not exist; copy it beside the model")
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else -1
+    with open(full, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if length >= 0 and len(data) != length:
+        raise ExternalDataError(f"{where}: expected {length} bytes at offset {offset}, file is short")
+    out = onnx.TensorProto()
+    out.CopyFrom(tensor)
+    del out.external_data[:]
+    out.data_location = onnx.TensorProto.DEFAULT
+    out.raw_data = data
+    return out
+
+
+def _to_array(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        tensor = _read_external(tensor, base_dir)
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as e:
+        raise ModelLoadError(f"cannot decode tensor {tensor.name!r}: {e}") from None
+
+
+def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+    t = vi.type
+    which = t.WhichOneof("value")
+    if which == "tensor_type":
+        tt = t.tensor_type
+        dtype = to_numpy_dtype(tt.elem_type) if tt.elem_type else None
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            )
+        return TensorSpec(vi.name, dtype, shape)
+    kind = {"sequence_type": "sequence", "optional_type": "optional", "map_type": "map",
+            "sparse_tensor_type": "sparse_tensor"}.get(which or "", "unknown")
+    return TensorSpec(vi.name, None, None, kind=kind)
+
+
+class _Converter:
+    def __init__(self, base_dir: str | None):
+        self.base_dir = base_dir
+
+    def attr(self, a: onnx.AttributeProto, outer: frozenset[str]) -> Any:
+        A = onnx.AttributeProto
+        if a.ref_attr_name:
+            raise ModelLoadError(f"attribute {a.name!r} refers to a function attribute; unsupported")
+        if a.type == A.FLOAT:
+            return float(a.f)
+        if a.type == A.INT:
+            return int(a.i)
+        if a.type == A.STRING:
+            return a.s.decode("utf-8", errors="replace")
+        if a.type == A.TENSOR:
+            return _to_array(a.t, self.base_dir)
+        if a.type == A.SPARSE_TENSOR:
+            return self.sparse(a.sparse_tensor)
+        if a.type == A.GRAPH:
+            return self.graph(a.g, outer)
+        if a.type == A.FLOATS:
+            return [float(x) for x in a.floats]
+        if a.type == A.INTS:
+            return [int(x) for x in a.ints]
+        if a.type == A.STRINGS:
+            return [s.decode("utf-8", errors="replace") for s in a.strings]
+        if a.type == A.TENSORS:
+            return [_to_array(t, self.base_dir) for t in a.tensors]
+        if a.type == A.GRAPHS:
+            return [self.graph(g, outer) for g in a.graphs]
+        if a.type == A.TYPE_PROTO:
+            return a.tp
+        raise ModelLoadError(f"attribute {a.name!r} has unsupported type {a.type}")
+
+    def sparse(self, sp: onnx.SparseTensorProto) -> np.ndarray:
+        values = _to_array(sp.values, self.base_dir)
+        dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+        idx = _to_array(sp.indices, self.base_dir) if sp.indices.dims else np.zeros((0,), np.int64)
+        if idx.ndim == 1:
+            dense.reshape(-1)[idx] = values
+        else:
+            dense[tuple(idx.T)] = values
+        return dense
+
+    def graph(self, g: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> Graph:
+        inits = {t.name: _to_array(t, self.base_dir) for t in g.initializer}
+        for sp in g.sparse_initializer:
+            inits[sp.values.name] = self.sparse(sp)
+        inputs = [_spec(v) for v in g.input if v.name not in inits]
+        outputs = [_spec(v) for v in g.output]
+        defined = {v.name for v in g.input} | set(inits)
+        for n in g.node:
+            defined.update(o for o in n.output if o)
+        scope = frozenset(outer | defined)
+        nodes, deps = [], []
+        for i, n in enumerate(g.node):
+            attrs = {a.name: self.attr(a, scope) for a in n.attribute}
+            node = Node(n.op_type, n.domain if n.domain != "ai.onnx" else "", n.name or f"{n.op_type}_{i}",
+                        tuple(n.input), tuple(n.output), attrs)
+            # A node also depends on the outer-scope names its subgraphs read.
+            free = set()
+            for v in attrs.values():
+                for sub in v if isinstance(v, list) else [v]:
+                    if isinstance(sub, Graph):
+                        free |= sub.outer_names
+            nodes.append(node)
+            deps.append([x for x in n.input if x] + sorted(free))
+        sorted_nodes = _toposort(g.name, nodes, deps, available=set(inits) | {v.name for v in g.input}, outer=outer)
+        used = {x for d in deps for x in d} | {o.name for o in outputs}
+        for o in outputs:
+            if o.name not in defined and o.name not in outer:
+                raise ModelLoadError(
+                    f"graph {g.name!r}: output {o.name!r} is produced by no node, input or initializer"
+                )
+        return Graph(g.name, sorted_nodes, inputs, outputs, inits,
+                     outer_names=frozenset(x for x in used if x not in defined and x in outer))
+
+
+def _toposort(gname: str, nodes: list[Node], deps: list[list[str]], available: set[str],
+              outer: Iterable[str]) -> list[Node]:
+    """Kahn's algorithm, stable in file order; reports dangling inputs and cycles by node name."""
+    producer: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for o in n.outputs:
+            if o:
+                producer[o] = i
+    outer = set(outer)
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, d in enumerate(deps):
+        for name in d:
+            if name in producer:
+                waiting[i] += 1
+                users[producer[name]].append(i)
+            elif name not in available and name not in outer:
+                raise ModelLoadError(
+                    f"graph {gname!r}: {nodes[i].describe()} reads {name!r}, which no node, graph "
+                    "input or initializer produces (dangling input). Fix the exporter or the graph."
+                )
+    ready = [i for i in range(len(nodes)) if waiting[i] == 0]
+    order: list[int] = []
+    heapq.heapify(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = [nodes[i].describe() for i in range(len(nodes)) if waiting[i] > 0][:5]
+        raise ModelLoadError(
+            f"graph {gname!r} has a cycle; nodes that can never run include: {', '.join(stuck)}"
+        )
+    return [nodes[i] for i in order]
+
+
+def convert(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
+    """Convert a ModelProto (external data resolved relative to ``base_dir``) to the IR."""
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
+    if "" not in opsets and proto.ir_version < 3:
+        opsets[""] = 1
+    graph = _Converter(base_dir).graph(proto.graph)
+    return Model(graph, opsets, int(proto.ir_version), proto.producer_name, base_dir)
+
+
+def load_model(source: ModelSource, base_dir: str | None = None) -> Model:
+    proto, found_dir = read_proto(source)
+    return convert(proto, base_dir if base_dir is not None else found_dir)
+
+
+__all__ = ["ModelSource", "read_proto", "convert", "load_model"]

@@ -1,0 +1,6 @@
+"""Operator implementations, one module per topic; importing this package registers them all."""
+
+from . import (  # noqa: F401
+    elementwise,
+    shape,
+)

@@ -1,0 +1,48 @@
+"""Helpers shared by op implementations: numpy-or-jnp dispatch and static argument handling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._dtypes import to_numpy_dtype
+
+
+def xp(*arrays: Any):
+    """``numpy`` when every given array is a numpy value (known at trace time), else ``jax.numpy``.
+
+    Ops on the shape path use this so shape arithmetic stays in exact, cheap numpy.
+    """
+    for a in arrays:
+        if a is not None and not isinstance(a, (np.ndarray, np.generic, int, float, bool)):
+            return jnp
+    return np
+
+
+def ints(v: Any) -> list[int]:
+    """A static integer tensor (or list) as a list of Python ints."""
+    return [int(x) for x in np.asarray(v).reshape(-1)]
+
+
+def axis(a: int, rank: int) -> int:
+    """Normalize a possibly negative axis."""
+    return a + rank if a < 0 else a
+
+
+def axes_list(axes: Sequence[int] | None, rank: int) -> list[int]:
+    return [axis(int(a), rank) for a in axes] if axes is not None else list(range(rank))
+
+
+def dtype_of(code: int) -> np.dtype:
+    """The numpy dtype of an ONNX element type code (Cast's ``to``, EyeLike's ``dtype``, ...)."""
+    return to_numpy_dtype(code)
+
+
+def astype(x: Any, dtype: np.dtype) -> Any:
+    """Cast with numpy for static values (exact int64), jnp otherwise (canonical dtypes)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x).astype(dtype)
+    return x.astype(dtype)
