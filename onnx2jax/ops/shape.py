@@ -1,11 +1,11 @@
-"""Shape and layout ops: Shape, Reshape, Constant, Identity, Cast, ... (https://onnx.ai/onnx/operators/)."""
+"""Shape and layout ops: Shape, Reshape, Constant, Identity, ... (https://onnx.ai/onnx/operators/)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .._registry import register
-from ._common import astype, dtype_of, ints, xp
+from ._common import ints, xp
 
 
 @register("Constant")
@@ -38,11 +38,6 @@ def identity(x):
 @register("Shape")
 def shape(x, *, start=0, end=None):
     return np.asarray(x.shape, np.int64)[start:end]
-
-
-@register("Cast")
-def cast(x, *, to, saturate=1, round_mode="up"):
-    return astype(x, dtype_of(to))
 
 
 @register("Reshape")
