@@ -40,6 +40,11 @@ def value_needs(graph: Graph) -> set[str]:
     return needed
 
 
+def is_param(name: str, array, needed: set[str]) -> bool:
+    """Float initializers are trainable weights (params) unless their value decides a shape."""
+    return (array.dtype.kind == "f" or array.dtype.name == "bfloat16") and name not in needed
+
+
 def iter_nodes(graph: Graph):
     """Every node of ``graph`` and of its subgraphs, depth first."""
     for node in graph.nodes:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _tracer
-from ._analysis import value_needs
+from ._analysis import is_param, value_needs
 from ._dtypes import canonical
 from ._errors import InputError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
@@ -20,11 +20,6 @@ from ._ir import TensorSpec
 from ._loader import ModelSource, load_model
 
 Params = dict[str, jax.Array]
-
-
-def _is_weight(dtype: np.dtype) -> bool:
-    """Float initializers are trainable weights (params); everything else stays a constant."""
-    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,7 +269,7 @@ def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None)
     constants, params = {}, {}
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         for name, arr in graph.initializers.items():
-            if name not in needed and _is_weight(arr.dtype):
+            if is_param(name, arr, needed):
                 params[name] = jnp.asarray(arr)
             else:
                 constants[name] = arr
