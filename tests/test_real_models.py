@@ -38,13 +38,13 @@ def text_feeds(batch: int, seq: int, token_types: bool):
     feeds = {"input_ids": rng.integers(0, VOCAB, (batch, seq), dtype=np.int64)}
     mask = np.ones((batch, seq), dtype=np.int64)
     if batch > 1:
-        mask[1, seq - 3:] = 0  # right padding
+        mask[1, seq - 3 :] = 0  # right padding
     if batch > 2:
         mask[2, :2] = 0  # left padding (as used for generation)
     feeds["attention_mask"] = mask
     if token_types:
         tt = np.zeros((batch, seq), dtype=np.int64)
-        tt[:, seq // 2:] = 1  # sentence pair
+        tt[:, seq // 2 :] = 1  # sentence pair
         feeds["token_type_ids"] = tt
     return feeds
 
@@ -66,16 +66,19 @@ def loaded(name: str) -> onnx2jax.Model:
 
 @functools.cache
 def session(name: str):
-    return ort.InferenceSession(os.path.join(MODELS, f"{name}.onnx"),
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        os.path.join(MODELS, f"{name}.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def assert_matches_ort(name: str, feeds: dict[str, np.ndarray], outputs, what: str) -> None:
     sess = session(name)
     expected = sess.run(None, feeds)
     names = [o.name for o in sess.get_outputs()]
-    assert len(outputs) == len(expected), f"{name}: {len(outputs)} outputs, expected {len(expected)}"
-    for out_name, exp, got in zip(names, expected, outputs):
+    assert len(outputs) == len(expected), (
+        f"{name}: {len(outputs)} outputs, expected {len(expected)}"
+    )
+    for out_name, exp, got in zip(names, expected, outputs, strict=True):
         got = np.asarray(got)
         where = f"{name} ({what}) output {out_name!r}"
         assert got.shape == exp.shape, f"{where}: shape {got.shape} != {exp.shape}"
@@ -108,9 +111,14 @@ def test_apply_under_jit_matches(name):
     applied = jax.jit(model.apply)(model.params, **feeds)
     assert_matches_ort(name, feeds, applied, "jax.jit(model.apply)")
     # The two paths trace the same graph: they should agree far more tightly than with ORT.
-    for got, ref in zip(applied, model(**feeds)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6,
-                                   err_msg=f"{name}: jax.jit(model.apply) differs from model(...)")
+    for got, ref in zip(applied, model(**feeds), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(got),
+            np.asarray(ref),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=f"{name}: jax.jit(model.apply) differs from model(...)",
+        )
 
 
 def test_example_tiny_cnn():
@@ -118,7 +126,8 @@ def test_example_tiny_cnn():
     path = os.path.join(os.path.dirname(MODELS), os.pardir, "examples", "tiny_cnn.onnx")
     images = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     (expected,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
-        None, {"image": images})
+        None, {"image": images}
+    )
     model = onnx2jax.load(path)
     (got,) = model(images)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=RTOL, atol=ATOL)

@@ -117,8 +117,12 @@ class BertWrapper(nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                        token_type_ids=token_type_ids, return_dict=True)
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=True,
+        )
         return out.last_hidden_state, out.pooler_output
 
 
@@ -130,18 +134,27 @@ class GPT2Wrapper(nn.Module):
         self.gpt2 = gpt2
 
     def forward(self, input_ids, attention_mask):
-        return self.gpt2(input_ids=input_ids, attention_mask=attention_mask,
-                         use_cache=False, return_dict=True).logits
+        return self.gpt2(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True
+        ).logits
 
 
 def make_bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                     attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
     return BertWrapper(BertModel(cfg)).eval()
 
 
@@ -149,18 +162,34 @@ def make_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
-                     bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
-                     attn_implementation="eager")
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        attn_implementation="eager",
+    )
     return GPT2Wrapper(GPT2LMHeadModel(cfg)).eval()
 
 
 # -- export -------------------------------------------------------------------------------------------
 
 
-def export_both(name: str, model: nn.Module, args: tuple, input_names: list[str],
-                output_names: list[str], axes: dict[str, dict[int, str]]) -> dict[str, str]:
+def export_both(
+    name: str,
+    model: nn.Module,
+    args: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    axes: dict[str, dict[int, str]],
+) -> dict[str, str]:
     """Export with both exporters; returns {file: "ok" or the failure reason}."""
     results = {}
     path = os.path.join(HERE, f"{name}_torchscript.onnx")
@@ -168,9 +197,17 @@ def export_both(name: str, model: nn.Module, args: tuple, input_names: list[str]
         dynamic_axes = {n: dict(a) for n, a in axes.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, path, dynamo=False, opset_version=TORCHSCRIPT_OPSET,
-                              input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, do_constant_folding=True)
+            torch.onnx.export(
+                model,
+                args,
+                path,
+                dynamo=False,
+                opset_version=TORCHSCRIPT_OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
         results[path] = finish(path)
     except Exception as e:  # keep going: the README records why
         traceback.print_exc()
@@ -188,10 +225,17 @@ def export_both(name: str, model: nn.Module, args: tuple, input_names: list[str]
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prog = torch.onnx.export(model, args, dynamo=True, opset_version=DYNAMO_OPSET,
-                                     input_names=input_names, output_names=output_names,
-                                     dynamic_shapes=dynamic_shapes, optimize=True,
-                                     external_data=False)
+            prog = torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                opset_version=DYNAMO_OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                external_data=False,
+            )
         prog.save(path, external_data=False)
         results[path] = finish(path)
     except Exception as e:
@@ -217,9 +261,14 @@ def main(which: list[str]) -> None:
     if not which or "resnet" in which:
         model = make_resnet()
         x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-        results |= export_both("resnet", model, (x,), ["input"], ["logits"],
-                               {"input": {0: "batch", 2: "height", 3: "width"},
-                                "logits": {0: "batch"}})
+        results |= export_both(
+            "resnet",
+            model,
+            (x,),
+            ["input"],
+            ["logits"],
+            {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+        )
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, VOCAB, (2, 8), generator=g)
     mask = torch.ones(2, 8, dtype=torch.int64)
@@ -228,15 +277,30 @@ def main(which: list[str]) -> None:
         tt = torch.zeros(2, 8, dtype=torch.int64)
         tt[:, 4:] = 1
         bs = {0: "batch", 1: "sequence"}
-        results |= export_both("bert", make_bert(), (ids, mask, tt),
-                               ["input_ids", "attention_mask", "token_type_ids"],
-                               ["last_hidden_state", "pooler_output"],
-                               {"input_ids": bs, "attention_mask": bs, "token_type_ids": bs,
-                                "last_hidden_state": bs, "pooler_output": {0: "batch"}})
+        results |= export_both(
+            "bert",
+            make_bert(),
+            (ids, mask, tt),
+            ["input_ids", "attention_mask", "token_type_ids"],
+            ["last_hidden_state", "pooler_output"],
+            {
+                "input_ids": bs,
+                "attention_mask": bs,
+                "token_type_ids": bs,
+                "last_hidden_state": bs,
+                "pooler_output": {0: "batch"},
+            },
+        )
     if not which or "gpt2" in which:
         bs = {0: "batch", 1: "sequence"}
-        results |= export_both("gpt2", make_gpt2(), (ids, mask), ["input_ids", "attention_mask"],
-                               ["logits"], {"input_ids": bs, "attention_mask": bs, "logits": bs})
+        results |= export_both(
+            "gpt2",
+            make_gpt2(),
+            (ids, mask),
+            ["input_ids", "attention_mask"],
+            ["logits"],
+            {"input_ids": bs, "attention_mask": bs, "logits": bs},
+        )
     print(f"torch {torch.__version__}")
     for path, status in results.items():
         print(f"{os.path.basename(path)}: {status}")
