@@ -139,6 +139,16 @@ class GPT2Wrapper(nn.Module):
         ).logits
 
 
+def perturb(model: nn.Module, seed: int, scale: float = 0.05) -> nn.Module:
+    """Add seeded noise to every parameter: fresh biases are 0 and LayerNorm weights 1, which
+    would hide bias/scale bugs (and lets the exporter merge identical initializers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
 def make_bert() -> nn.Module:
     from transformers import BertConfig, BertModel
 
@@ -155,7 +165,7 @@ def make_bert() -> nn.Module:
         attention_probs_dropout_prob=0.0,
         attn_implementation="eager",
     )
-    return BertWrapper(BertModel(cfg)).eval()
+    return BertWrapper(perturb(BertModel(cfg), 1)).eval()
 
 
 def make_gpt2() -> nn.Module:
@@ -176,7 +186,7 @@ def make_gpt2() -> nn.Module:
         eos_token_id=VOCAB - 1,
         attn_implementation="eager",
     )
-    return GPT2Wrapper(GPT2LMHeadModel(cfg)).eval()
+    return GPT2Wrapper(perturb(GPT2LMHeadModel(cfg), 1)).eval()
 
 
 # -- export -------------------------------------------------------------------------------------------
