@@ -25,7 +25,7 @@ import onnx.defs
 STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "Reshape"): (1,),
     ("", "Expand"): (1,),
-    ("", "Tile"): (1,),
+    ("", "Tile"): (1, 2),  # Tile-1 takes (tiles, axis) as inputs
     ("", "Slice"): (1, 2, 3, 4),
     ("", "Pad"): (1, 3),
     ("", "Squeeze"): (1,),
