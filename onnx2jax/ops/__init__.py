@@ -1,6 +1,7 @@
 """Operator implementations, one module per topic; importing this package registers them all."""
 
 from . import (  # noqa: F401
+    activation,
     elementwise,
     shape,
     tensor,
