@@ -37,6 +37,10 @@ class Program:
     value_inputs: frozenset[str]  # graph inputs specialised on their value (one compile per value)
     x64: bool
 
+    @property
+    def string_outputs(self) -> bool:
+        return any(o.dtype is not None and o.dtype.kind in "OSU" for o in self.outputs)
+
     def context(self):
         return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
 
@@ -48,7 +52,8 @@ class _Frozen:
 
     def __init__(self, array: np.ndarray):
         self.array = array
-        self._key = (array.dtype.str, array.shape, array.tobytes())
+        data = tuple(array.ravel().tolist()) if array.dtype.kind == "O" else array.tobytes()
+        self._key = (array.dtype.str, array.shape, data)
 
     def __hash__(self) -> int:
         return hash(self._key)
@@ -142,6 +147,10 @@ class Model:
             static = tuple(sorted((k, _Frozen(np.asarray(v))) for k, v in bound.items()
                                   if k in prog.value_inputs))
             dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+            if prog.string_outputs:
+                # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
+                # inside still dispatch to XLA one by one).
+                return _run(prog, self.params, dynamic, {k: f.array for k, f in static})
             return _jitted(self._program)(self.params, dynamic, static)
 
 
@@ -172,7 +181,7 @@ def _run(prog: Program, params: Mapping[str, Any], dynamic: Mapping[str, Any],
 
 def _as_output(v: Any) -> Any:
     if isinstance(v, np.ndarray):
-        return jnp.asarray(v)
+        return v if v.dtype.kind in "OSU" else jnp.asarray(v)
     if isinstance(v, list):
         return [_as_output(x) for x in v]
     return v
@@ -273,6 +282,8 @@ def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None)
                 params[name] = jnp.asarray(arr)
             else:
                 constants[name] = arr
-    value_inputs = frozenset(s.name for s in graph.inputs if s.name in needed)
+    # String tensors cannot be JAX values: they are always specialised on their value.
+    value_inputs = frozenset(s.name for s in graph.inputs
+                             if s.name in needed or (s.dtype is not None and s.dtype.kind in "OSU"))
     prog = Program(ir, plan, tuple(graph.inputs), tuple(graph.outputs), constants, value_inputs, x64)
     return Model(prog, params)
