@@ -2,7 +2,10 @@
 
 from . import (  # noqa: F401
     activation,
+    attention,
     elementwise,
+    linalg,
+    reduce,
     shape,
     tensor,
 )

@@ -1,0 +1,69 @@
+"""Matrix products and linear algebra: MatMul, Gemm, Einsum, Det (https://onnx.ai/onnx/operators/)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._registry import register
+from ._common import xp
+
+
+@register("MatMul")
+def matmul(a, b):
+    """https://onnx.ai/onnx/operators/onnx__MatMul.html (numpy semantics, incl. 1-D operands)."""
+    m = xp(a, b)
+    if m is np:
+        return np.matmul(a, b)
+    # The result keeps the operand dtype (float16 stays float16); XLA picks the accumulator.
+    return jnp.matmul(a, b)
+
+
+def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
+    # One dot_general contracting the right axes: no explicit transposes in the graph.
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    y = lax.dot_general(a, b, dims)
+    use_c = c is not None and beta != 0  # beta == 0 ignores C entirely, as the reference does
+    if jnp.issubdtype(y.dtype, jnp.integer) and (alpha != 1 or (use_c and beta != 1)):
+        # Float alpha/beta on integers: scale in float, truncate once (as the reference).
+        acc = y.astype(jnp.float32) * alpha
+        if use_c:
+            acc = acc + c.astype(jnp.float32) * beta
+        return acc.astype(y.dtype)
+    if alpha != 1:
+        y = y * jnp.asarray(alpha, y.dtype)
+    if use_c:
+        y = y + (c if beta == 1 else c * jnp.asarray(beta, c.dtype))
+    return y
+
+
+@register("Gemm", since=1)
+def gemm_1(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
+    """https://onnx.ai/onnx/operators/onnx__Gemm.html; ``broadcast`` (opsets 1-6) only allowed
+    C to broadcast, which a valid model's shapes already say."""
+    return _gemm(a, b, c, alpha, beta, transA, transB)
+
+
+@register("Gemm", since=7)
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    return _gemm(a, b, c, alpha, beta, transA, transB)
+
+
+@register("Einsum", since=12)
+def einsum(*inputs, equation):
+    """https://onnx.ai/onnx/operators/onnx__Einsum.html"""
+    eq = equation.replace(" ", "")
+    dtype = inputs[0].dtype
+    if dtype == jnp.bfloat16:
+        # Accumulate bfloat16 in float32 (as the reference does), then round once.
+        return jnp.einsum(eq, *inputs, preferred_element_type=jnp.float32).astype(dtype)
+    return jnp.einsum(eq, *inputs)
+
+
+@register("Det", since=11)
+def det(x):
+    """https://onnx.ai/onnx/operators/onnx__Det.html"""
+    if x.dtype.itemsize < 4:  # no half-precision LU: compute in float32
+        return jnp.linalg.det(x.astype(jnp.float32)).astype(x.dtype)
+    return jnp.linalg.det(x)
