@@ -48,6 +48,7 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "ReduceLogSumExp"): (1,),
     ("", "ReduceSumSquare"): (1,),
     ("", "CumSum"): (1,),
+    ("", "CumProd"): (1,),
     ("", "Trilu"): (1,),
     ("", "CenterCropPad"): (1,),
     ("", "DFT"): (1, 2),
