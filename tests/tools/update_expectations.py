@@ -1,0 +1,388 @@
+"""Run every ONNX node case through onnx2jax and draft ``tests/node_expectations.py`` by cause.
+
+Usage::
+
+    python tests/tools/update_expectations.py             # report only
+    python tests/tools/update_expectations.py --write     # also rewrite tests/node_expectations.py
+    python tests/tools/update_expectations.py -k resize   # only cases whose name contains "resize"
+
+Cases run in worker processes (``--jobs``, default 2) without pytest; each case runs exactly as
+``tests/test_onnx_node_suite.py`` runs it (same ``run_case``). A case that hangs past
+``--timeout`` or crashes its worker is recorded as such and the worker is replaced. Only failing
+cases are ever written; the draft is for a human to review (reasons, issue links) before
+committing. Prints the pass count, failures by cause, a per-op histogram and the slowest cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import os
+import queue
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+_T_START = time.perf_counter()
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(TESTS)
+sys.path.insert(0, TESTS)
+# As tests/conftest.py does, so results (and compilation cache entries) match the pytest run.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import test_onnx_node_suite as suite  # noqa: E402
+
+EXPECTATIONS = os.path.join(TESTS, "node_expectations.py")
+
+# Causes that are one group whatever the op, with the explanation shown in the group's header.
+FAMILIES = {
+    "data-dependent output shape": "Data-dependent output shapes (graph break: the output shape "
+    "depends on input values, which one jax.jit cannot express)",
+    "strings": "Strings (JAX has no string dtype: string tensors cannot be jit arguments or results)",
+    "random values": "Random ops (values cannot reproduce numpy's generator)",
+    "timeout": "Timeouts (ran longer than the per-case limit)",
+    "crash": "Crashes (the worker process died)",
+}
+
+RANDOM_OPS = {
+    "Bernoulli",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+}
+_OP_IN_MESSAGE = re.compile(r"\(([\w.]+)::(\w+)\)")
+_UNSUPPORTED = re.compile(
+    r"^([\w.]+)::(\w+) \(opset \d+\)(.*?)(: attribute\(s\) (.*) not supported)?$"
+)
+_EXC_IN_NODE_ERROR = re.compile(r"failed on inputs .*?\): (\w+(?:\.\w+)*):")
+
+
+@dataclass
+class Result:
+    name: str
+    passed: bool
+    cause: str = ""
+    op: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+    jitted: bool = True  # False: passed, but ran eagerly (string outputs)
+
+
+def _ops(model) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _has_strings(model) -> bool:
+    import onnx
+
+    for vi in list(model.graph.input) + list(model.graph.output):
+        t = vi.type
+        while True:
+            which = t.WhichOneof("value")
+            if which == "sequence_type":
+                t = t.sequence_type.elem_type
+            elif which == "optional_type":
+                t = t.optional_type.elem_type
+            else:
+                break
+        if which == "tensor_type" and t.tensor_type.elem_type == onnx.TensorProto.STRING:
+            return True
+    return False
+
+
+def classify(case) -> Result:
+    """Run one case; on failure name its cause (a group of the expectations file) and op."""
+    from onnx2jax import (
+        InputError,
+        ModelLoadError,
+        NodeError,
+        StaticValueError,
+        UnsupportedOpsError,
+    )
+    from onnx2jax._analysis import DATA_DEPENDENT_SHAPE_OPS
+
+    t0 = time.perf_counter()
+    ops = _ops(case.model)
+    main_op = ops[0] if len(set(ops)) == 1 else ""
+    try:
+        jitted = suite.run_case(case)
+        return Result(case.name, True, op=main_op, seconds=time.perf_counter() - t0, jitted=jitted)
+    except UnsupportedOpsError as e:
+        missing = []
+        for m in e.missing:
+            hit = _UNSUPPORTED.match(m)
+            if hit and hit.group(4):
+                missing.append(f"{hit.group(2)} attribute(s) {hit.group(5)}")
+            elif hit:
+                missing.append(hit.group(2))
+            else:
+                missing.append(m)
+        missing = sorted(set(missing))
+        op = missing[0].split()[0]
+        cause, detail = f"not implemented: {', '.join(missing)}", str(e).splitlines()[1].strip()
+    except StaticValueError as e:
+        hit = _OP_IN_MESSAGE.search(str(e))
+        op = hit.group(2) if hit else main_op
+        cause, detail = f"{op}: shape input is runtime data (StaticValueError)", str(e)
+    except NodeError as e:
+        msg = str(e)
+        hit, exc = _OP_IN_MESSAGE.search(msg), _EXC_IN_NODE_ERROR.search(msg)
+        op = hit.group(2) if hit else main_op
+        cause, detail = f"{op} raises {exc.group(1) if exc else 'NodeError'}", msg
+    except InputError as e:
+        op, cause, detail = main_op, "inputs refused (InputError)", str(e)
+    except ModelLoadError as e:
+        op, cause, detail = main_op, f"load error ({type(e).__name__})", str(e)
+    except AssertionError as e:
+        msg = str(e).strip()
+        op = main_op
+        if ": dtype " in msg:
+            cause = f"wrong dtype: {main_op or 'graph'}"
+        elif ": shape " in msg or "sequence of" in msg or "outputs, expected" in msg:
+            cause = f"wrong shape: {main_op or 'graph'}"
+        else:
+            cause = f"wrong values: {main_op or 'graph'}"
+        detail = msg
+    except Exception as e:  # raised outside any node: jit argument handling, output conversion
+        op = main_op
+        cause = f"{type(e).__name__} outside the ops"
+        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+    # Structural causes take precedence over the symptom.
+    if _has_strings(case.model) and not cause.startswith("not implemented"):
+        cause = "strings"
+    elif set(ops) & DATA_DEPENDENT_SHAPE_OPS:
+        op = sorted(set(ops) & DATA_DEPENDENT_SHAPE_OPS)[0]
+        cause = f"data-dependent output shape: {op}"
+    elif set(ops) & RANDOM_OPS and cause.startswith("wrong values"):
+        cause = "random values"
+    detail = " ".join(detail.split())[:300]
+    return Result(case.name, False, cause, op, detail, time.perf_counter() - t0)
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+
+def setup_jax(cache_dir: str | None) -> None:
+    import jax
+
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _worker(wid: int, tasks, results, cache_dir: str | None) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    setup_jax(cache_dir)
+    cases = suite.load_cases()
+    while True:
+        i = tasks.get()
+        if i is None:
+            return
+        results.put(("start", wid, i))
+        results.put(("done", wid, i, classify(cases[i])))
+
+
+def run_all(indices: list[int], jobs: int, timeout: float, cache_dir: str | None) -> list[Result]:
+    cases = suite.load_cases()  # before forking: workers inherit the cases
+    if jobs <= 0:  # in this process, for debugging
+        setup_jax(cache_dir)
+        return [classify(cases[i]) for i in indices]
+    ctx = mp.get_context("fork")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i in indices:
+        tasks.put(i)
+    for _ in range(jobs):
+        tasks.put(None)
+    workers: dict[int, mp.Process] = {}
+    current: dict[int, tuple[int, float]] = {}
+    next_id = 0
+
+    def spawn() -> None:
+        nonlocal next_id
+        p = ctx.Process(target=_worker, args=(next_id, tasks, results, cache_dir), daemon=True)
+        p.start()
+        workers[next_id] = p
+        next_id += 1
+
+    for _ in range(jobs):
+        spawn()
+    done: dict[int, Result] = {}
+    last_report = time.time()
+    while len(done) < len(indices):
+        try:
+            msg = results.get(timeout=1.0)
+        except queue.Empty:
+            msg = None
+        if msg is not None and msg[0] == "start":
+            current[msg[1]] = (msg[2], time.time())
+        elif msg is not None:
+            current.pop(msg[1], None)
+            done[msg[2]] = msg[3]
+        for wid, p in list(workers.items()):
+            running = current.get(wid)
+            hung = running is not None and time.time() - running[1] > timeout
+            if hung or not p.is_alive():
+                if hung:
+                    p.kill()
+                p.join()
+                del workers[wid]
+                current.pop(wid, None)
+                if running is not None:
+                    name = cases[running[0]].name
+                    why = "timeout" if hung else "crash"
+                    detail = f"exit code {p.exitcode}" if not hung else f"over {timeout:.0f} s"
+                    done[running[0]] = Result(
+                        name, False, why, "", detail, time.time() - running[1]
+                    )
+                if len(done) + len(current) < len(indices):
+                    spawn()
+        if time.time() - last_report > 30:
+            print(f"  ... {len(done)}/{len(indices)} cases", file=sys.stderr, flush=True)
+            last_report = time.time()
+    for p in workers.values():
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+    return [done[i] for i in indices]
+
+
+# -- the draft -----------------------------------------------------------------------------------
+
+
+def _group(cause: str) -> str:
+    family = cause.split(":")[0]
+    return family if family in FAMILIES else cause
+
+
+def _group_order(group: str) -> tuple[int, str]:
+    if group in FAMILIES:
+        return list(FAMILIES).index(group), group
+    return (99 if group.startswith("not implemented") else 50), group
+
+
+def _header(group: str, n: int) -> str:
+    if group in FAMILIES:
+        title = FAMILIES[group]
+    elif group.startswith("not implemented: "):
+        title = f"Not implemented yet: {group[len('not implemented: ') :]}"
+    else:
+        title = f"{group[0].upper()}{group[1:]}"
+    return f"    # {title}: {n} case{'s' if n != 1 else ''}"
+
+
+def draft(failures: list[Result]) -> str:
+    groups: dict[str, list[Result]] = collections.defaultdict(list)
+    for r in failures:
+        groups[_group(r.cause)].append(r)
+    lines = [
+        '"""Expected failures of the ONNX node suite (tests/test_onnx_node_suite.py), grouped by cause.',
+        "",
+        "Each entry is ``case name: reason``; the suite marks them ``xfail(strict=True)``, so a case that",
+        "starts passing fails until its entry is removed: this list can only shrink. Draft a new one",
+        "with ``python tests/tools/update_expectations.py --write`` and review it by hand.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "EXPECTED_FAILURES: dict[str, str] = {",
+    ]
+    for group in sorted(groups, key=_group_order):
+        members = sorted(groups[group], key=lambda r: r.name)
+        lines.append(_header(group, len(members)))
+        for r in members:
+            lines.append(f"    {json.dumps(r.name)}: {json.dumps(r.cause)},")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--jobs", "-j", type=int, default=2, help="worker processes (0: in this process)"
+    )
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    ap.add_argument("-k", dest="pattern", default="", help="only cases whose name contains this")
+    ap.add_argument(
+        "--write", action="store_true", help=f"rewrite {os.path.relpath(EXPECTATIONS, ROOT)}"
+    )
+    ap.add_argument("--output", help="write the draft to this file instead")
+    ap.add_argument(
+        "--cache-dir",
+        default=os.path.join(ROOT, ".jax_cache"),
+        help="JAX persistent compilation cache ('' to disable)",
+    )
+    ap.add_argument("--details", action="store_true", help="print each failure's message")
+    args = ap.parse_args(argv)
+
+    cases = suite.load_cases()  # already loaded by the import (the suite parametrizes over them)
+    t_load = time.perf_counter() - _T_START
+    indices = [i for i, c in enumerate(cases) if args.pattern in c.name]
+    print(
+        f"{len(cases)} node cases imported and loaded in {t_load:.1f} s; running {len(indices)} "
+        f"with {args.jobs} worker(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    t1 = time.perf_counter()
+    results = run_all(indices, args.jobs, args.timeout, args.cache_dir or None)
+    wall = time.perf_counter() - t1
+
+    failures = [r for r in results if not r.passed]
+    jitted = sum(r.passed and r.jitted for r in results)
+    eager = sum(r.passed and not r.jitted for r in results)
+    by_cause = collections.Counter(r.cause for r in failures)
+    by_op = collections.Counter(r.op or "(several ops)" for r in failures)
+
+    print(f"\nFailures by cause ({len(by_cause)} causes):")
+    for cause, n in by_cause.most_common():
+        print(f"  {n:5d}  {cause}")
+    print("\nFailures by op:")
+    for op, n in by_op.most_common():
+        print(f"  {n:5d}  {op}")
+    print("\nSlowest cases:")
+    for r in sorted(results, key=lambda r: -r.seconds)[:10]:
+        print(f"  {r.seconds:6.2f} s  {r.name}{'' if r.passed else '  (fails: ' + r.cause + ')'}")
+    if args.details:
+        print("\nDetails:")
+        for r in failures:
+            print(f"  {r.name}: [{r.cause}] {r.detail}")
+
+    if not args.pattern:
+        # Stale entries: expected failures that now pass (they would fail the strict xfail).
+        now_pass = sorted(r.name for r in results if r.passed and r.name in suite.EXPECTED_FAILURES)
+        if now_pass:
+            print(
+                f"\n{len(now_pass)} listed expected failures now pass: {', '.join(now_pass[:30])}"
+                + (" ..." if len(now_pass) > 30 else "")
+            )
+    text = draft(failures)
+    target = args.output or (EXPECTATIONS if args.write else None)
+    if target and args.pattern:
+        print("\nnot writing a draft from a -k subset", file=sys.stderr)
+    elif target:
+        with open(target, "w") as f:
+            f.write(text)
+        print(f"\nwrote {len(failures)} expected failures to {os.path.relpath(target, ROOT)}")
+    total_cpu = sum(r.seconds for r in results)
+    print(
+        f"\nONNX node suite: {jitted} of {len(results)} cases pass through the jit path "
+        f"({eager} more pass eagerly: string outputs; {len(failures)} fail); "
+        f"{wall:.0f} s wall with {args.jobs} worker(s), "
+        f"{total_cpu:.0f} s summed over cases, {t_load:.1f} s to import and load the cases"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
