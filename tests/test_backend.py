@@ -180,3 +180,24 @@ def test_prepare_refuses_a_missing_device():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="not available"):
         backend.prepare(_model(), "CUDA")
+
+
+def test_onnx_official_runner_accepts_the_backend():
+    """onnx's own BackendTest runner drives the backend (a few cases, CUDA variants skip)."""
+    import unittest
+    import warnings
+
+    import onnx.backend.test
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the case generators overflow casts on purpose
+        runner = onnx.backend.test.BackendTest(OnnxJaxBackend, __name__)
+    runner.include(r"^test_(abs|add_bcast|identity_sequence|cast_FLOAT_to_DOUBLE)_cpu$")
+    suite = unittest.TestSuite()
+    for case in runner.test_cases.values():
+        suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(case))
+    result = unittest.TestResult()
+    suite.run(result)
+    problems = [f"{t}: {msg[-300:]}" for t, msg in result.failures + result.errors]
+    assert not problems, "\n".join(problems)
+    assert result.testsRun - len(result.skipped) == 4
