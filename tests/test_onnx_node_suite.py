@@ -115,7 +115,19 @@ def _params() -> list[Any]:
 
 @pytest.mark.parametrize("case", _params())
 def test_node(case: Any, request: pytest.FixtureRequest) -> None:
-    if not run_case(case):
+    reason = EXPECTED_FAILURES.get(case.name)
+    failure = None
+    try:
+        jitted = run_case(case)
+    except Exception as e:
+        if reason is None:
+            raise
+        failure = f"{reason} ({type(e).__name__})"
+    if failure is not None:
+        # An expected failure: report it without formatting its (long) traceback, which took
+        # most of the suite's time. An unexpected pass still fails through the strict marker.
+        pytest.xfail(failure)
+    if not jitted:
         # Passed, but not through the jit; tests/conftest.py counts these apart.
         request.node.user_properties.append(("onnx2jax_path", "eager"))
 
