@@ -62,6 +62,10 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "MaxUnpool"): (2,),
     ("", "Col2Im"): (1, 2),
     ("", "SplitToSequence"): (1,),
+    ("", "SequenceAt"): (1,),
+    ("", "SequenceInsert"): (2,),
+    ("", "SequenceErase"): (1,),
+    ("", "Loop"): (0,),  # the trip count: scan outputs have M rows
 }
 
 

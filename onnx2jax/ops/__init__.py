@@ -3,9 +3,11 @@
 from . import (  # noqa: F401
     activation,
     attention,
+    control_flow,
     elementwise,
     linalg,
     reduce,
+    sequence,
     shape,
     tensor,
 )
