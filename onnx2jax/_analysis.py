@@ -7,7 +7,8 @@ from ._registry import STATIC_INPUTS
 
 # Ops that read only the *shape* of their input, so needing their output's value does not make
 # the input's value needed.
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "EyeLike", "RandomNormalLike", "RandomUniformLike"})
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size", "EyeLike", "RandomNormalLike", "RandomUniformLike",
+                            "SequenceLength", "OptionalHasElement"})
 
 # Ops whose output shape depends on input *values*: they cannot live inside one XLA program.
 DATA_DEPENDENT_SHAPE_OPS = frozenset({"NonZero", "Unique", "Compress", "NonMaxSuppression"})
@@ -37,6 +38,9 @@ def value_needs(graph: Graph) -> set[str]:
             needed |= value_needs(g) & g.outer_names
         if node.op_type not in SHAPE_ONLY_OPS and any(o in needed for o in node.outputs):
             needed.update(i for i in node.inputs if i)
+            # A needed If/Loop output also needs every outer value its bodies read.
+            for g in subgraphs(node):
+                needed |= g.outer_names
     return needed
 
 
