@@ -6,8 +6,12 @@ from . import (  # noqa: F401
     control_flow,
     elementwise,
     linalg,
+    loss,
+    quant,
+    random,
     reduce,
     sequence,
     shape,
+    signal,
     tensor,
 )

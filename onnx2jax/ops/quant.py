@@ -1,0 +1,372 @@
+"""Quantization ops: (De)QuantizeLinear, DynamicQuantizeLinear and the integer MatMul/Conv family."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from .._dtypes import canonical
+from .._registry import register
+from ._common import astype, dtype_of, ints, xp
+from ._common import axis as norm_axis
+
+# Integer semantics are exact: products accumulate in int32 (wrapping, as the spec allows and
+# onnxruntime does), x / scale rounds half to even, and results saturate to the target range
+# before the cast. Requantization (QLinearMatMul/QLinearConv) multiplies the int32 accumulator
+# by a float32 a_scale * b_scale / y_scale, as onnxruntime does.
+
+_FLOAT8 = frozenset(
+    np.dtype(t)
+    for t in (
+        ml_dtypes.float8_e4m3fn,
+        ml_dtypes.float8_e4m3fnuz,
+        ml_dtypes.float8_e5m2,
+        ml_dtypes.float8_e5m2fnuz,
+    )
+)
+
+
+def _is_float(dtype) -> bool:
+    """Float types, ml_dtypes' (bfloat16, float8, float4, ...) included; int4/int2 are not."""
+    return np.dtype(dtype).name.startswith(("float", "bfloat"))
+
+
+def _int_range(dtype) -> tuple[int, int]:
+    info = ml_dtypes.iinfo(dtype)  # knows int2/int4 as well as the numpy integers
+    return int(info.min), int(info.max)
+
+
+def _param(v, shape, axis, block_size):
+    """Broadcast a scale or zero point against ``shape``: per tensor, per axis, or blocked."""
+    m = xp(v)
+    if v.ndim == 0 or (v.size == 1 and not block_size):
+        return m.reshape(v, ())
+    a = norm_axis(axis, len(shape))
+    if not block_size:
+        if v.ndim != 1 or v.shape[0] != shape[a]:
+            raise ValueError(
+                f"a per-axis scale/zero point must be 1-D of length {shape[a]} (axis {axis} of "
+                f"{list(shape)}), got shape {list(v.shape)}"
+            )
+        return m.reshape(v, [shape[a] if i == a else 1 for i in range(len(shape))])
+    if v.ndim != len(shape):
+        raise ValueError(
+            f"a blocked scale/zero point must have rank {len(shape)}, got shape {list(v.shape)}"
+        )
+    # Each scale covers block_size consecutive elements on the axis; the last block may be short.
+    v = m.repeat(v, block_size, axis=a)
+    v = m.take(v, m.arange(shape[a]), axis=a)
+    if tuple(v.shape) != tuple(shape):
+        raise ValueError(
+            f"blocked scale/zero point of shape {list(v.shape)} does not fit x {list(shape)}"
+        )
+    return v
+
+
+def _saturate_int(m, q, dtype):
+    """Rounded float values -> integer ``dtype``, clipped to its range first (no wraparound)."""
+    lo, hi = _int_range(dtype)
+    return astype(m.clip(q, lo, hi), dtype)
+
+
+def _to_float8(m, q, dtype, saturate):
+    if saturate:
+        # Out-of-range values (infinities included) become the largest finite value; NaN stays.
+        big = float(ml_dtypes.finfo(dtype).max)
+        q = m.where(m.isnan(q), q, m.clip(q, -big, big))
+    return astype(q, dtype)
+
+
+def _quantize(x, scale, zero_point, out_dtype, *, axis=1, saturate=1, block_size=0, precision=0):
+    """y = saturate(round(x / scale) + zero_point), as QuantizeLinear defines it."""
+    m = xp(x, scale, zero_point)
+    shape = tuple(x.shape)
+    s = _param(scale, shape, axis, block_size)
+    if precision:
+        dt = dtype_of(precision)
+    elif not _is_float(x.dtype):
+        dt = np.dtype(np.float64)  # integer x: true division, as numpy (and the reference) does
+    elif _is_float(s.dtype):
+        # A float8e8m0 scale (a power of two) has no promotion path; divide in float32.
+        sdt = np.float32 if np.dtype(s.dtype).itemsize == 1 else s.dtype
+        dt = np.dtype(jnp.promote_types(x.dtype, sdt))
+    else:
+        dt = np.dtype(x.dtype)  # an int32 scale divides in x's type
+    dt = dt if m is np else canonical(dt)
+    q = astype(x, dt) / astype(s, dt)
+    zp = None if zero_point is None else _param(zero_point, shape, axis, block_size)
+    out_dtype = np.dtype(out_dtype)
+    if not _is_float(out_dtype):
+        q = m.round(q)  # half to even, in both numpy and JAX
+        if zp is not None:
+            q = q + astype(zp, dt)
+        return _saturate_int(m, q, out_dtype)
+    if out_dtype in _FLOAT8:
+        return _to_float8(m, q, out_dtype, saturate)  # float8 zero points must be 0: ignored
+    # float4e2m1, float6: no infinity encoding, so the cast itself saturates.
+    if zp is not None:
+        q = q + astype(zp, dt)
+    if m is not np and out_dtype.itemsize == 1 and out_dtype.name.startswith("float6"):
+        raise NotImplementedError(f"XLA has no {out_dtype.name} type; only constant inputs work")
+    return astype(q, out_dtype)
+
+
+@register("QuantizeLinear", since=10)
+def quantize_linear(
+    x, y_scale, y_zero_point=None, *, axis=1, saturate=1, block_size=0, output_dtype=0, precision=0
+):
+    """https://onnx.ai/onnx/operators/onnx__QuantizeLinear.html (all versions: axis 13,
+    saturate 19, block_size/output_dtype 21, precision 23)."""
+    if y_zero_point is not None:
+        out = np.dtype(y_zero_point.dtype)
+        if output_dtype and dtype_of(output_dtype) != out:
+            raise ValueError(
+                f"output_dtype {dtype_of(output_dtype)} differs from the zero point's {out}"
+            )
+    else:
+        out = dtype_of(output_dtype) if output_dtype else np.dtype(np.uint8)
+    return _quantize(
+        x,
+        y_scale,
+        y_zero_point,
+        out,
+        axis=axis,
+        saturate=saturate,
+        block_size=block_size,
+        precision=precision,
+    )
+
+
+@register("DequantizeLinear", since=10)
+def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
+    """https://onnx.ai/onnx/operators/onnx__DequantizeLinear.html: y = (x - zero_point) * scale.
+
+    Computed in float32 (the spec's types are at most float32) and cast to ``output_dtype``
+    (opset 23), else to the scale's type (float32 for a float8e8m0 scale). Float8/float4 zero
+    points must be 0 and are ignored.
+    """
+    shape = tuple(x.shape)
+    dx = astype(x, np.float32)
+    if x_zero_point is not None and not _is_float(x.dtype):
+        dx = dx - astype(_param(x_zero_point, shape, axis, block_size), np.float32)
+    y = dx * astype(_param(x_scale, shape, axis, block_size), np.float32)
+    if output_dtype:
+        out = dtype_of(output_dtype)
+    elif np.dtype(x_scale.dtype).itemsize == 1:
+        out = np.dtype(np.float32)  # a float8e8m0 scale is no output type; float32 is its value
+    else:
+        out = np.dtype(x_scale.dtype)
+    return astype(y, out)
+
+
+@register("DynamicQuantizeLinear", since=11)
+def dynamic_quantize_linear(x):
+    """https://onnx.ai/onnx/operators/onnx__DynamicQuantizeLinear.html -> (y, scale, zero point).
+
+    The range always includes 0. An all-zero input gets scale 1, as in onnxruntime (onnx's
+    reference gives 1/255); y and the zero point are 0 either way.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    hi = jnp.maximum(0.0, jnp.max(x))
+    lo = jnp.minimum(0.0, jnp.min(x))
+    scale = jnp.where(hi == lo, jnp.float32(1.0), (hi - lo) / jnp.float32(255.0))
+    zp = jnp.round(jnp.clip(0.0 - lo / scale, 0.0, 255.0))
+    y = jnp.clip(jnp.round(x / scale) + zp, 0.0, 255.0).astype(jnp.uint8)
+    return y, scale, zp.astype(jnp.uint8)
+
+
+# -- integer matmul and convolution ----------------------------------------------------------
+
+
+def _row_param(v):
+    """A per-row parameter of the left matmul operand: a 1-D [M] vector applies along rows."""
+    v = jnp.asarray(v)
+    return v[:, None] if v.ndim == 1 else v
+
+
+def _centered(x, zero_point, *, rows=False):
+    """x - zero_point in int32 (exact for every 8/16-bit input)."""
+    x = jnp.asarray(x).astype(jnp.int32)
+    if zero_point is None:
+        return x
+    zp = _row_param(zero_point) if rows else jnp.asarray(zero_point)
+    return x - zp.astype(jnp.int32)
+
+
+def _int_matmul(a, b):
+    return jnp.matmul(a, b, preferred_element_type=jnp.int32)
+
+
+@register("MatMulInteger", since=10)
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+    """https://onnx.ai/onnx/operators/onnx__MatMulInteger.html; int32 accumulation.
+
+    Zero points: scalar, per row of ``a`` ([M]) / per column of ``b`` ([N]), or N-D.
+    """
+    return _int_matmul(_centered(a, a_zero_point, rows=True), _centered(b, b_zero_point))
+
+
+def _requantize(acc, multiplier, y_zero_point, out_dtype):
+    """Round acc * multiplier half to even, add the zero point, saturate to ``out_dtype``."""
+    q = jnp.round(acc.astype(jnp.float32) * multiplier)
+    if y_zero_point is not None:
+        q = q + jnp.asarray(y_zero_point).astype(jnp.float32)
+    lo, hi = _int_range(out_dtype)
+    return jnp.clip(q, lo, hi).astype(out_dtype)
+
+
+def _f32(v):
+    return jnp.asarray(v).astype(jnp.float32)
+
+
+@register("QLinearMatMul", since=10)
+def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    """https://onnx.ai/onnx/operators/onnx__QLinearMatMul.html (float8 operands: opset 21)."""
+    out = np.dtype(y_zero_point.dtype) if y_zero_point is not None else np.dtype(a.dtype)
+    if _is_float(a.dtype) or _is_float(out):
+        # float8: dequantize, multiply in float32, quantize (zero points are 0 for float8).
+        av = _f32(a) * _f32(_row_param(a_scale))
+        bv = _f32(b) * _f32(b_scale)
+        return _quantize(jnp.matmul(av, bv), _f32(y_scale), y_zero_point, out)
+    acc = _int_matmul(_centered(a, a_zero_point, rows=True), _centered(b, b_zero_point))
+    multiplier = _f32(_row_param(a_scale)) * _f32(b_scale) / _f32(y_scale)
+    return _requantize(acc, multiplier, y_zero_point, out)
+
+
+def _conv_pads(auto_pad, in_shape, kernel, strides, dilations, pads):
+    nd = len(in_shape)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = []
+        for n, k, s, d in zip(in_shape, kernel, strides, dilations, strict=True):
+            total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
+            lo = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            out.append((lo, total - lo))
+        return out
+    if auto_pad == "VALID" or not pads:
+        return [(0, 0)] * nd
+    p = ints(pads)
+    return [(p[i], p[i + nd]) for i in range(nd)]
+
+
+def _int_conv(x, w, *, auto_pad, dilations, group, kernel_shape, pads, strides):
+    """Grouped N-D convolution of int32 tensors with int32 accumulation.
+
+    Lowered to one integer dot over stacked kernel taps rather than an integer XLA
+    convolution, which not every backend implements (GPU convolutions are float-only).
+    """
+    nd = x.ndim - 2
+    kernel = list(w.shape[2:])
+    if kernel_shape and ints(kernel_shape) != kernel:
+        raise ValueError(
+            f"kernel_shape {ints(kernel_shape)} does not match W's shape {list(w.shape)}"
+        )
+    strides = ints(strides) if strides else [1] * nd
+    dilations = ints(dilations) if dilations else [1] * nd
+    pad = _conv_pads(auto_pad, x.shape[2:], kernel, strides, dilations, pads)
+    x = jnp.pad(x, [(0, 0), (0, 0), *pad])
+    n, c = x.shape[:2]
+    out_sp = [
+        (x.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)
+    ]
+    taps = []
+    for tap in np.ndindex(*kernel):
+        start = [0, 0] + [t * d for t, d in zip(tap, dilations, strict=True)]
+        limit = [n, c] + [
+            s + (o - 1) * st + 1 for s, o, st in zip(start[2:], out_sp, strides, strict=True)
+        ]
+        taps.append(jax.lax.slice(x, start, limit, [1, 1, *strides]))
+    g = group
+    m_out, cg = w.shape[0], w.shape[1]
+    patches = jnp.stack(taps, axis=2).reshape(n, g, cg, len(taps), *out_sp)
+    wk = w.reshape(g, m_out // g, cg, len(taps))
+    # contract (cg, taps), batch over groups: [g, n, *out, m/g]
+    y = jax.lax.dot_general(
+        patches, wk, (((2, 3), (2, 3)), ((1,), (0,))), preferred_element_type=jnp.int32
+    )
+    y = jnp.moveaxis(y, -1, 2)  # [g, n, m/g, *out]
+    y = jnp.moveaxis(y, 0, 1).reshape(n, m_out, *out_sp)
+    return y
+
+
+def _channel_param(v, nd):
+    """A per-output-channel [M] parameter, shaped to broadcast against [N, M, *spatial]."""
+    v = jnp.asarray(v)
+    return v.reshape(-1, *([1] * nd)) if v.ndim == 1 and v.size > 1 else v.reshape(())
+
+
+@register("ConvInteger", since=10)
+def conv_integer(
+    x,
+    w,
+    x_zero_point=None,
+    w_zero_point=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    """https://onnx.ai/onnx/operators/onnx__ConvInteger.html; int32 accumulation.
+
+    Padding is with the zero point (the centered value 0), so padded taps contribute nothing.
+    """
+    nd = x.ndim - 2
+    wc = jnp.asarray(w).astype(jnp.int32)
+    if w_zero_point is not None:
+        wc = wc - _channel_param(w_zero_point, nd + 1).astype(jnp.int32)
+    return _int_conv(
+        _centered(x, x_zero_point),
+        wc,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
+
+
+@register("QLinearConv", since=10)
+def qlinear_conv(
+    x,
+    x_scale,
+    x_zero_point,
+    w,
+    w_scale,
+    w_zero_point,
+    y_scale,
+    y_zero_point,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    """https://onnx.ai/onnx/operators/onnx__QLinearConv.html; ``b`` is int32 (scale x*w, zp 0)."""
+    nd = x.ndim - 2
+    acc = conv_integer(
+        x,
+        w,
+        x_zero_point,
+        w_zero_point,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        group=group,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
+    if b is not None:
+        acc = acc + jnp.asarray(b).astype(jnp.int32).reshape(-1, *([1] * nd))
+    multiplier = (
+        _f32(x_scale).reshape(()) * _f32(_channel_param(w_scale, nd)) / _f32(y_scale).reshape(())
+    )
+    out = np.dtype(y_zero_point.dtype) if y_zero_point is not None else np.dtype(x.dtype)
+    return _requantize(acc, multiplier, y_zero_point, out)
