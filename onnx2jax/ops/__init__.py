@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     control_flow,
     elementwise,
     linalg,
+    llm,
     loss,
     quant,
     random,
