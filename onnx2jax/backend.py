@@ -6,7 +6,9 @@ computes them as int32/float32 like JAX does. Pass ``x64=False`` to :meth:`Backe
 test the default user setting instead.
 
 :meth:`BackendRep.run` executes through ``Model.__call__``, the cached ``jax.jit`` of the whole
-graph, which is exactly the path users get; nothing here evaluates nodes one by one.
+graph, which is exactly the path users get; nothing here evaluates nodes one by one. (Graphs with
+string outputs cannot leave XLA, so ``Model.__call__`` runs those eagerly;
+:attr:`OnnxJaxBackendRep.jitted` tells which path a prepared model took.)
 
 Outputs come back as numpy arrays with the dtypes the graph computed (under ``x64=True`` these
 are the ONNX dtypes; they are deliberately *not* cast to the declared output types, so that an

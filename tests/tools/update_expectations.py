@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import sys
+import textwrap
 import time
 import traceback
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ EXPECTATIONS = os.path.join(TESTS, "node_expectations.py")
 FAMILIES = {
     "data-dependent output shape": "Data-dependent output shapes (graph break: the output shape "
     "depends on input values, which one jax.jit cannot express)",
+    "control flow on runtime data": "Control flow decided by runtime data (a Loop's trip count "
+    "or the If branch taken changes shapes or types, which one jax.jit cannot express)",
     "strings": "Strings (JAX has no string dtype: string tensors cannot be jit arguments or results)",
     "random values": "Random ops (values cannot reproduce numpy's generator)",
     "timeout": "Timeouts (ran longer than the per-case limit)",
@@ -161,6 +164,8 @@ def classify(case) -> Result:
     elif set(ops) & DATA_DEPENDENT_SHAPE_OPS:
         op = sorted(set(ops) & DATA_DEPENDENT_SHAPE_OPS)[0]
         cause = f"data-dependent output shape: {op}"
+    elif op in ("If", "Loop", "Scan") and "depends on runtime data" in detail:
+        cause = f"control flow on runtime data: {op}"
     elif set(ops) & RANDOM_OPS and cause.startswith("wrong values"):
         cause = "random values"
     detail = " ".join(detail.split())[:300]
@@ -278,7 +283,8 @@ def _header(group: str, n: int) -> str:
         title = f"Not implemented yet: {group[len('not implemented: ') :]}"
     else:
         title = f"{group[0].upper()}{group[1:]}"
-    return f"    # {title}: {n} case{'s' if n != 1 else ''}"
+    text = f"{title}: {n} case{'s' if n != 1 else ''}"
+    return "\n".join(textwrap.wrap(text, 100, initial_indent="    # ", subsequent_indent="    # "))
 
 
 def draft(failures: list[Result]) -> str:
