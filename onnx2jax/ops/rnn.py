@@ -1,0 +1,291 @@
+"""Recurrent ops: RNN, GRU and LSTM, each one ``jax.lax.scan`` over time for all directions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._registry import register
+
+# Activation functions of the recurrent ops: name -> (function, takes alpha, takes beta,
+# default alpha, default beta). Defaults are those of the ONNX operators of the same name, as
+# the spec asks. Alphas and betas are consumed in order, only by the functions that take one
+# (onnxruntime does the same), across both directions of a bidirectional op.
+_ACTS: dict[str, tuple[Callable, bool, bool, float, float]] = {
+    "relu": (lambda x, a, b: jnp.maximum(x, 0), False, False, 0.0, 0.0),
+    "tanh": (lambda x, a, b: jnp.tanh(x), False, False, 0.0, 0.0),
+    "sigmoid": (lambda x, a, b: jax.nn.sigmoid(x), False, False, 0.0, 0.0),
+    "affine": (lambda x, a, b: x * a + b, True, True, 1.0, 0.0),
+    "leakyrelu": (lambda x, a, b: jnp.where(x >= 0, x, x * a), True, False, 0.01, 0.0),
+    "thresholdedrelu": (lambda x, a, b: jnp.where(x >= a, x, 0), True, False, 1.0, 0.0),
+    "scaledtanh": (lambda x, a, b: a * jnp.tanh(b * x), True, True, 1.0, 1.0),
+    "hardsigmoid": (lambda x, a, b: jnp.clip(x * a + b, 0, 1), True, True, 0.2, 0.5),
+    "elu": (lambda x, a, b: jnp.where(x >= 0, x, a * jnp.expm1(x)), True, False, 1.0, 0.0),
+    "softsign": (lambda x, a, b: x / (1 + jnp.abs(x)), False, False, 0.0, 0.0),
+    "softplus": (lambda x, a, b: jax.nn.softplus(x), False, False, 0.0, 0.0),
+}
+
+Act = tuple[str, float, float]  # (lower-case name, alpha, beta): hashable, so comparable
+
+
+def _activations(
+    names: Sequence[str] | None,
+    alphas: Sequence[float] | None,
+    betas: Sequence[float] | None,
+    defaults: Sequence[str],
+    num_dirs: int,
+) -> list[list[Act]]:
+    """The activation functions per direction: ``[direction][function index]``."""
+    n = len(defaults)
+    names = list(names) if names else list(defaults) * num_dirs
+    if len(names) == n and num_dirs == 2:
+        names = names * 2  # one list given for a bidirectional op: both directions use it
+    if len(names) != n * num_dirs:
+        raise ValueError(f"expected {n * num_dirs} activations, got {names}")
+    it_a, it_b = iter(alphas or ()), iter(betas or ())
+    acts: list[Act] = []
+    for name in names:
+        key = name.lower()
+        if key not in _ACTS:
+            raise ValueError(f"unsupported activation {name!r}")
+        _, takes_a, takes_b, da, db = _ACTS[key]
+        a = float(next(it_a, da)) if takes_a else da
+        b = float(next(it_b, db)) if takes_b else db
+        acts.append((key, a, b))
+    return [acts[d * n : (d + 1) * n] for d in range(num_dirs)]
+
+
+def _apply(acts: Sequence[Act], x, clip):
+    """Apply direction d's activation to ``x[d]`` (``x`` has a leading direction axis)."""
+    if clip is not None:
+        x = jnp.clip(x, -clip, clip)
+    if all(a == acts[0] for a in acts):  # the usual case: one function for every direction
+        name, a, b = acts[0]
+        return _ACTS[name][0](x, a, b)
+    return jnp.stack([_ACTS[n][0](x[d], a, b) for d, (n, a, b) in enumerate(acts)])
+
+
+def _reverse(x, seq_lens):
+    """Reverse each sequence in time (axis 0, batch on axis 1) within its own length.
+
+    Applied twice it is the identity, so the same call puts reversed outputs back in place.
+    Steps past a sequence's length stay where they are.
+    """
+    if seq_lens is None:
+        return jnp.flip(x, 0)
+    t = jnp.arange(x.shape[0])[:, None]
+    lens = seq_lens[None, :]
+    idx = jnp.where(t < lens, lens - 1 - t, t)
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=0)
+
+
+def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout):
+    """The driver shared by RNN, GRU and LSTM.
+
+    ``cell(xw_t, states) -> states`` computes one step for all directions at once (states are
+    ``[num_directions, batch, hidden]``, the hidden state first). The input projection ``X W^T +
+    bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
+    Returns ``Y`` and the final states, in the op's layout.
+    """
+    if layout:
+        X = jnp.swapaxes(X, 0, 1)
+    steps = X.shape[0]
+    dirs = ["forward", "reverse"] if direction == "bidirectional" else [direction]
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ValueError(f"unknown direction {direction!r}")
+    lens = None
+    if sequence_lens is not None:
+        if isinstance(sequence_lens, np.ndarray) and np.all(sequence_lens == steps):
+            lens = None  # every sequence is full length: no masking needed
+        else:
+            lens = jnp.asarray(sequence_lens).astype(jnp.int32)
+    xs = jnp.stack([X if d == "forward" else _reverse(X, lens) for d in dirs])
+    xw = jnp.einsum("dtbi,dgi->tdbg", xs, W.astype(X.dtype)) + bias[None, :, None, :]
+
+    if lens is None:
+
+        def step(carry, xw_t):
+            new = cell(xw_t, carry)
+            return new, new[0]
+
+        final, ys = jax.lax.scan(step, states, xw)
+    else:
+        valid = (jnp.arange(steps)[:, None] < lens[None, :])[:, None, :, None]  # [T,1,B,1]
+
+        def step(carry, inp):
+            xw_t, m = inp
+            new = cell(xw_t, carry)
+            # past a sequence's end its state freezes and its output is zero
+            new = tuple(jnp.where(m, n, c) for n, c in zip(new, carry, strict=True))
+            return new, jnp.where(m, new[0], 0)
+
+        final, ys = jax.lax.scan(step, states, (xw, valid))
+    # ys: [T, D, B, H]; put reversed directions back in input order
+    Y = jnp.stack(
+        [ys[:, i] if d == "forward" else _reverse(ys[:, i], lens) for i, d in enumerate(dirs)],
+        axis=1,
+    )
+    if layout:
+        Y = jnp.transpose(Y, (2, 0, 1, 3))
+        final = tuple(jnp.swapaxes(s, 0, 1) for s in final)
+    return (Y, *final)
+
+
+def _initial(v, num_dirs, batch, hidden, dtype, layout):
+    if v is None:
+        return jnp.zeros((num_dirs, batch, hidden), dtype)
+    v = jnp.asarray(v).astype(dtype)
+    return jnp.swapaxes(v, 0, 1) if layout else v
+
+
+def _dims(X, R, layout):
+    return R.shape[0], X.shape[0] if layout else X.shape[1], R.shape[-1]
+
+
+@register("RNN")
+def rnn(
+    X,
+    W,
+    R,
+    B=None,
+    sequence_lens=None,
+    initial_h=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size=None,
+    layout=0,
+    output_sequence=0,
+):
+    """https://onnx.ai/onnx/operators/onnx__RNN.html (layout: opset 14)."""
+    dt = X.dtype
+    nd, batch, hs = _dims(X, R, layout)
+    acts = _activations(activations, activation_alpha, activation_beta, ["Tanh"], nd)
+    f = [a[0] for a in acts]
+    R = jnp.asarray(R).astype(dt)
+    bias = jnp.zeros((nd, hs), dt) if B is None else jnp.asarray(B).astype(dt)
+    bias = bias[:, :hs] + bias[:, hs:] if B is not None else bias
+
+    def cell(xw, states):
+        (h,) = states
+        return (_apply(f, xw + jnp.einsum("dbh,dgh->dbg", h, R), clip),)
+
+    h0 = _initial(initial_h, nd, batch, hs, dt, layout)
+    return _recurrence(cell, X, W, bias, (h0,), sequence_lens, direction, layout)
+
+
+@register("GRU")
+def gru(
+    X,
+    W,
+    R,
+    B=None,
+    sequence_lens=None,
+    initial_h=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size=None,
+    layout=0,
+    linear_before_reset=0,
+    output_sequence=0,
+):
+    """https://onnx.ai/onnx/operators/onnx__GRU.html (linear_before_reset: 3, layout: 14)."""
+    dt = X.dtype
+    nd, batch, hs = _dims(X, R, layout)
+    acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], nd)
+    f, g = [a[0] for a in acts], [a[1] for a in acts]
+    R = jnp.asarray(R).astype(dt)
+    if B is None:
+        B = jnp.zeros((nd, 6 * hs), dt)
+    B = jnp.asarray(B).astype(dt)
+    wb, rb = B[:, : 3 * hs], B[:, 3 * hs :]
+    # Rb of z and r joins the input projection; Rb of h must stay inside r * (...) when
+    # linear_before_reset, and is added there in both variants.
+    bias = wb + jnp.concatenate([rb[:, : 2 * hs], jnp.zeros_like(rb[:, 2 * hs :])], axis=1)
+    rbh = rb[:, None, 2 * hs :]
+    r_zr, r_h = R[:, : 2 * hs], R[:, 2 * hs :]
+
+    def cell(xw, states):
+        (h,) = states
+        zr = _apply(f, xw[..., : 2 * hs] + jnp.einsum("dbh,dgh->dbg", h, r_zr), clip)
+        z, r = zr[..., :hs], zr[..., hs:]
+        if linear_before_reset:
+            hh = xw[..., 2 * hs :] + r * (jnp.einsum("dbh,dgh->dbg", h, r_h) + rbh)
+        else:
+            hh = xw[..., 2 * hs :] + jnp.einsum("dbh,dgh->dbg", r * h, r_h) + rbh
+        hh = _apply(g, hh, clip)
+        return ((1 - z) * hh + z * h,)
+
+    h0 = _initial(initial_h, nd, batch, hs, dt, layout)
+    return _recurrence(cell, X, W, bias, (h0,), sequence_lens, direction, layout)
+
+
+@register("LSTM")
+def lstm(
+    X,
+    W,
+    R,
+    B=None,
+    sequence_lens=None,
+    initial_h=None,
+    initial_c=None,
+    P=None,
+    *,
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size=None,
+    input_forget=0,
+    layout=0,
+    output_sequence=0,
+):
+    """https://onnx.ai/onnx/operators/onnx__LSTM.html (layout: opset 14).
+
+    Gates are ordered i, o, f, c; peepholes P are i, o, f.
+    """
+    dt = X.dtype
+    nd, batch, hs = _dims(X, R, layout)
+    acts = _activations(
+        activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"], nd
+    )
+    f, g, hfn = ([a[k] for a in acts] for k in range(3))
+    R = jnp.asarray(R).astype(dt)
+    if B is None:
+        bias = jnp.zeros((nd, 4 * hs), dt)
+    else:
+        B = jnp.asarray(B).astype(dt)
+        bias = B[:, : 4 * hs] + B[:, 4 * hs :]
+    if P is not None:
+        P = jnp.asarray(P).astype(dt)[:, None, :]
+        p_i, p_o, p_f = P[..., :hs], P[..., hs : 2 * hs], P[..., 2 * hs :]
+
+    def cell(xw, states):
+        h, c = states
+        gates = xw + jnp.einsum("dbh,dgh->dbg", h, R)
+        gi, go, gf, gc = (gates[..., k * hs : (k + 1) * hs] for k in range(4))
+        if P is not None:
+            gi, gf = gi + p_i * c, gf + p_f * c
+        i = _apply(f, gi, clip)
+        fg = 1 - i if input_forget else _apply(f, gf, clip)
+        c_new = fg * c + i * _apply(g, gc, clip)
+        if P is not None:
+            go = go + p_o * c_new
+        o = _apply(f, go, clip)
+        return (o * _apply(hfn, c_new, None), c_new)
+
+    h0 = _initial(initial_h, nd, batch, hs, dt, layout)
+    c0 = _initial(initial_c, nd, batch, hs, dt, layout)
+    return _recurrence(cell, X, W, bias, (h0, c0), sequence_lens, direction, layout)
