@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     linalg,
     llm,
     loss,
+    ml,
     normalization,
     pool,
     quant,
