@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     attention,
     control_flow,
     conv,
+    dynamic,
     elementwise,
     image,
     linalg,
