@@ -19,8 +19,8 @@ import argparse
 import collections
 import json
 import multiprocessing as mp
+import multiprocessing.connection
 import os
-import queue
 import re
 import sys
 import textwrap
@@ -184,81 +184,97 @@ def setup_jax(cache_dir: str | None) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _worker(wid: int, tasks, results, cache_dir: str | None) -> None:
+def _worker(conn, cache_dir: str | None) -> None:
+    """Run the case indices the parent sends, one at a time, until it sends None."""
     import warnings
 
     warnings.simplefilter("ignore")
     setup_jax(cache_dir)
+    import onnx2jax.backend  # noqa: F401  (import time is not any case's time)
+
     cases = suite.load_cases()
     while True:
-        i = tasks.get()
+        i = conn.recv()
         if i is None:
             return
-        results.put(("start", wid, i))
-        results.put(("done", wid, i, classify(cases[i])))
+        conn.send(classify(cases[i]))
+
+
+class _Worker:
+    """A worker process with its own pipe, so killing it cannot jam a queue shared with others."""
+
+    def __init__(self, ctx, cache_dir: str | None):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, cache_dir), daemon=True)
+        self.proc.start()
+        child.close()
+        self.case: int | None = None
+        self.started = 0.0
+
+    def give(self, i: int | None) -> None:
+        self.case, self.started = i, time.time()
+        self.conn.send(i)
+
+    def stop(self, grace: float = 0.0) -> None:
+        self.proc.join(grace)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
 
 
 def run_all(indices: list[int], jobs: int, timeout: float, cache_dir: str | None) -> list[Result]:
-    cases = suite.load_cases()  # before forking: workers inherit the cases
+    cases = suite.load_cases()  # before forking: workers inherit the cases (jax is not imported)
     if jobs <= 0:  # in this process, for debugging
         setup_jax(cache_dir)
         return [classify(cases[i]) for i in indices]
     ctx = mp.get_context("fork")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for i in indices:
-        tasks.put(i)
-    for _ in range(jobs):
-        tasks.put(None)
-    workers: dict[int, mp.Process] = {}
-    current: dict[int, tuple[int, float]] = {}
-    next_id = 0
-
-    def spawn() -> None:
-        nonlocal next_id
-        p = ctx.Process(target=_worker, args=(next_id, tasks, results, cache_dir), daemon=True)
-        p.start()
-        workers[next_id] = p
-        next_id += 1
-
-    for _ in range(jobs):
-        spawn()
+    todo = collections.deque(indices)
     done: dict[int, Result] = {}
+    workers: list[_Worker] = []
+
+    def feed(w: _Worker) -> None:
+        if todo:
+            w.give(todo.popleft())
+        else:
+            w.give(None)
+            w.stop(grace=10.0)
+            workers.remove(w)
+
+    for _ in range(min(jobs, len(todo))):
+        w = _Worker(ctx, cache_dir)
+        workers.append(w)
+        feed(w)
     last_report = time.time()
-    while len(done) < len(indices):
-        try:
-            msg = results.get(timeout=1.0)
-        except queue.Empty:
-            msg = None
-        if msg is not None and msg[0] == "start":
-            current[msg[1]] = (msg[2], time.time())
-        elif msg is not None:
-            current.pop(msg[1], None)
-            done[msg[2]] = msg[3]
-        for wid, p in list(workers.items()):
-            running = current.get(wid)
-            hung = running is not None and time.time() - running[1] > timeout
-            if hung or not p.is_alive():
-                if hung:
-                    p.kill()
-                p.join()
-                del workers[wid]
-                current.pop(wid, None)
-                if running is not None:
-                    name = cases[running[0]].name
-                    why = "timeout" if hung else "crash"
-                    detail = f"exit code {p.exitcode}" if not hung else f"over {timeout:.0f} s"
-                    done[running[0]] = Result(
-                        name, False, why, "", detail, time.time() - running[1]
-                    )
-                if len(done) + len(current) < len(indices):
-                    spawn()
+    while workers:
+        ready = mp.connection.wait([w.conn for w in workers], timeout=1.0)
+        for w in list(workers):
+            lost = None
+            if w.conn in ready:
+                try:
+                    result = w.conn.recv()
+                except (EOFError, OSError):
+                    lost = ("crash", f"worker died (exit code {w.proc.exitcode})")
+                else:
+                    done[w.case] = result
+                    feed(w)
+                    continue
+            elif time.time() - w.started > timeout:
+                lost = ("timeout", f"over {timeout:.0f} s")
+            if lost is not None:
+                i = w.case
+                w.stop()
+                workers.remove(w)
+                done[i] = Result(
+                    cases[i].name, False, lost[0], "", lost[1], time.time() - w.started
+                )
+                if todo:
+                    w = _Worker(ctx, cache_dir)
+                    workers.append(w)
+                    feed(w)
         if time.time() - last_report > 30:
             print(f"  ... {len(done)}/{len(indices)} cases", file=sys.stderr, flush=True)
             last_report = time.time()
-    for p in workers.values():
-        p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
     return [done[i] for i in indices]
 
 
