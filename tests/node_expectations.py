@@ -9,30 +9,13 @@ from __future__ import annotations
 
 EXPECTED_FAILURES: dict[str, str] = {
     # Data-dependent output shapes (graph break: the output shape depends on input values, which one
-    # jax.jit cannot express): 23 cases
+    # jax.jit cannot express): 6 cases
     "test_compress_0": "data-dependent output shape: Compress",
     "test_compress_1": "data-dependent output shape: Compress",
     "test_compress_bfloat16": "data-dependent output shape: Compress",
     "test_compress_default_axis": "data-dependent output shape: Compress",
     "test_compress_negative_axis": "data-dependent output shape: Compress",
-    "test_nonmaxsuppression_center_point_box_format": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_flipped_coordinates": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_identical_boxes": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_iou_threshold_boundary": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_limit_output_size": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_single_box": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_suppress_by_IOU": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_suppress_by_IOU_and_scores": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_two_batches": "data-dependent output shape: NonMaxSuppression",
-    "test_nonmaxsuppression_two_classes": "data-dependent output shape: NonMaxSuppression",
     "test_nonzero_example": "data-dependent output shape: NonZero",
-    "test_unique_bfloat16_sorted_without_axis": "data-dependent output shape: Unique",
-    "test_unique_length_1": "data-dependent output shape: Unique",
-    "test_unique_not_sorted_without_axis": "data-dependent output shape: Unique",
-    "test_unique_sorted_with_axis": "data-dependent output shape: Unique",
-    "test_unique_sorted_with_axis_3d": "data-dependent output shape: Unique",
-    "test_unique_sorted_with_negative_axis": "data-dependent output shape: Unique",
-    "test_unique_sorted_without_axis": "data-dependent output shape: Unique",
     # Control flow decided by runtime data (a Loop's trip count or the If branch taken changes
     # shapes or types, which one jax.jit cannot express): 4 cases
     "test_if_opt": "control flow on runtime data: If",
