@@ -45,9 +45,10 @@ def swiglu(a, b, *, alpha=1.0):
     """https://onnx.ai/onnx/operators/onnx__SwiGLU.html: a * sigmoid(alpha * a) * b."""
     if a.shape != b.shape:
         raise ValueError(f"A and B must have the same shape, got {a.shape} and {b.shape}")
-    dt = a.dtype
-    gate = jax.nn.sigmoid(alpha * _f32(a)).astype(dt)  # as Swish: the sigmoid in a's type
-    return (a * gate * b).astype(dt)
+    # Half-precision inputs: computed in float32 and rounded once, so the jitted program
+    # (which may keep excess precision between fused ops) and eager runs agree.
+    af = _f32(a)
+    return (af * jax.nn.sigmoid(alpha * af) * _f32(b)).astype(a.dtype)
 
 
 # -- LinearAttention and CausalConvWithState (Gated DeltaNet / Mamba layers) -----------------
@@ -151,10 +152,11 @@ def causal_conv_with_state(x, weight, bias=None, past_state=None, *, activation=
     y = sum(xf[:, :, j : j + length] * w[None, :, j, None] for j in range(k))
     if bias is not None:
         y = y + _f32(bias)[None, :, None]
-    y = y.astype(x.dtype)
     if activation != "none":
-        yf = _f32(y)
-        y = (yf * jax.nn.sigmoid(yf)).astype(x.dtype)
+        # on the float32 sum, rounded once (the reference rounds before the SiLU too; for
+        # half-precision inputs the results differ by at most one unit in the last place)
+        y = y * jax.nn.sigmoid(y)
+    y = y.astype(x.dtype)
     return y, padded[:, :, padded.shape[2] - (k - 1) :]
 
 
