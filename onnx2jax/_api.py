@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -285,5 +286,13 @@ def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None)
     # String tensors cannot be JAX values: they are always specialised on their value.
     value_inputs = frozenset(s.name for s in graph.inputs
                              if s.name in needed or (s.dtype is not None and s.dtype.kind in "OSU"))
+    for s in graph.inputs:
+        if s.name in value_inputs and s.dtype is not None and s.dtype.kind == "f":
+            warnings.warn(
+                f"input {s.name!r} decides output shapes (it feeds an op whose output shape depends "
+                "on values, e.g. NonZero, Unique, NonMaxSuppression), so onnx2jax specialises on its "
+                "value: every distinct value compiles anew. `onnx2jax info` lists such inputs.",
+                stacklevel=2,
+            )
     prog = Program(ir, plan, tuple(graph.inputs), tuple(graph.outputs), constants, value_inputs, x64)
     return Model(prog, params)

@@ -67,6 +67,8 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "SequenceErase"): (1,),
     ("", "Loop"): (0,),  # the trip count: scan outputs have M rows
     ("", "Unique"): (0,),  # data-dependent output shapes: computed at trace time
+    ("", "NonZero"): (0,),
+    ("", "Compress"): (1,),
     ("", "NonMaxSuppression"): (0, 1, 2, 3, 4),
 }
 

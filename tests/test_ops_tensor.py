@@ -1,5 +1,6 @@
 """Indexing, scatter and construction ops (ops/tensor.py) against onnx's reference."""
 
+import jax
 import numpy as np
 import pytest
 from op_check import check_node, node_model
@@ -324,10 +325,14 @@ def test_compress_static_condition(axis):
     )
 
 
-def test_compress_runtime_condition_is_a_clear_error():
-    m = onnx2jax.load(node_model("Compress", {"x": f32(3), "c": np.array([True, False, True])}))
-    with pytest.raises(StaticValueError, match="condition"):
-        m(f32(3), np.array([True, False, True]))
+def test_compress_condition_input_is_value_specialised():
+    c = np.array([True, False, True])
+    check_node("Compress", {"x": f32(3), "c": c}, opset=11)
+    m = onnx2jax.load(node_model("Compress", {"x": f32(3), "c": c}))
+    assert m.value_inputs == {"c"}
+    # Traced (under the user's own jit) it cannot decide a shape: a clear error.
+    with pytest.raises(StaticValueError, match="'c' decides output shapes"):
+        jax.jit(m.apply)(m.params, f32(3), c)
 
 
 def test_nonzero():
@@ -335,6 +340,8 @@ def test_nonzero():
     out = check_node("NonZero", {"x": x}, opset=13, constants=["x"], x64=True)
     assert out[0].dtype == np.int64
     check_node("NonZero", {"x": np.zeros((2, 0), np.int64)}, opset=9, constants=["x"], x64=True)
-    m = onnx2jax.load(node_model("NonZero", {"x": f32(3)}))
-    with pytest.raises(StaticValueError, match="NonZero"):
-        m(f32(3))
+    with pytest.warns(UserWarning, match="specialises on its value"):
+        m = onnx2jax.load(node_model("NonZero", {"x": f32(3)}))
+    np.testing.assert_array_equal(np.asarray(m(np.array([0, 2, 0], np.float32))[0]), [[1]])
+    with pytest.raises(StaticValueError, match="'x' decides output shapes"):
+        jax.jit(m.apply)(m.params, f32(3))
