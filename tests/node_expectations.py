@@ -8,14 +8,6 @@ with ``python tests/tools/update_expectations.py --write`` and review it by hand
 from __future__ import annotations
 
 EXPECTED_FAILURES: dict[str, str] = {
-    # Data-dependent output shapes (graph break: the output shape depends on input values, which one
-    # jax.jit cannot express): 6 cases
-    "test_compress_0": "data-dependent output shape: Compress",
-    "test_compress_1": "data-dependent output shape: Compress",
-    "test_compress_bfloat16": "data-dependent output shape: Compress",
-    "test_compress_default_axis": "data-dependent output shape: Compress",
-    "test_compress_negative_axis": "data-dependent output shape: Compress",
-    "test_nonzero_example": "data-dependent output shape: NonZero",
     # Control flow decided by runtime data (a Loop's trip count or the If branch taken changes
     # shapes or types, which one jax.jit cannot express): 4 cases
     "test_if_opt": "control flow on runtime data: If",
