@@ -46,15 +46,32 @@ class Program:
         return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
 
 
+def _concrete(value: Any) -> Any:
+    """A value-specialised input as numpy: an array, a list of them (a sequence) or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_concrete(v) for v in value]
+    return np.asarray(value)
+
+
+def _key(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return ("seq", tuple(_key(v) for v in value))
+    data = tuple(value.ravel().tolist()) if value.dtype.kind == "O" else value.tobytes()
+    return (value.dtype.str, value.shape, data)
+
+
 class _Frozen:
-    """A numpy array made hashable, so a value-specialised input can be a static jit argument."""
+    """A concrete input value made hashable, so it can be a static ``jax.jit`` argument."""
 
-    __slots__ = ("array", "_key")
+    __slots__ = ("value", "_key")
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
-        data = tuple(array.ravel().tolist()) if array.dtype.kind == "O" else array.tobytes()
-        self._key = (array.dtype.str, array.shape, data)
+    def __init__(self, value: Any):
+        self.value = _concrete(value)
+        self._key = _key(self.value)
 
     def __hash__(self) -> int:
         return hash(self._key)
@@ -131,27 +148,27 @@ class Model:
             bound = _bind(prog, args, kwargs)
             static = {k: v for k, v in bound.items() if k in prog.value_inputs}
             for k, v in static.items():
-                if isinstance(v, jax.core.Tracer):
+                if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(v)):
                     raise StaticValueError(
                         f"input {k!r} decides output shapes, so it must be a concrete value, not "
                         f"a traced one. Call the model object (it handles this), or close over a "
                         f"numpy value: jax.jit(functools.partial(model.apply, {k}=np.array(...)))"
                     )
             dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
-            return _run(prog, params, dynamic, {k: np.asarray(v) for k, v in static.items()})
+            return _run(prog, params, dynamic, {k: _concrete(v) for k, v in static.items()})
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Run with ``self.params`` through a cached ``jax.jit`` (one compile per input shape)."""
         prog = self._program
         with prog.context():
             bound = _bind(prog, args, kwargs)
-            static = tuple(sorted((k, _Frozen(np.asarray(v))) for k, v in bound.items()
+            static = tuple(sorted((k, _Frozen(v)) for k, v in bound.items()
                                   if k in prog.value_inputs))
             dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
             if prog.string_outputs:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
                 # inside still dispatch to XLA one by one).
-                return _run(prog, self.params, dynamic, {k: f.array for k, f in static})
+                return _run(prog, self.params, dynamic, {k: f.value for k, f in static})
             return _jitted(self._program)(self.params, dynamic, static)
 
 
@@ -160,7 +177,7 @@ def _jitted(prog: Program):
     fn = getattr(prog, "_jit", None)
     if fn is None:
         def run_static(params, dynamic, static):
-            return _run(prog, params, dynamic, {k: f.array for k, f in static})
+            return _run(prog, params, dynamic, {k: f.value for k, f in static})
 
         fn = jax.jit(run_static, static_argnums=2)
         object.__setattr__(prog, "_jit", fn)

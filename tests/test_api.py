@@ -136,3 +136,22 @@ def test_float64_input_is_cast_to_declared_float32(model):
 def test_x64_mode_computes_int64():
     m = onnx2jax.load(reshape_by_input(), x64=True)
     assert m(np.zeros((2, 6), np.float32), np.array([3, 4]))[0].shape == (3, 4)
+
+
+def test_sequence_input_specialised_on_value():
+    """A sequence input feeding a shape: frozen element by element, ragged shapes allowed."""
+    import onnx
+    import onnx.helper as oh
+
+    seq_type = oh.make_sequence_type_proto(oh.make_tensor_type_proto(onnx.TensorProto.INT64, None))
+    graph = oh.make_graph(
+        [oh.make_node("SequenceAt", ["s", "zero"], ["shape"]),
+         oh.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6]), oh.make_value_info("s", seq_type)],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    x = np.arange(6, dtype=np.float32)
+    assert m(x, [np.array([2, 3]), np.array([6])])[0].shape == (2, 3)
+    assert m(x, [np.array([3, 2]), np.array([6])])[0].shape == (3, 2)
+    assert m.apply(m.params, x, [np.array([6]), np.array([1, 6])])[0].shape == (6,)
