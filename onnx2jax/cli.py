@@ -1,4 +1,5 @@
-"""The `onnx2jax` command line: `info` describes a model, `run` runs (and compares) it."""
+"""The `onnx2jax` command line: `info` describes a model, `run` runs (and compares) it, `bench`
+times it."""
 
 from __future__ import annotations
 
@@ -97,6 +98,31 @@ def _compare(args: argparse.Namespace, model, inputs, outs) -> int:
     return 0 if ok else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import main as bench_main
+
+    return bench_main(args)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time a model beside onnxruntime: compile, latency, memory, "
+                       "GFLOP/s (each engine in its own process; see benchmarks/README.md)")
+    p.add_argument("model")
+    p.add_argument("--batch", default="1,8", help="batch sizes, comma-separated (default 1,8)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of another symbolic dimension (default 1)")
+    p.add_argument("--compare", action="append", default=[], metavar="ENGINE[,ENGINE]",
+                   help="also time onnxruntime, jaxonnxruntime and/or tract")
+    p.add_argument("--runs", type=int, help="timed runs per engine and batch (default: ~--seconds)")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="timed running per engine and batch when --runs is not given")
+    p.add_argument("--threads", type=int, help="cores for every engine (default: all usable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
+    p.add_argument("--json", metavar="OUT.json", help="write the full record as JSON")
+    p.set_defaults(func=cmd_bench)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--rtol", type=float, default=1e-4)
     p_run.add_argument("--atol", type=float, default=1e-5)
     p_run.set_defaults(func=cmd_run)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
