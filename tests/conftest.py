@@ -1,5 +1,6 @@
 """Test configuration: several CPU devices (for sharding/batching tests), the shared op checker,
-JAX's persistent compilation cache, and the ONNX node suite's pass count in the summary."""
+JAX's persistent compilation cache, and the ONNX node and model suites' pass counts in the
+summary."""
 
 from __future__ import annotations
 
@@ -36,19 +37,25 @@ def _enable_compilation_cache() -> None:
 _enable_compilation_cache()
 
 _NODE_SUITE = "test_onnx_node_suite.py::test_node["
+_MODEL_SUITE = "test_onnx_model_suite.py::test_model["
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print how many ONNX node cases passed. Reads the reports, so it works under xdist too."""
-    jitted = eager = listed = ran = 0
+def _count(terminalreporter, prefix: str) -> tuple[int, int, int, int, int]:
+    """(jitted, eager, listed, ran, skipped) over the reports of the tests named ``prefix...``.
+
+    Reads the reports, so it works under xdist too. ``listed``: passing cases still listed as
+    expected failures; ``skipped``: skipped at setup (counted in ``ran``).
+    """
+    jitted = eager = listed = ran = skipped = 0
     for outcome, reports in terminalreporter.stats.items():
         for rep in reports:
-            if _NODE_SUITE not in getattr(rep, "nodeid", ""):
+            if prefix not in getattr(rep, "nodeid", ""):
                 continue
             when = getattr(rep, "when", None)
             if not (when == "call" or (when == "setup" and outcome in ("skipped", "error"))):
                 continue
             ran += 1
+            skipped += when == "setup" and outcome == "skipped"
             ok = outcome in ("passed", "xpassed")
             if outcome == "failed" and "XPASS(strict)" in str(rep.longrepr):
                 ok, listed = True, listed + 1  # passes, but is still an expected failure
@@ -56,6 +63,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 eager += 1
             elif ok:
                 jitted += 1
+    return jitted, eager, listed, ran, skipped
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print how many ONNX node cases, and how many ONNX model cases, passed."""
+    jitted, eager, listed, ran, _ = _count(terminalreporter, _NODE_SUITE)
     if ran:
         notes = []
         if eager:
@@ -66,4 +79,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("-", "ONNX node suite")
         terminalreporter.write_line(
             f"ONNX node suite: {jitted} of {ran} cases pass through the jit path{note}"
+        )
+    # The model suites (simple, pytorch-converted, pytorch-operator, real): cases whose data is
+    # not on this machine are skipped and left out of the count.
+    jitted, eager, listed, ran, skipped = _count(terminalreporter, _MODEL_SUITE)
+    if ran:
+        notes = []
+        if eager:
+            notes.append(f"{eager} more pass eagerly (string outputs)")
+        if listed:
+            notes.append(f"{listed} passing cases are still in tests/model_expectations.py")
+        if skipped:
+            notes.append(f"{skipped} skipped: model data not available here")
+        note = f" ({'; '.join(notes)})" if notes else ""
+        terminalreporter.write_sep("-", "ONNX model suites")
+        terminalreporter.write_line(
+            f"ONNX model suites: {jitted} of {ran - skipped} cases pass through the jit path{note}"
         )

@@ -1,13 +1,16 @@
-"""Run every ONNX node case through onnx2jax and draft ``tests/node_expectations.py`` by cause.
+"""Run every ONNX node (or model) case through onnx2jax and draft its expectations by cause.
 
 Usage::
 
     python tests/tools/update_expectations.py             # report only
     python tests/tools/update_expectations.py --write     # also rewrite tests/node_expectations.py
     python tests/tools/update_expectations.py -k resize   # only cases whose name contains "resize"
+    python tests/tools/update_expectations.py --suite model --write   # tests/model_expectations.py
 
-Cases run in worker processes (``--jobs``, default 2) without pytest; each case runs exactly as
-``tests/test_onnx_node_suite.py`` runs it (same ``run_case``). A case that hangs past
+``--suite node`` (the default) is ``tests/test_onnx_node_suite.py``; ``--suite model`` is
+``tests/test_onnx_model_suite.py`` (onnx's simple, pytorch-converted, pytorch-operator and real
+model cases that are available locally). Cases run in worker processes (``--jobs``, default 2)
+without pytest; each case runs exactly as its test runs it (same ``run_case``). A case that hangs past
 ``--timeout`` or crashes its worker is recorded as such and the worker is replaced. Only failing
 cases are ever written; the draft is for a human to review (reasons, issue links) before
 committing. Prints the pass count, failures by cause, a per-op histogram and the slowest cases.
@@ -26,7 +29,9 @@ import sys
 import textwrap
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 _T_START = time.perf_counter()
 
@@ -37,9 +42,46 @@ sys.path.insert(0, TESTS)
 # As tests/conftest.py does, so results (and compilation cache entries) match the pytest run.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
-import test_onnx_node_suite as suite  # noqa: E402
+import test_onnx_model_suite as model_suite  # noqa: E402
+import test_onnx_node_suite as node_suite  # noqa: E402
 
-EXPECTATIONS = os.path.join(TESTS, "node_expectations.py")
+
+@dataclass(frozen=True)
+class Suite:
+    """One conformance test module: its cases, how a case is read, where its expectations live."""
+
+    name: str  # the --suite value
+    title: str  # as the pass count line in tests/conftest.py names it
+    heading: str  # the first line of the drafted expectations module
+    module: Any  # the test module: run_case, EXPECTED_FAILURES
+    load: Callable[[], Sequence[Any]]  # the cases it runs, in a stable order
+    materialize: Callable[[Any], Any]  # a listed case -> one with model and data_sets
+
+    @property
+    def expectations(self) -> str:
+        return os.path.join(TESTS, f"{self.name}_expectations.py")
+
+
+SUITES = {
+    "node": Suite(
+        "node",
+        "ONNX node suite",
+        "Expected failures of the ONNX node suite (tests/test_onnx_node_suite.py), grouped by cause.",
+        node_suite,
+        node_suite.load_cases,
+        lambda c: c,
+    ),
+    # load_cases() also returns the cases whose data is not here (a download); they never run.
+    "model": Suite(
+        "model",
+        "ONNX model suites",
+        "Expected failures of the ONNX model suites (tests/test_onnx_model_suite.py), by cause.",
+        model_suite,
+        lambda: model_suite.load_cases()[0],
+        model_suite.materialize,
+    ),
+}
+SUITE = SUITES["node"]  # main() sets it before any worker forks
 
 # Causes that are one group whatever the op, with the explanation shown in the group's header.
 FAMILIES = {
@@ -113,10 +155,11 @@ def classify(case) -> Result:
     from onnx2jax._analysis import DATA_DEPENDENT_SHAPE_OPS
 
     t0 = time.perf_counter()
+    case = SUITE.materialize(case)
     ops = _ops(case.model)
     main_op = ops[0] if len(set(ops)) == 1 else ""
     try:
-        jitted = suite.run_case(case)
+        jitted = SUITE.module.run_case(case)
         return Result(case.name, True, op=main_op, seconds=time.perf_counter() - t0, jitted=jitted)
     except UnsupportedOpsError as e:
         missing = []
@@ -192,7 +235,7 @@ def _worker(conn, cache_dir: str | None) -> None:
     setup_jax(cache_dir)
     import onnx2jax.backend  # noqa: F401  (import time is not any case's time)
 
-    cases = suite.load_cases()
+    cases = SUITE.load()
     while True:
         i = conn.recv()
         if i is None:
@@ -224,7 +267,7 @@ class _Worker:
 
 
 def run_all(indices: list[int], jobs: int, timeout: float, cache_dir: str | None) -> list[Result]:
-    cases = suite.load_cases()  # before forking: workers inherit the cases (jax is not imported)
+    cases = SUITE.load()  # before forking: workers inherit the cases (jax is not imported)
     if jobs <= 0:  # in this process, for debugging
         setup_jax(cache_dir)
         return [classify(cases[i]) for i in indices]
@@ -303,16 +346,20 @@ def _header(group: str, n: int) -> str:
     return "\n".join(textwrap.wrap(text, 100, initial_indent="    # ", subsequent_indent="    # "))
 
 
+def _suite_option() -> str:
+    return "" if SUITE.name == "node" else f"--suite {SUITE.name} "
+
+
 def draft(failures: list[Result]) -> str:
     groups: dict[str, list[Result]] = collections.defaultdict(list)
     for r in failures:
         groups[_group(r.cause)].append(r)
     lines = [
-        '"""Expected failures of the ONNX node suite (tests/test_onnx_node_suite.py), grouped by cause.',
+        f'"""{SUITE.heading}',
         "",
         "Each entry is ``case name: reason``; the suite marks them ``xfail(strict=True)``, so a case that",
         "starts passing fails until its entry is removed: this list can only shrink. Draft a new one",
-        "with ``python tests/tools/update_expectations.py --write`` and review it by hand.",
+        f"with ``python tests/tools/update_expectations.py {_suite_option()}--write`` and review it by hand.",
         '"""',
         "",
         "from __future__ import annotations",
@@ -329,15 +376,20 @@ def draft(failures: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SUITE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        default="node",
+        help="which suite: node (default) or model; --write rewrites tests/<suite>_expectations.py",
+    )
     ap.add_argument(
         "--jobs", "-j", type=int, default=2, help="worker processes (0: in this process)"
     )
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     ap.add_argument("-k", dest="pattern", default="", help="only cases whose name contains this")
-    ap.add_argument(
-        "--write", action="store_true", help=f"rewrite {os.path.relpath(EXPECTATIONS, ROOT)}"
-    )
+    ap.add_argument("--write", action="store_true", help="rewrite the suite's expectations module")
     ap.add_argument("--output", help="write the draft to this file instead")
     ap.add_argument(
         "--cache-dir",
@@ -346,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--details", action="store_true", help="print each failure's message")
     args = ap.parse_args(argv)
+    SUITE = SUITES[args.suite]
 
-    cases = suite.load_cases()  # already loaded by the import (the suite parametrizes over them)
+    cases = SUITE.load()  # already loaded by the import (the suites parametrize over them)
     t_load = time.perf_counter() - _T_START
     indices = [i for i, c in enumerate(cases) if args.pattern in c.name]
+    if SUITE is SUITES["model"]:
+        for u in model_suite.load_cases()[1]:
+            print(f"not available: {u.kind} {u.name}: {u.reason}", file=sys.stderr)
     print(
-        f"{len(cases)} node cases imported and loaded in {t_load:.1f} s; running {len(indices)} "
+        f"{len(cases)} {SUITE.name} cases imported and loaded in {t_load:.1f} s; running {len(indices)} "
         f"with {args.jobs} worker(s)",
         file=sys.stderr,
         flush=True,
@@ -382,14 +438,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.pattern:
         # Stale entries: expected failures that now pass (they would fail the strict xfail).
-        now_pass = sorted(r.name for r in results if r.passed and r.name in suite.EXPECTED_FAILURES)
+        now_pass = sorted(
+            r.name for r in results if r.passed and r.name in SUITE.module.EXPECTED_FAILURES
+        )
         if now_pass:
             print(
                 f"\n{len(now_pass)} listed expected failures now pass: {', '.join(now_pass[:30])}"
                 + (" ..." if len(now_pass) > 30 else "")
             )
     text = draft(failures)
-    target = args.output or (EXPECTATIONS if args.write else None)
+    target = args.output or (SUITE.expectations if args.write else None)
     if target and args.pattern:
         print("\nnot writing a draft from a -k subset", file=sys.stderr)
     elif target:
@@ -398,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {len(failures)} expected failures to {os.path.relpath(target, ROOT)}")
     total_cpu = sum(r.seconds for r in results)
     print(
-        f"\nONNX node suite: {jitted} of {len(results)} cases pass through the jit path "
+        f"\n{SUITE.title}: {jitted} of {len(results)} cases pass through the jit path "
         f"({eager} more pass eagerly: string outputs; {len(failures)} fail); "
         f"{wall:.0f} s wall with {args.jobs} worker(s), "
         f"{total_cpu:.0f} s summed over cases, {t_load:.1f} s to import and load the cases"
