@@ -216,9 +216,9 @@ def _concrete_shape(spec, batch: int, dims: Mapping[str, int]) -> tuple[int, ...
 def make_inputs(path: str, batch: int, dims: Mapping[str, int], seed: int = 0
                 ) -> dict[str, np.ndarray] | str:
     """Seeded inputs for ``path``: axis 0 is the batch axis, ``dims`` sizes the other named dims
-    (default 1). Like ``onnx2jax run --random``, except that integer and boolean inputs whose
-    name contains "mask" are all ones. Returns a string saying why when the batch size cannot
-    be set."""
+    (default 1). Like ``onnx2jax run --random`` (integers in [0, 8)), except that integer and
+    boolean inputs named like "mask" are all ones and integer ones named like "type" alternate
+    0, 1. Returns a string saying why when the batch size cannot be set."""
     from onnx2jax._inspect import example_inputs
     from onnx2jax._ir import TensorSpec
     from onnx2jax._loader import load_model
@@ -232,15 +232,39 @@ def make_inputs(path: str, batch: int, dims: Mapping[str, int], seed: int = 0
         fixed.append(TensorSpec(s.name, s.dtype, shape, s.kind))
     inputs = example_inputs(fixed, {}, seed=seed)
     for name, v in inputs.items():
-        if "mask" in name.lower() and v.dtype.kind in "iub":
+        if v.dtype.kind in "iub" and "mask" in name.lower():
             inputs[name] = np.ones_like(v)
+        elif v.dtype.kind in "iu" and "type" in name.lower():  # token types: BERT has two
+            inputs[name] = (np.arange(v.size).reshape(v.shape) % 2).astype(v.dtype)
     return inputs
 
 
+# op -> the input holding the weights (convolutions) or the left operand (matmuls).
+_CONV_W = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+_MATMUL_A = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
+COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
+
+
+def node_flops(op: str, ins: Sequence[Sequence[int] | None], outs: Sequence[Sequence[int]],
+               trans_a: bool = False) -> int:
+    """2 x multiply-adds of one Conv/ConvTranspose/MatMul/Gemm (or integer form) node."""
+    if op in _CONV_W:  # out (N, M, *spatial) x reduction (C/group * kernel)
+        return 2 * int(np.prod(outs[0])) * int(np.prod(ins[_CONV_W[op]][1:]))
+    if op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
+        return 2 * int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
+    if op in _MATMUL_A:
+        return 2 * int(np.prod(outs[0])) * int(ins[_MATMUL_A[op]][-1])
+    if op == "Gemm":
+        a = ins[0]
+        return 2 * int(np.prod(outs[0])) * int(a[0] if trans_a else a[1])
+    raise KeyError(op)
+
+
 def onnx_flops(path: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
-    """2 x multiply-adds of the Conv, ConvTranspose, MatMul and Gemm nodes of the main graph at
-    the given input shapes (ONNX shape inference with data propagation). ``complete`` is False
-    when some such node's shapes could not be inferred (its FLOPs are then missing)."""
+    """2 x multiply-adds of the Conv, ConvTranspose, MatMul and Gemm nodes (and their integer
+    forms: ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul) of the main graph at the given
+    input shapes (ONNX shape inference with data propagation). ``complete`` is False when some
+    such node's shapes could not be inferred (its FLOPs are then missing)."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
@@ -269,19 +293,12 @@ def onnx_flops(path: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]
     total, by_op, missing = 0, {}, []
     for node in g.node:
         op = node.op_type
-        if node.domain not in ("", "ai.onnx") or op not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+        if node.domain not in ("", "ai.onnx") or op not in COUNTED_OPS:
             continue
         try:
-            if op == "Conv":  # out (N, M, *spatial) x reduction (C/group * kernel)
-                f = 2 * int(np.prod(shape(node.output[0]))) * int(np.prod(shape(node.input[1])[1:]))
-            elif op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
-                f = 2 * int(np.prod(shape(node.input[0]))) * int(np.prod(shape(node.input[1])[1:]))
-            elif op == "MatMul":
-                f = 2 * int(np.prod(shape(node.output[0]))) * shape(node.input[0])[-1]
-            else:
-                a = shape(node.input[0])
-                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-                f = 2 * int(np.prod(shape(node.output[0]))) * (a[0] if trans_a else a[1])
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            f = node_flops(op, [shape(i) if i else None for i in node.input],
+                           [shape(node.output[0])], trans_a)
         except (KeyError, IndexError):
             missing.append(node.name or op)
             continue
@@ -338,10 +355,14 @@ def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str 
         "peak": peak, "batches": [],
     }
     peak_gflops = (peak or {}).get("gflops")
+    failed: dict[str, str] = {}
     for batch in options.batches:
         log(f"{record['model']}: batch {batch}")
         with tempfile.TemporaryDirectory(prefix="onnx2jax-bench-") as tmp:
-            entry = _bench_batch(path, batch, options, threads, tmp, inputs_for, log)
+            entry = _bench_batch(path, batch, options, threads, tmp, inputs_for, log, failed)
+        # A peer that cannot load the model at one batch size is not retried at the next.
+        failed.update({e: f"failed at batch {batch}" for e, r in entry["engines"].items()
+                       if e not in ("onnx2jax", "onnxruntime") and not r.get("ok")})
         for eng in entry["engines"].values():
             if eng.get("median_ms") and entry.get("flops"):
                 eng["gflops"] = entry["flops"] / (eng["median_ms"] * 1e-3) / 1e9
@@ -352,7 +373,7 @@ def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str 
 
 
 def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp: str,
-                 inputs_for, log) -> dict[str, Any]:
+                 inputs_for, log, failed: Mapping[str, str]) -> dict[str, Any]:
     entry: dict[str, Any] = {"batch": batch, "engines": {}}
     inputs = dict(inputs_for(batch)) if inputs_for else make_inputs(path, batch, options.dims,
                                                                      options.seed)
@@ -378,6 +399,9 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
     try:
         for engine in options.engines:
             res[engine] = {"threads": 1 if engine == "tract" else threads}
+            if engine in failed:
+                res[engine].update(ok=False, skipped=True, error=f"not run: {failed[engine]}")
+                continue
             try:
                 if engine == "onnx2jax":
                     # Cold: a fresh process, empty cache folder (it fills it).
@@ -390,9 +414,12 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
                     finally:
                         cold.close()
                     res[engine]["cold"] = info["info"]
-                    res[engine]["flops_xla"] = info["info"].pop("flops_xla", None)
                     res[engine]["peak_rss_cold_mb"] = fin["peak_rss_mb"]
-                    entry["flops_xla"] = res[engine]["flops_xla"]
+                    entry["flops_xla"] = info["info"].pop("flops_xla", None)
+                    traced = info["info"].pop("flops_traced", None)
+                    if traced:
+                        entry["flops_traced"] = traced["flops"]
+                        entry["flops_traced_by_op"] = traced["by_op"]
                     log("  onnx2jax: warm-cache compile")
                 w = workers[engine] = _Worker(tmp, engine)
                 info = w.request(options.timeout_s, cmd="init", engine=engine,
@@ -422,9 +449,17 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
             r["compile_cold_s"] = c["total_s"]
         if "total_s" in (r.get("warm") or {}):
             r["compile_warm_s"] = r["warm"]["total_s"]
-    entry["flops"] = entry.get("flops_onnx") or entry.get("flops_xla")
-    entry["flops_source"] = ("onnx" if entry.get("flops_onnx") else "xla" if entry.get("flops_xla")
-                             else None)
+    # The analytic count: from the traced shapes, else from ONNX shape inference when it covered
+    # every counted node, else XLA's count of the compiled program.
+    complete = (entry.get("flops_onnx_detail") or {}).get("complete")
+    if entry.get("flops_traced"):
+        entry["flops"], entry["flops_source"] = entry["flops_traced"], "traced"
+    elif entry.get("flops_onnx") and (complete or not entry.get("flops_xla")):
+        entry["flops"], entry["flops_source"] = entry["flops_onnx"], "onnx" if complete else "onnx (partial)"
+    elif entry.get("flops_xla"):
+        entry["flops"], entry["flops_source"] = entry["flops_xla"], "xla"
+    else:
+        entry["flops"], entry["flops_source"] = None, None
     ref_file = os.path.join(tmp, "out-onnxruntime.pkl")
     if os.path.exists(ref_file):
         with open(ref_file, "rb") as f:
@@ -679,6 +714,10 @@ class _Engine:
                 ca = compiled.cost_analysis()
                 ca = ca[0] if isinstance(ca, (list, tuple)) else ca
                 self.info["flops_xla"] = float(ca["flops"])
+            try:
+                self.info["flops_traced"] = _traced_flops(model, dynamic, static)
+            except Exception as e:  # internals moved: the parent falls back to shape inference
+                self.info["flops_traced_error"] = f"{type(e).__name__}: {e}"[:300]
 
     def _init_onnxruntime(self, req: dict) -> None:
         t0 = time.perf_counter()
@@ -729,8 +768,21 @@ class _Engine:
         names = [inf.input_name(i) for i in range(inf.input_count())]
         ins = [self.inputs[n] for n in names]
 
+        kinds = {"f": "f", "i": "i", "u": "u"}
+
         def typed():
-            # Bind the symbolic dims (names from the model's input facts) to this run's sizes.
+            # tract's documented way: concrete input facts, then optimise. Some exports keep
+            # symbolic value_info that then cannot unify; those load with their symbolic facts
+            # and get the symbols bound instead.
+            try:
+                m = tract.onnx().load(req["path"])
+                for i, x in enumerate(ins):
+                    dt = "bool" if x.dtype == bool else f"{kinds[x.dtype.kind]}{8 * x.dtype.itemsize}"
+                    m.set_input_fact(i, ",".join(map(str, x.shape)) + "," + dt)
+                self.info["tract_facts"] = "concrete"
+                return m.into_model().into_runnable()
+            except Exception as e:
+                self.info["tract_facts"] = f"symbolic (concrete failed: {str(e).splitlines()[0][:200]})"
             m = inf.into_model()
             syms: dict[str, int] = {}
             for i, x in enumerate(ins):
@@ -745,6 +797,51 @@ class _Engine:
         runnable = self._timed("compile_s", typed)
         self.run = lambda: [o.to_numpy() for o in runnable.run(ins)]
         self.first_outputs = self._timed("first_run_s", self.run)
+
+
+def _traced_flops(model, dynamic: dict, static: dict) -> dict[str, Any]:
+    """:func:`node_flops` over the main graph's nodes, with the shapes their inputs really have
+    when onnx2jax traces the model (exact even where ONNX shape inference gives up).
+
+    Wraps each counted step of the model's plan and traces it with ``jax.eval_shape``; this
+    reads onnx2jax internals (``Program``, ``Plan``, ``Step``, ``OpImpl``), hence the caller's
+    fallback.
+    """
+    import dataclasses
+
+    import jax
+
+    from onnx2jax import _tracer
+
+    prog = model._program
+    total, by_op = 0, {}
+
+    def wrap(step):
+        fn = step.impl.fn
+
+        def counted(*args, **kwargs):
+            nonlocal total
+            out = fn(*args, **kwargs)
+            first = out[0] if isinstance(out, tuple) else out
+            f = node_flops(step.node.op_type, [getattr(a, "shape", None) for a in args],
+                           [first.shape], bool(kwargs.get("transA", 0)))
+            total += f
+            by_op[step.node.op_type] = by_op.get(step.node.op_type, 0) + f
+            return out
+
+        return dataclasses.replace(step, impl=dataclasses.replace(step.impl, fn=counted))
+
+    plan = dataclasses.replace(prog.plan, steps=[
+        wrap(st) if st.node.op_type in COUNTED_OPS and st.node.domain in ("", "ai.onnx") else st
+        for st in prog.plan.steps])
+
+    def run(params, ins):
+        env = {**prog.constants, **params, **static, **ins}
+        return _tracer.run(plan, env)
+
+    with prog.context():
+        jax.eval_shape(run, model.params, dynamic)
+    return {"flops": total, "by_op": by_op}
 
 
 def _peak(req: dict) -> dict[str, Any]:

@@ -19,9 +19,11 @@ def record(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out.json"
     rc = main(["bench", EXAMPLE, "--batch", "1,2", "--compare", "onnxruntime", "--runs", "4",
                "--no-peak", "--json", str(out)])
-    assert rc == 0
     with open(out) as f:
-        return json.load(f)
+        rec = json.load(f)
+    errors = [r.get("error") for b in rec["batches"] for r in b["engines"].values() if not r["ok"]]
+    assert rc == 0 and not errors, errors
+    return rec
 
 
 def test_record_fields(record):
