@@ -35,7 +35,8 @@ def test_record_fields(record):
         assert b["inputs"] == {"image": ["float32", [b["batch"], 3, 32, 32]]}
         # Two 3x3 convs (3->16 at 32x32, 16->32 at 16x16) and a 32->10 linear layer.
         per_item = 2 * (16 * 32 * 32 * 3 * 9 + 32 * 16 * 16 * 16 * 9 + 10 * 32)
-        assert b["flops_onnx"] == per_item * b["batch"] and b["flops_source"] == "onnx"
+        assert b["flops"] == b["flops_traced"] == per_item * b["batch"]
+        assert b["flops_source"] == "traced" and b["flops_onnx"] == b["flops"]
         assert b["flops_xla"] > 0
         for engine in ("onnx2jax", "onnxruntime"):
             r = b["engines"][engine]
