@@ -25,7 +25,11 @@ class TensorSpec:
     kind: str = "tensor"  # "tensor", "sequence", "optional", "map", "sparse_tensor"
 
     def __str__(self) -> str:
-        dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        dims = (
+            "?"
+            if self.shape is None
+            else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        )
         dt = "?" if self.dtype is None else str(self.dtype)
         return f"{self.name}: {self.kind if self.kind != 'tensor' else dt}{dims}"
 

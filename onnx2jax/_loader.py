@@ -6,7 +6,7 @@ import heapq
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import numpy as np
 import onnx
@@ -16,7 +16,7 @@ from ._dtypes import to_numpy_dtype
 from ._errors import ExternalDataError, ModelLoadError
 from ._ir import Graph, Model, Node, TensorSpec
 
-ModelSource = Union[str, os.PathLike, bytes, IO[bytes], onnx.ModelProto]
+ModelSource = str | os.PathLike | bytes | IO[bytes] | onnx.ModelProto
 
 
 def read_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
@@ -84,7 +84,9 @@ def _read_external(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.Tenso
         f.seek(offset)
         data = f.read(length)
     if length >= 0 and len(data) != length:
-        raise ExternalDataError(f"{where}: expected {length} bytes at offset {offset}, file is short")
+        raise ExternalDataError(
+            f"{where}: expected {length} bytes at offset {offset}, file is short"
+        )
     out = onnx.TensorProto()
     out.CopyFrom(tensor)
     del out.external_data[:]
@@ -111,11 +113,16 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
         shape = None
         if tt.HasField("shape"):
             shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
             )
         return TensorSpec(vi.name, dtype, shape)
-    kind = {"sequence_type": "sequence", "optional_type": "optional", "map_type": "map",
-            "sparse_tensor_type": "sparse_tensor"}.get(which or "", "unknown")
+    kind = {
+        "sequence_type": "sequence",
+        "optional_type": "optional",
+        "map_type": "map",
+        "sparse_tensor_type": "sparse_tensor",
+    }.get(which or "", "unknown")
     return TensorSpec(vi.name, None, None, kind=kind)
 
 
@@ -126,7 +133,9 @@ class _Converter:
     def attr(self, a: onnx.AttributeProto, outer: frozenset[str]) -> Any:
         A = onnx.AttributeProto
         if a.ref_attr_name:
-            raise ModelLoadError(f"attribute {a.name!r} refers to a function attribute; unsupported")
+            raise ModelLoadError(
+                f"attribute {a.name!r} refers to a function attribute; unsupported"
+            )
         if a.type == A.FLOAT:
             return float(a.f)
         if a.type == A.INT:
@@ -176,8 +185,14 @@ class _Converter:
         nodes, deps = [], []
         for i, n in enumerate(g.node):
             attrs = {a.name: self.attr(a, scope) for a in n.attribute}
-            node = Node(n.op_type, n.domain if n.domain != "ai.onnx" else "", n.name or f"{n.op_type}_{i}",
-                        tuple(n.input), tuple(n.output), attrs)
+            node = Node(
+                n.op_type,
+                n.domain if n.domain != "ai.onnx" else "",
+                n.name or f"{n.op_type}_{i}",
+                tuple(n.input),
+                tuple(n.output),
+                attrs,
+            )
             # A node also depends on the outer-scope names its subgraphs read.
             free = set()
             for v in attrs.values():
@@ -186,19 +201,28 @@ class _Converter:
                         free |= sub.outer_names
             nodes.append(node)
             deps.append([x for x in n.input if x] + sorted(free))
-        sorted_nodes = _toposort(g.name, nodes, deps, available=set(inits) | {v.name for v in g.input}, outer=outer)
+        sorted_nodes = _toposort(
+            g.name, nodes, deps, available=set(inits) | {v.name for v in g.input}, outer=outer
+        )
         used = {x for d in deps for x in d} | {o.name for o in outputs}
         for o in outputs:
             if o.name not in defined and o.name not in outer:
                 raise ModelLoadError(
                     f"graph {g.name!r}: output {o.name!r} is produced by no node, input or initializer"
                 )
-        return Graph(g.name, sorted_nodes, inputs, outputs, inits,
-                     outer_names=frozenset(x for x in used if x not in defined and x in outer))
+        return Graph(
+            g.name,
+            sorted_nodes,
+            inputs,
+            outputs,
+            inits,
+            outer_names=frozenset(x for x in used if x not in defined and x in outer),
+        )
 
 
-def _toposort(gname: str, nodes: list[Node], deps: list[list[str]], available: set[str],
-              outer: Iterable[str]) -> list[Node]:
+def _toposort(
+    gname: str, nodes: list[Node], deps: list[list[str]], available: set[str], outer: Iterable[str]
+) -> list[Node]:
     """Kahn's algorithm, stable in file order; reports dangling inputs and cycles by node name."""
     producer: dict[str, int] = {}
     for i, n in enumerate(nodes):
@@ -238,7 +262,9 @@ def _toposort(gname: str, nodes: list[Node], deps: list[list[str]], available: s
 
 def convert(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     """Convert a ModelProto (external data resolved relative to ``base_dir``) to the IR."""
-    opsets = {(o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import}
+    opsets = {
+        (o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import
+    }
     if "" not in opsets and proto.ir_version < 3:
         opsets[""] = 1
     graph = _Converter(base_dir).graph(proto.graph)

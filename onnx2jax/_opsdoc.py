@@ -11,7 +11,9 @@ def render() -> str:
     from ._registry import registered
 
     rows = []
-    for (domain, op_type), impls in sorted(registered().items(), key=lambda kv: (kv[0][0], kv[0][1].lower())):
+    for (domain, op_type), impls in sorted(
+        registered().items(), key=lambda kv: (kv[0][0], kv[0][1].lower())
+    ):
         if domain.startswith("test."):
             continue
         sinces = [i.since for i in impls]

@@ -70,6 +70,11 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "NonZero"): (0,),
     ("", "Compress"): (1,),
     ("", "NonMaxSuppression"): (0, 1, 2, 3, 4),
+    # Quantized contrib ops computed through trace-time tables (ops/contrib_quant.py): their
+    # scales and zero points, which are initializers in every quantized model.
+    ("com.microsoft", "QLinearAdd"): (1, 2, 4, 5, 6, 7),
+    ("com.microsoft", "QLinearMul"): (1, 2, 4, 5, 6, 7),
+    ("com.microsoft", "QLinearSoftmax"): (1,),
 }
 
 
@@ -101,7 +106,9 @@ def register(op_type: str, *, since: int = 1, domain: str = "") -> Callable:
     def deco(fn: Callable) -> Callable:
         impls = _REGISTRY.setdefault((domain, op_type), [])
         if any(i.since == since for i in impls):
-            raise RuntimeError(f"{domain or 'ai.onnx'}::{op_type} since {since} is registered twice")
+            raise RuntimeError(
+                f"{domain or 'ai.onnx'}::{op_type} since {since} is registered twice"
+            )
         sig = inspect.signature(fn)
         params = sig.parameters.values()
         takes_ctx = "ctx" in sig.parameters
@@ -127,7 +134,7 @@ def _schema_version(domain: str, op_type: str, opset: int) -> int:
         return opset
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lookup(domain: str, op_type: str, opset: int) -> OpImpl | None:
     """The implementation for ``op_type`` at ``opset``: the newest one not newer than the schema."""
     version = _schema_version(domain, op_type, opset)

@@ -21,11 +21,18 @@ def affine_relu(batch: int | str = "batch", opset: int = 17) -> onnx.ModelProto:
         oh.make_node("Reshape", ["y", "flat"], ["z"], name="flatten"),
     ]
     graph = oh.make_graph(
-        nodes, "affine_relu",
+        nodes,
+        "affine_relu",
         [oh.make_tensor_value_info("x", T.FLOAT, [batch, 4])],
-        [oh.make_tensor_value_info("y", T.FLOAT, [batch, 4]), oh.make_tensor_value_info("z", T.FLOAT, None)],
-        [onnx.numpy_helper.from_array(W, "w"), onnx.numpy_helper.from_array(B, "b"),
-         onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat")],
+        [
+            oh.make_tensor_value_info("y", T.FLOAT, [batch, 4]),
+            oh.make_tensor_value_info("z", T.FLOAT, None),
+        ],
+        [
+            onnx.numpy_helper.from_array(W, "w"),
+            onnx.numpy_helper.from_array(B, "b"),
+            onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+        ],
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
 
@@ -33,8 +40,12 @@ def affine_relu(batch: int | str = "batch", opset: int = 17) -> onnx.ModelProto:
 def reshape_by_input() -> onnx.ModelProto:
     """y = reshape(x, shape) where ``shape`` is a graph input (specialised on its value)."""
     graph = oh.make_graph(
-        [oh.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")], "reshape_by_input",
-        [oh.make_tensor_value_info("x", T.FLOAT, [2, 6]), oh.make_tensor_value_info("shape", T.INT64, [2])],
+        [oh.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")],
+        "reshape_by_input",
+        [
+            oh.make_tensor_value_info("x", T.FLOAT, [2, 6]),
+            oh.make_tensor_value_info("shape", T.INT64, [2]),
+        ],
         [oh.make_tensor_value_info("y", T.FLOAT, None)],
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])

@@ -14,9 +14,16 @@ import onnx2jax
 from onnx2jax._dtypes import to_onnx_dtype
 
 
-def node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], attrs: Mapping[str, Any] | None = None,
-               *, n_outputs: int = 1, opset: int | None = None, domain: str = "",
-               constants: Sequence[str] = ()) -> onnx.ModelProto:
+def node_model(
+    op_type: str,
+    inputs: Mapping[str, np.ndarray | None],
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    n_outputs: int = 1,
+    opset: int | None = None,
+    domain: str = "",
+    constants: Sequence[str] = (),
+) -> onnx.ModelProto:
     """A one-node model. Inputs named in ``constants`` become initializers (known at trace time);
     a ``None`` input is an absent optional input."""
     names = [n if v is not None else "" for n, v in inputs.items()]
@@ -31,8 +38,9 @@ def node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], attrs: Map
             inits.append(onnx.numpy_helper.from_array(v, n))
         else:
             graph_inputs.append(oh.make_tensor_value_info(n, to_onnx_dtype(v.dtype), v.shape))
-    graph = oh.make_graph([node], "g", graph_inputs,
-                          [oh.make_value_info(o, onnx.TypeProto()) for o in outs], inits)
+    graph = oh.make_graph(
+        [node], "g", graph_inputs, [oh.make_value_info(o, onnx.TypeProto()) for o in outs], inits
+    )
     opset = opset or onnx.defs.onnx_opset_version()
     imports = [oh.make_opsetid("", opset)]
     if domain:
@@ -40,17 +48,28 @@ def node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], attrs: Map
     return oh.make_model(graph, opset_imports=imports)
 
 
-def check_node(op_type: str, inputs: Mapping[str, np.ndarray | None], attrs: Mapping[str, Any] | None = None,
-               *, n_outputs: int = 1, opset: int | None = None, domain: str = "",
-               constants: Sequence[str] = (), reference: str = "onnx", rtol: float = 1e-5,
-               atol: float = 1e-6, x64: bool = False) -> list[np.ndarray]:
+def check_node(
+    op_type: str,
+    inputs: Mapping[str, np.ndarray | None],
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    n_outputs: int = 1,
+    opset: int | None = None,
+    domain: str = "",
+    constants: Sequence[str] = (),
+    reference: str = "onnx",
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    x64: bool = False,
+) -> list[np.ndarray]:
     """Run the node through onnx2jax (jitted and eager) and a reference; assert they agree.
 
     Returns the onnx2jax outputs. With ``x64=False`` (the default user setting) int64/float64
     results are compared by value, since JAX computes them in 32 bits.
     """
-    model = node_model(op_type, inputs, attrs, n_outputs=n_outputs, opset=opset, domain=domain,
-                       constants=constants)
+    model = node_model(
+        op_type, inputs, attrs, n_outputs=n_outputs, opset=opset, domain=domain, constants=constants
+    )
     feeds = {n: np.asarray(v) for n, v in inputs.items() if v is not None and n not in constants}
     if reference == "onnx":
         expected = ReferenceEvaluator(model).run(None, feeds)
@@ -70,9 +89,20 @@ def check_node(op_type: str, inputs: Mapping[str, np.ndarray | None], attrs: Map
         if x64 or exp.dtype.itemsize < 8:
             assert got_j.dtype == exp.dtype, f"{where}: dtype {got_j.dtype} != expected {exp.dtype}"
         if exp.dtype.kind in "fc" or exp.dtype.name == "bfloat16":
-            np.testing.assert_allclose(got_j.astype(np.float64), exp.astype(np.float64), rtol=rtol, atol=atol, err_msg=where)
-            np.testing.assert_allclose(got_e.astype(np.float64), got_j.astype(np.float64), rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{where}: eager differs from jit")
+            np.testing.assert_allclose(
+                got_j.astype(np.float64),
+                exp.astype(np.float64),
+                rtol=rtol,
+                atol=atol,
+                err_msg=where,
+            )
+            np.testing.assert_allclose(
+                got_e.astype(np.float64),
+                got_j.astype(np.float64),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{where}: eager differs from jit",
+            )
         else:
             np.testing.assert_array_equal(got_j, exp, err_msg=where)
             np.testing.assert_array_equal(got_e, got_j, err_msg=f"{where}: eager differs from jit")

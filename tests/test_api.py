@@ -77,7 +77,9 @@ def test_vmap_over_added_batch_axis_of_batch1_export():
     ys = jax.vmap(lambda x: m(x)[0])(xb)
     assert ys.shape == (5, 1, 4)
     for i in range(5):
-        np.testing.assert_allclose(np.asarray(ys[i]), reference(affine_relu(batch=1), x=xb[i])[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(ys[i]), reference(affine_relu(batch=1), x=xb[i])[0], rtol=1e-6, atol=1e-6
+        )
     ys2 = jax.vmap(m.apply, in_axes=(None, 0))(m.params, xb)[1]
     assert ys2.shape == (5, 4)
 
@@ -95,7 +97,9 @@ def test_embedded_in_larger_jitted_function(model):
 
 def test_model_called_inside_user_jit(model):
     got = jax.jit(lambda x: model(x)[0] + 1)(X)
-    np.testing.assert_allclose(np.asarray(got), reference(affine_relu(), x=X)[0] + 1, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got), reference(affine_relu(), x=X)[0] + 1, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_value_input_is_specialised_and_compiles_once_per_value():
@@ -122,8 +126,13 @@ def test_load_sources(tmp_path, kind):
     proto = affine_relu()
     path = tmp_path / "m.onnx"
     path.write_bytes(proto.SerializeToString())
-    source = {"path": path, "str": str(path), "bytes": proto.SerializeToString(),
-              "file": io.BytesIO(proto.SerializeToString()), "proto": proto}[kind]
+    source = {
+        "path": path,
+        "str": str(path),
+        "bytes": proto.SerializeToString(),
+        "file": io.BytesIO(proto.SerializeToString()),
+        "proto": proto,
+    }[kind]
     m = onnx2jax.load(source)
     np.testing.assert_allclose(np.asarray(m(X)[0]), reference(proto, x=X)[0], rtol=1e-6, atol=1e-6)
 
@@ -145,11 +154,18 @@ def test_sequence_input_specialised_on_value():
 
     seq_type = oh.make_sequence_type_proto(oh.make_tensor_type_proto(onnx.TensorProto.INT64, None))
     graph = oh.make_graph(
-        [oh.make_node("SequenceAt", ["s", "zero"], ["shape"]),
-         oh.make_node("Reshape", ["x", "shape"], ["y"])], "g",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6]), oh.make_value_info("s", seq_type)],
+        [
+            oh.make_node("SequenceAt", ["s", "zero"], ["shape"]),
+            oh.make_node("Reshape", ["x", "shape"], ["y"]),
+        ],
+        "g",
+        [
+            oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6]),
+            oh.make_value_info("s", seq_type),
+        ],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")])
+        [onnx.numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
     m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
     x = np.arange(6, dtype=np.float32)
     assert m(x, [np.array([2, 3]), np.array([6])])[0].shape == (2, 3)

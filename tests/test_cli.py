@@ -29,11 +29,19 @@ def test_info(model_path, capsys):
 
 def test_info_lists_unsupported_and_breaks(tmp_path, capsys):
     graph = oh.make_graph(
-        [oh.make_node("NonZero", ["x"], ["y"], name="nz"), oh.make_node("Foo", ["y"], ["z"], domain="my.dom")],
-        "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3])],
-        [oh.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)])
+        [
+            oh.make_node("NonZero", ["x"], ["y"], name="nz"),
+            oh.make_node("Foo", ["y"], ["z"], domain="my.dom"),
+        ],
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3])],
+        [oh.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+    )
     path = tmp_path / "u.onnx"
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("my.dom", 1)]), path)
+    onnx.save(
+        oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("my.dom", 1)]),
+        path,
+    )
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "my.dom::Foo (opset 1)" in out
@@ -41,8 +49,22 @@ def test_info_lists_unsupported_and_breaks(tmp_path, capsys):
 
 
 def test_run_random_compare(model_path, capsys):
-    assert main(["run", str(model_path), "--random", "--dim", "batch=5", "--compare", "onnxruntime",
-                 "--runs", "3"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(model_path),
+                "--random",
+                "--dim",
+                "batch=5",
+                "--compare",
+                "onnxruntime",
+                "--runs",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "input  x: float32[5, 4]" in out
     assert "output y: float32[5, 4]" in out

@@ -19,14 +19,23 @@ X = np.zeros((3, 4), np.float32)
 
 def _graph_model(nodes, inputs=("x",), outputs=("y",)):
     graph = oh.make_graph(
-        nodes, "g", [oh.make_tensor_value_info(i, T.FLOAT, [2]) for i in inputs],
-        [oh.make_tensor_value_info(o, T.FLOAT, [2]) for o in outputs])
+        nodes,
+        "g",
+        [oh.make_tensor_value_info(i, T.FLOAT, [2]) for i in inputs],
+        [oh.make_tensor_value_info(o, T.FLOAT, [2]) for o in outputs],
+    )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
 def test_hierarchy():
-    for cls in (InputError, ModelLoadError, UnsupportedOpsError, onnx2jax.ExternalDataError,
-                onnx2jax.StaticValueError, onnx2jax.NodeError):
+    for cls in (
+        InputError,
+        ModelLoadError,
+        UnsupportedOpsError,
+        onnx2jax.ExternalDataError,
+        onnx2jax.StaticValueError,
+        onnx2jax.NodeError,
+    ):
         assert issubclass(cls, Onnx2JaxError)
 
 
@@ -49,11 +58,13 @@ def test_missing_file(tmp_path):
 
 
 def test_cycle_names_nodes():
-    model = _graph_model([
-        oh.make_node("Add", ["x", "b"], ["a"], name="first"),
-        oh.make_node("Relu", ["a"], ["b"], name="second"),
-        oh.make_node("Identity", ["a"], ["y"], name="out"),
-    ])
+    model = _graph_model(
+        [
+            oh.make_node("Add", ["x", "b"], ["a"], name="first"),
+            oh.make_node("Relu", ["a"], ["b"], name="second"),
+            oh.make_node("Identity", ["a"], ["y"], name="out"),
+        ]
+    )
     with pytest.raises(ModelLoadError, match="cycle.*first"):
         onnx2jax.load(model)
 
@@ -65,10 +76,12 @@ def test_dangling_input_names_node_and_value():
 
 
 def test_unsupported_ops_reported_all_at_once_at_load():
-    model = _graph_model([
-        oh.make_node("FancyOp", ["x"], ["a"], name="n1", domain="com.example"),
-        oh.make_node("OtherOp", ["a"], ["y"], name="n2", domain="com.example"),
-    ])
+    model = _graph_model(
+        [
+            oh.make_node("FancyOp", ["x"], ["a"], name="n1", domain="com.example"),
+            oh.make_node("OtherOp", ["a"], ["y"], name="n2", domain="com.example"),
+        ]
+    )
     model.opset_import.append(oh.make_opsetid("com.example", 3))
     with pytest.raises(UnsupportedOpsError) as info:
         onnx2jax.load(model)
@@ -139,9 +152,12 @@ def test_server_style_recovery(model):
 def test_node_failure_names_the_node():
     # Reshape to an impossible size fails inside the op; the error names the node.
     graph = oh.make_graph(
-        [oh.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")], "g",
-        [oh.make_tensor_value_info("x", T.FLOAT, [2, 3])], [oh.make_tensor_value_info("y", T.FLOAT, None)],
-        [onnx.numpy_helper.from_array(np.array([4, 4], np.int64), "s")])
+        [oh.make_node("Reshape", ["x", "s"], ["y"], name="bad_reshape")],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+        [oh.make_tensor_value_info("y", T.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array([4, 4], np.int64), "s")],
+    )
     m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
     with pytest.raises(onnx2jax.NodeError, match="bad_reshape"):
         m(np.zeros((2, 3), np.float32))

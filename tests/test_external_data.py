@@ -18,8 +18,14 @@ X = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
 def _save_external(tmp_path, location="weights.bin"):
     proto = affine_relu()
     path = tmp_path / "model.onnx"
-    onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=0)
+    onnx.save_model(
+        proto,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
     return proto, path
 
 
@@ -35,14 +41,18 @@ def _set_location(path, location):
 def test_external_data_loads(tmp_path):
     _, path = _save_external(tmp_path)
     m = onnx2jax.load(path)
-    np.testing.assert_allclose(np.asarray(m(X)[0]), reference(affine_relu(), x=X)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(m(X)[0]), reference(affine_relu(), x=X)[0], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_file_object_with_name_finds_external_data(tmp_path):
     _, path = _save_external(tmp_path)
     with open(path, "rb") as f:
         m = onnx2jax.load(f)
-    np.testing.assert_allclose(np.asarray(m(X)[0]), reference(affine_relu(), x=X)[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(m(X)[0]), reference(affine_relu(), x=X)[0], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_bytes_with_external_data_need_base_dir(tmp_path):
