@@ -406,3 +406,29 @@ def test_qlinear_conv(xs, ws, attrs, dtype):
     check_node("QLinearConv", inputs, attrs, opset=10, reference=ref)
     inputs["sw"], inputs["zw"] = np.float32(0.01), np.int8(0)
     check_node("QLinearConv", {**inputs, "b": None}, attrs, opset=10, reference=ref)
+
+
+def test_quantize_divides_exactly_at_rounding_ties():
+    """x / scale must be a true division: XLA turns a division by a broadcast scale into a
+    multiplication by the reciprocal (one ulp off for ~1/4 of values), which flips rounding
+    ties. These x are chosen so x / scale lies within an ulp of a .5 tie; onnxruntime's (and
+    numpy's) exact division decides them."""
+    import jax
+    import jax.numpy as jnp
+
+    from onnx2jax.ops.quant import dynamic_quantize_linear, quantize_linear
+
+    scale = np.float32(0.04)
+    k = np.arange(-120, 120, dtype=np.float32)
+    x = ((k + np.float32(0.5)) * scale).astype(np.float32)
+    x = np.concatenate([x, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, -np.inf)])
+    expected = np.clip(np.rint(x / scale) + 3, -128, 127).astype(np.int8)
+    recip = np.clip(np.rint(x * (np.float32(1) / scale)) + 3, -128, 127).astype(np.int8)
+    assert (recip != expected).any(), "the test values no longer exercise the rewrite"
+    zp = np.asarray(3, np.int8)
+    fn = jax.jit(lambda x, s: quantize_linear(x, s, zp))
+    np.testing.assert_array_equal(np.asarray(fn(x, scale)), expected)
+    np.testing.assert_array_equal(np.asarray(quantize_linear(jnp.asarray(x), jnp.asarray(scale), zp)), expected)
+    (y, s, z) = jax.jit(dynamic_quantize_linear)(x)
+    s_exact = np.float32((np.float32(x.max()) - np.float32(x.min())) / np.float32(255))
+    assert np.float32(s) == s_exact

@@ -65,6 +65,22 @@ def _param(v, shape, axis, block_size):
     return v
 
 
+def exact_div(a, b):
+    """``a / b``, correctly rounded (IEEE division), with numpy or JAX operands.
+
+    XLA rewrites a division by a broadcast or constant divisor into a multiplication by its
+    reciprocal, which is one ulp off for about a quarter of all values; in quantization one
+    ulp decides a rounding tie, so results would differ from onnxruntime's. Hiding the
+    divisor behind an optimization barrier keeps the true division (the barrier vanishes
+    after simplification: nothing is materialized).
+    """
+    if isinstance(a, (np.ndarray, np.generic)) and isinstance(b, (np.ndarray, np.generic)):
+        return a / b
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+    return jnp.broadcast_to(a, shape) / jax.lax.optimization_barrier(jnp.broadcast_to(b, shape))
+
+
 def _saturate_int(m, q, dtype):
     """Rounded float values -> integer ``dtype``, clipped to its range first (no wraparound)."""
     lo, hi = _int_range(dtype)
@@ -95,7 +111,7 @@ def _quantize(x, scale, zero_point, out_dtype, *, axis=1, saturate=1, block_size
     else:
         dt = np.dtype(x.dtype)  # an int32 scale divides in x's type
     dt = dt if m is np else canonical(dt)
-    q = astype(x, dt) / astype(s, dt)
+    q = exact_div(astype(x, dt), astype(s, dt))
     zp = None if zero_point is None else _param(zero_point, shape, axis, block_size)
     out_dtype = np.dtype(out_dtype)
     if not _is_float(out_dtype):
@@ -171,9 +187,9 @@ def dynamic_quantize_linear(x):
     x = jnp.asarray(x, jnp.float32)
     hi = jnp.maximum(0.0, jnp.max(x))
     lo = jnp.minimum(0.0, jnp.min(x))
-    scale = jnp.where(hi == lo, jnp.float32(1.0), (hi - lo) / jnp.float32(255.0))
-    zp = jnp.round(jnp.clip(0.0 - lo / scale, 0.0, 255.0))
-    y = jnp.clip(jnp.round(x / scale) + zp, 0.0, 255.0).astype(jnp.uint8)
+    scale = jnp.where(hi == lo, jnp.float32(1.0), exact_div(hi - lo, jnp.float32(255.0)))
+    zp = jnp.round(jnp.clip(0.0 - exact_div(lo, scale), 0.0, 255.0))
+    y = jnp.clip(jnp.round(exact_div(x, scale)) + zp, 0.0, 255.0).astype(jnp.uint8)
     return y, scale, zp.astype(jnp.uint8)
 
 
@@ -231,7 +247,7 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
         bv = _f32(b) * _f32(b_scale)
         return _quantize(jnp.matmul(av, bv), _f32(y_scale), y_zero_point, out)
     acc = _int_matmul(_centered(a, a_zero_point, rows=True), _centered(b, b_zero_point))
-    multiplier = _f32(_row_param(a_scale)) * _f32(b_scale) / _f32(y_scale)
+    multiplier = exact_div(_f32(_row_param(a_scale)) * _f32(b_scale), _f32(y_scale))
     return _requantize(acc, multiplier, y_zero_point, out)
 
 
@@ -365,8 +381,8 @@ def qlinear_conv(
     )
     if b is not None:
         acc = acc + jnp.asarray(b).astype(jnp.int32).reshape(-1, *([1] * nd))
-    multiplier = (
-        _f32(x_scale).reshape(()) * _f32(_channel_param(w_scale, nd)) / _f32(y_scale).reshape(())
+    multiplier = exact_div(
+        _f32(x_scale).reshape(()) * _f32(_channel_param(w_scale, nd)), _f32(y_scale).reshape(())
     )
     out = np.dtype(y_zero_point.dtype) if y_zero_point is not None else np.dtype(x.dtype)
     return _requantize(acc, multiplier, y_zero_point, out)

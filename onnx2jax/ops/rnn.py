@@ -83,13 +83,15 @@ def _reverse(x, seq_lens):
     return jnp.take_along_axis(x, idx, axis=0)
 
 
-def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout):
+def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, project=None):
     """The driver shared by RNN, GRU and LSTM.
 
     ``cell(xw_t, states) -> states`` computes one step for all directions at once (states are
     ``[num_directions, batch, hidden]``, the hidden state first). The input projection ``X W^T +
     bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
-    Returns ``Y`` and the final states, in the op's layout.
+    ``project(xs)`` replaces that matmul when given (``[D, T, B, I] -> [T, D, B, G]``; the
+    quantized LSTM of ops/contrib_quant.py). Returns ``Y`` and the final states, in the op's
+    layout.
     """
     if layout:
         X = jnp.swapaxes(X, 0, 1)
@@ -104,7 +106,11 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout):
         else:
             lens = jnp.asarray(sequence_lens).astype(jnp.int32)
     xs = jnp.stack([X if d == "forward" else _reverse(X, lens) for d in dirs])
-    xw = jnp.einsum("dtbi,dgi->tdbg", xs, W.astype(X.dtype)) + bias[None, :, None, :]
+    if project is None:
+        xw = jnp.einsum("dtbi,dgi->tdbg", xs, W.astype(X.dtype))
+    else:
+        xw = project(xs)
+    xw = xw + bias[None, :, None, :]
 
     if lens is None:
 
