@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _tracer
-from ._analysis import is_param, value_needs
+from ._analysis import is_param
+from ._bounded import bounded_step, count_name
 from ._dtypes import canonical
-from ._errors import InputError, StaticValueError, UnsupportedOpsError
+from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
 from ._ir import TensorSpec
 from ._loader import ModelSource, load_model
+from ._segments import Break, Breaks, Stage, find_breaks, partition
 
 Params = dict[str, jax.Array]
 
@@ -37,6 +40,13 @@ class Program:
     constants: dict[str, np.ndarray]
     value_inputs: frozenset[str]  # graph inputs specialised on their value (one compile per value)
     x64: bool
+    breaks: tuple[Break, ...] = ()
+    # With graph breaks: the jitted segments and host steps, in order (None: one jit).
+    stages: tuple[Stage, ...] | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
 
     @property
     def string_outputs(self) -> bool:
@@ -130,9 +140,18 @@ class Model:
         """Inputs whose values decide shapes: each distinct value compiles once."""
         return self._program.value_inputs
 
+    @property
+    def graph_breaks(self) -> tuple[Break, ...]:
+        """Where the graph leaves jit (data-dependent output shapes); empty for one XLA program.
+
+        ``model(...)`` and ``model.apply(...)`` run such graphs as jitted segments with host
+        steps between them; each ``Break`` names the node, its op and why.
+        """
+        return self._program.breaks
+
     def outputs_dict(self, outputs: tuple[Any, ...]) -> dict[str, Any]:
         """Key a result tuple of ``apply`` or ``__call__`` by output name."""
-        return dict(zip(self.output_names, outputs))
+        return dict(zip(self.output_names, outputs, strict=False))
 
     def __repr__(self) -> str:
         n = sum(int(np.prod(p.shape)) for p in self.params.values())
@@ -142,28 +161,35 @@ class Model:
 
     # -- running ------------------------------------------------------------------------------
     def apply(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """Run the graph with ``params``; pure, so it can be jitted, differentiated and vmapped."""
+        """Run the graph with ``params``; pure, so it can be jitted, differentiated and vmapped.
+
+        A graph with breaks (:attr:`graph_breaks`) runs segment by segment on concrete values;
+        under a JAX transformation it is traced whole, which raises ``StaticValueError`` naming
+        the break unless its inputs happen to be concrete.
+        """
         prog = self._program
         with prog.context():
             bound = _bind(prog, args, kwargs)
-            static = {k: v for k, v in bound.items() if k in prog.value_inputs}
-            for k, v in static.items():
-                if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(v)):
-                    raise StaticValueError(
-                        f"input {k!r} decides output shapes, so it must be a concrete value, not "
-                        f"a traced one. Call the model object (it handles this), or close over a "
-                        f"numpy value: jax.jit(functools.partial(model.apply, {k}=np.array(...)))"
-                    )
-            dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
-            return _run(prog, params, dynamic, {k: _concrete(v) for k, v in static.items()})
+            if prog.stages is not None and not _traced(params, bound):
+                return _run_stages(prog, params, bound, jit=False)
+            return _apply_whole(prog, params, bound)
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """Run with ``self.params`` through a cached ``jax.jit`` (one compile per input shape)."""
+        """Run with ``self.params`` through a cached ``jax.jit`` (one compile per input shape).
+
+        With graph breaks, each segment is its own cached ``jax.jit`` and the break nodes run
+        on the host between them.
+        """
         prog = self._program
         with prog.context():
             bound = _bind(prog, args, kwargs)
-            static = tuple(sorted((k, _Frozen(v)) for k, v in bound.items()
-                                  if k in prog.value_inputs))
+            if prog.stages is not None:
+                if _traced(self.params, bound):  # inside the caller's own transformation
+                    return _apply_whole(prog, self.params, bound)
+                return _run_stages(prog, self.params, bound, jit=not prog.string_outputs)
+            static = tuple(
+                sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs)
+            )
             dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
             if prog.string_outputs:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
@@ -172,10 +198,32 @@ class Model:
             return _jitted(self._program)(self.params, dynamic, static)
 
 
+def _traced(params: Mapping[str, Any], bound: Mapping[str, Any]) -> bool:
+    leaves = jax.tree_util.tree_leaves((dict(params), dict(bound)))
+    return any(isinstance(x, jax.core.Tracer) for x in leaves)
+
+
+def _apply_whole(
+    prog: Program, params: Mapping[str, Any], bound: dict[str, Any]
+) -> tuple[Any, ...]:
+    """The whole graph in one trace: value-specialised inputs must be concrete."""
+    static = {k: v for k, v in bound.items() if k in prog.value_inputs}
+    for k, v in static.items():
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(v)):
+            raise StaticValueError(
+                f"input {k!r} decides output shapes, so it must be a concrete value, not "
+                f"a traced one. Call the model object (it handles this), or close over a "
+                f"numpy value: jax.jit(functools.partial(model.apply, {k}=np.array(...)))"
+            )
+    dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+    return _run(prog, params, dynamic, {k: _concrete(v) for k, v in static.items()})
+
+
 def _jitted(prog: Program):
     """One ``jax.jit`` per program, stored on it so every Model sharing the program shares it."""
     fn = getattr(prog, "_jit", None)
     if fn is None:
+
         def run_static(params, dynamic, static):
             return _run(prog, params, dynamic, {k: f.value for k, f in static})
 
@@ -184,17 +232,109 @@ def _jitted(prog: Program):
     return fn
 
 
-def _run(prog: Program, params: Mapping[str, Any], dynamic: Mapping[str, Any],
-         static: Mapping[str, np.ndarray]) -> tuple[Any, ...]:
-    missing = [k for k in prog.ir.graph.initializers if k not in prog.constants and k not in params]
-    if missing:
-        raise InputError(f"params lacks {len(missing)} weight(s): {missing[:5]}; pass model.params")
+def _run(
+    prog: Program,
+    params: Mapping[str, Any],
+    dynamic: Mapping[str, Any],
+    static: Mapping[str, np.ndarray],
+) -> tuple[Any, ...]:
+    _check_params(prog, params)
     env: dict[str, Any] = dict(prog.constants)
     env.update(params)
     env.update(static)
     env.update(dynamic)
-    outs = _tracer.run(prog.plan, env)
+    outs = _tracer.run(prog.plan, env, prog.output_names)
     return tuple(_as_output(o) for o in outs)
+
+
+def _check_params(prog: Program, params: Mapping[str, Any]) -> None:
+    missing = [k for k in prog.ir.graph.initializers if k not in prog.constants and k not in params]
+    if missing:
+        raise InputError(f"params lacks {len(missing)} weight(s): {missing[:5]}; pass model.params")
+
+
+# -- graph breaks: jitted segments with host steps between them ---------------------------------
+
+
+def _segment_fn(prog: Program, stage: Stage):
+    """The function of one segment: ``(params, dynamic, static) -> outputs`` (pure, jittable)."""
+    steps = [prog.plan.steps[i] for i in stage.nodes]
+
+    def run_segment(params, dynamic, static):
+        env: dict[str, Any] = dict(prog.constants)
+        env.update(params)
+        env.update((k, f.value) for k, f in static)
+        env.update(dynamic)
+        _tracer.run_steps(prog.plan, steps, env)
+        return tuple(env[o] for o in stage.outputs)
+
+    return run_segment
+
+
+class _Staged:
+    """A program's segments, each with its own cached ``jax.jit`` (built once per program)."""
+
+    def __init__(self, prog: Program):
+        assert prog.stages is not None
+        self.calls = []
+        for stage in prog.stages:
+            fn = None if stage.host else _segment_fn(prog, stage)
+            dynamic = tuple(k for k in stage.inputs if k not in stage.static)
+            self.calls.append((stage, fn, jax.jit(fn, static_argnums=2) if fn else None, dynamic))
+
+    @property
+    def segments(self) -> list:
+        """The jitted segments, in order (``_cache_size()`` counts compiles)."""
+        return [jitted for _, _, jitted, _ in self.calls if jitted is not None]
+
+
+def _staged(prog: Program) -> _Staged:
+    staged = getattr(prog, "_jit", None)
+    if staged is None:
+        staged = _Staged(prog)
+        object.__setattr__(prog, "_jit", staged)
+    return staged
+
+
+def _run_stages(
+    prog: Program, params: Mapping[str, Any], bound: Mapping[str, Any], jit: bool
+) -> tuple[Any, ...]:
+    """Run a program with graph breaks on concrete values: segments, then host steps."""
+    _check_params(prog, params)
+    values: dict[str, Any] = dict(bound)
+    for stage, fn, jitted, dynamic in _staged(prog).calls:
+        if stage.host:
+            values.update(_host_step(prog, stage, params, values))
+            continue
+        static = tuple((k, _Frozen(values[k])) for k in stage.static)
+        outs = (jitted if jit else fn)(
+            {k: params[k] for k in stage.params}, {k: values[k] for k in dynamic}, static
+        )
+        values.update(zip(stage.outputs, outs, strict=True))
+    outs = []
+    for name in prog.output_names:
+        v = (
+            values[name]
+            if name in values
+            else params[name]
+            if name in params
+            else prog.constants[name]
+        )
+        outs.append(_as_output(v))
+    return tuple(outs)
+
+
+def _host_step(
+    prog: Program, stage: Stage, params: Mapping[str, Any], values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run one break node on numpy values (its inputs are fetched from the device at once)."""
+    fetched = jax.device_get(
+        {**{k: params[k] for k in stage.params}, **{k: values[k] for k in stage.inputs}}
+    )
+    env: dict[str, Any] = dict(prog.constants)
+    env.update({k: _concrete(v) for k, v in fetched.items()})
+    _tracer.run_steps(prog.plan, [prog.plan.steps[i] for i in stage.nodes], env)
+    return {k: env[k] for k in stage.outputs}
 
 
 def _as_output(v: Any) -> Any:
@@ -212,7 +352,7 @@ def _bind(prog: Program, args: tuple, kwargs: dict) -> dict[str, Any]:
         raise InputError(
             f"got {len(args)} positional inputs, but the model takes {len(names)}: {names}"
         )
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args, strict=False))
     for k, v in kwargs.items():
         if k in bound:
             raise InputError(f"input {k!r} given both by position and by name")
@@ -254,7 +394,7 @@ def _check_input(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]])
                 f"input {spec.name!r} has rank {len(shape)} (shape {list(shape)}), but the model "
                 f"declares rank {len(spec.shape)}: {spec}"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+        for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
             if isinstance(want, int) and want > 0 and want != got:
                 raise InputError(
                     f"input {spec.name!r} has size {got} on axis {axis}, but the model fixes it "
@@ -270,8 +410,31 @@ def _check_input(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]])
     return value
 
 
-def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None) -> Model:
+def load(
+    source: ModelSource,
+    *,
+    x64: bool = False,
+    base_dir: str | None = None,
+    max_sizes: Mapping[str, int] | None = None,
+    dynamic_bound: int | None = None,
+) -> Model:
     """Load an ONNX model as a :class:`Model`.
+
+    Where an output *shape* depends on values computed at run time (NonZero, Compress, Unique,
+    NonMaxSuppression on computed data; a Reshape whose shape is computed from data), the graph
+    breaks: ``model(...)`` runs jitted segments with those nodes on the host between them
+    (:attr:`Model.graph_breaks` lists them). ``max_sizes``/``dynamic_bound`` keep NonZero,
+    Compress and Unique inside one XLA program instead, with padded outputs:
+
+    - the data-dependent axis has exactly N entries (NonZero: ``[rank, N]``; Compress: N
+      slices along its axis; Unique: N entries in ``Y``, ``indices`` and ``counts``, while
+      ``inverse_indices`` keeps its length); the first ``count`` are the op's results in the
+      usual order, the rest are zeros (index 0, value 0, count 0);
+    - ``count`` (an int64 scalar: the true number of results, which may exceed N, in which
+      case only the first N are kept) is an extra graph output named ``"<node name>/count"``,
+      appended after the model's own outputs;
+    - downstream ops see the padded tensors as they are: reductions and gathers over the
+      padded axis include the zero entries, so mask with the count where that matters.
 
     Args:
         source: a path, bytes, a binary file object or an ``onnx.ModelProto``. External data is
@@ -280,11 +443,15 @@ def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None)
         x64: compute int64/float64 tensors in 64 bits (runs the graph under
             ``jax.enable_x64``). Off by default: they are computed as int32/float32, JAX's default.
         base_dir: folder for external data when ``source`` is not a path.
+        max_sizes: bound per node name (e.g. ``{"NonZero_3": 128}``) for NonZero, Compress or
+            Unique nodes that would break the graph (``onnx2jax info`` lists them).
+        dynamic_bound: the bound for every such node not named in ``max_sizes``.
 
     Raises:
         ModelLoadError: unreadable, corrupt or malformed model (cycle, dangling input).
         ExternalDataError: missing or unsafe external data.
         UnsupportedOpsError: lists every unsupported op use, with domain, opset and node.
+        Onnx2JaxError: ``max_sizes`` names a node that cannot be bounded.
     """
     ir = load_model(source, base_dir)
     missing: list[str] = []
@@ -292,24 +459,82 @@ def load(source: ModelSource, *, x64: bool = False, base_dir: str | None = None)
     if missing:
         raise UnsupportedOpsError(missing)
     graph = ir.graph
-    needed = value_needs(graph)
+    found = find_breaks(graph, max_sizes, dynamic_bound)
     constants, params = {}, {}
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         for name, arr in graph.initializers.items():
-            if is_param(name, arr, needed):
+            if is_param(name, arr, found.needed):
                 params[name] = jnp.asarray(arr)
             else:
                 constants[name] = arr
-    # String tensors cannot be JAX values: they are always specialised on their value.
-    value_inputs = frozenset(s.name for s in graph.inputs
-                             if s.name in needed or (s.dtype is not None and s.dtype.kind in "OSU"))
     for s in graph.inputs:
-        if s.name in value_inputs and s.dtype is not None and s.dtype.kind == "f":
+        if s.name in found.value_inputs and s.dtype is not None and s.dtype.kind == "f":
             warnings.warn(
-                f"input {s.name!r} decides output shapes (it feeds an op whose output shape depends "
-                "on values, e.g. NonZero, Unique, NonMaxSuppression), so onnx2jax specialises on its "
-                "value: every distinct value compiles anew. `onnx2jax info` lists such inputs.",
+                f"input {s.name!r} decides output shapes (it is a shape-deciding op input, e.g. "
+                "Resize scales), so onnx2jax specialises on its value: every distinct value "
+                "compiles anew. `onnx2jax info` lists such inputs.",
                 stacklevel=2,
             )
-    prog = Program(ir, plan, tuple(graph.inputs), tuple(graph.outputs), constants, value_inputs, x64)
+    plan, counts = _mark_breaks(plan, found)
+    stages = None
+    if found.breaks:
+        nodes = [step.node for step in plan.steps]
+        outs = [o.name for o in graph.outputs] + [c.name for c in counts]
+        stages = partition(nodes, found, frozenset(params), frozenset(constants), outs)
+    prog = Program(
+        ir,
+        plan,
+        tuple(graph.inputs),
+        tuple(graph.outputs) + counts,
+        constants,
+        found.value_inputs,
+        x64,
+        found.breaks,
+        stages,
+    )
     return Model(prog, params)
+
+
+def _mark_breaks(plan: _tracer.Plan, found: Breaks) -> tuple[_tracer.Plan, tuple[TensorSpec, ...]]:
+    """The plan with bounded nodes padded and break nodes carrying their error; count outputs."""
+    steps = list(plan.steps)
+    counts = []
+    taken = {v for n in plan.graph.nodes for v in (*n.inputs, *n.outputs)}
+    taken |= {s.name for s in plan.graph.inputs} | set(plan.graph.initializers)
+    for i, size in found.bounds.items():
+        name = count_name(steps[i].node)
+        if name in taken:
+            raise Onnx2JaxError(
+                f"{steps[i].node.describe()}: its count output {name!r} would "
+                "shadow a value of the graph; rename the node to bound it"
+            )
+        steps[i] = bounded_step(steps[i], size)
+        counts.append(TensorSpec(name, np.dtype(np.int64), ()))
+    for b in found.breaks:
+        step = steps[b.index]
+        # Every input the break reads must be concrete, e.g. a Loop's condition too.
+        slots = set(step.static_inputs) | {
+            j for j, v in enumerate(step.node.inputs) if v in b.reads
+        }
+        steps[b.index] = dataclasses.replace(
+            step, static_inputs=tuple(sorted(slots)), break_note=_break_note(b, found)
+        )
+    return _tracer.Plan(plan.graph, steps, plan.subplans), tuple(counts)
+
+
+def _break_note(b: Break, found: Breaks) -> str:
+    """What to tell a user who traces a graph break under their own jax transformation."""
+    others = ", ".join(repr(x.node) for x in found.breaks)
+    if b.kind == "host" and b.op_type in ("NonZero", "Compress", "Unique"):
+        bounded = (
+            f", or load with max_sizes={{{b.node!r}: N}} (or dynamic_bound=N) to pad its "
+            "outputs to N entries plus a count and keep one XLA program"
+        )
+    else:
+        bounded = ""
+    return (
+        f"node {b.node!r} ({b.op_type}) is a graph break: {b.reason}. A jax transformation "
+        f"of model.apply (jax.jit, grad, vmap) cannot trace across it. Call the model object "
+        f"instead (model(...) runs the jitted segments and the host steps){bounded}. "
+        f"Graph breaks of this model: {others}."
+    )

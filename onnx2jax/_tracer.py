@@ -31,6 +31,10 @@ class Step:
     impl: OpImpl
     opset: int
     has_subgraphs: bool
+    static_inputs: tuple[int, ...]  # input slots that must be concrete (the STATIC_INPUTS table)
+    # For a graph break: the error to raise when its static inputs are traced (under a user's
+    # own jax.jit of model.apply), naming the break and what to do instead.
+    break_note: str = ""
 
 
 @dataclass
@@ -42,8 +46,12 @@ class Plan:
     subplans: dict[int, Plan] = field(default_factory=dict)  # id(subgraph) -> plan
 
 
-def build_plan(graph: Graph, opsets: Mapping[str, int], missing: list[str],
-               _shared: dict[int, Plan] | None = None) -> Plan:
+def build_plan(
+    graph: Graph,
+    opsets: Mapping[str, int],
+    missing: list[str],
+    _shared: dict[int, Plan] | None = None,
+) -> Plan:
     """Bind every node (subgraphs too) to an implementation; unsupported uses go to ``missing``.
 
     All plans of one model share one ``subplans`` dict, so any level can find any subgraph.
@@ -57,7 +65,9 @@ def build_plan(graph: Graph, opsets: Mapping[str, int], missing: list[str],
         opset = opsets.get(domain, opsets.get("", 1) if domain == "" else 1)
         impl = lookup(domain, node.op_type, opset)
         if impl is None:
-            missing.append(f"{domain or 'ai.onnx'}::{node.op_type} (opset {opset}), node {node.name!r}")
+            missing.append(
+                f"{domain or 'ai.onnx'}::{node.op_type} (opset {opset}), node {node.name!r}"
+            )
             continue
         if impl.attr_names is not None:
             unknown = set(node.attrs) - impl.attr_names
@@ -70,7 +80,7 @@ def build_plan(graph: Graph, opsets: Mapping[str, int], missing: list[str],
         subs = subgraphs(node)
         for g in subs:
             shared[id(g)] = build_plan(g, opsets, missing, shared)
-        steps.append(Step(node, impl, opset, bool(subs)))
+        steps.append(Step(node, impl, opset, bool(subs), impl.static_inputs))
     return Plan(graph, steps, shared)
 
 
@@ -115,18 +125,35 @@ class NodeContext:
         """Run a subgraph attribute with positional inputs; it sees the enclosing scope."""
         env = dict(self.env)
         env.update(graph.initializers)
-        for spec, v in zip(graph.inputs, inputs):
+        for spec, v in zip(graph.inputs, inputs, strict=False):
             env[spec.name] = v
         return run(self.plan.subplans[id(graph)], env)
 
 
-def run(plan: Plan, env: dict[str, Any]) -> list[Any]:
-    """Execute ``plan`` on ``env`` (graph inputs, params and constants by name); returns outputs."""
-    for step in plan.steps:
+def run(plan: Plan, env: dict[str, Any], outputs: Sequence[str] | None = None) -> list[Any]:
+    """Execute ``plan`` on ``env`` (graph inputs, params and constants by name); returns outputs.
+
+    ``outputs`` names the values to return (default: the graph's outputs).
+    """
+    run_steps(plan, plan.steps, env)
+    names = [o.name for o in plan.graph.outputs] if outputs is None else outputs
+    try:
+        return [env[name] for name in names]
+    except KeyError as e:
+        raise NodeError(
+            f"graph {plan.graph.name!r}: output {e.args[0]!r} was never produced"
+        ) from None
+
+
+def run_steps(plan: Plan, steps: Sequence[Step], env: dict[str, Any]) -> None:
+    """Execute ``steps`` (a part of ``plan``), writing every output into ``env``."""
+    for step in steps:
         node = step.node
         args = [env[name] if name else None for name in node.inputs]
-        for i in step.impl.static_inputs:
+        for i in step.static_inputs:
             if i < len(args) and not is_static(args[i]):
+                if step.break_note:
+                    raise StaticValueError(step.break_note)
                 raise StaticValueError(
                     f"{node.describe()}: input {i} ({node.inputs[i]!r}) decides an output shape, so "
                     "it must be known at trace time, but it depends on runtime data. Feed it as a "
@@ -143,8 +170,11 @@ def run(plan: Plan, env: dict[str, Any]) -> list[Any]:
             if fold:
                 with _static_eval():
                     result = step.impl.fn(*args, **kwargs)
-                    result = _to_static(result) if not isinstance(result, tuple) else tuple(
-                        _to_static(r) for r in result)
+                    result = (
+                        _to_static(result)
+                        if not isinstance(result, tuple)
+                        else tuple(_to_static(r) for r in result)
+                    )
             else:
                 result = step.impl.fn(*args, **kwargs)
         except Onnx2JaxError:
@@ -155,18 +185,14 @@ def run(plan: Plan, env: dict[str, Any]) -> list[Any]:
                 f"{_describe_args(node.inputs, args)}: {type(e).__name__}: {e}"
             ) from e
         outs = result if isinstance(result, tuple) else (result,)
-        for name, value in zip(node.outputs, outs):
+        for name, value in zip(node.outputs, outs, strict=False):
             if name:
                 env[name] = value
-    try:
-        return [env[o.name] for o in plan.graph.outputs]
-    except KeyError as e:
-        raise NodeError(f"graph {plan.graph.name!r}: output {e.args[0]!r} was never produced") from None
 
 
 def _describe_args(names: Sequence[str], args: Sequence[Any]) -> str:
     parts = []
-    for n, a in zip(names, args):
+    for n, a in zip(names, args, strict=False):
         if a is None:
             parts.append(f"{n or '<absent>'}=None")
         elif hasattr(a, "shape"):

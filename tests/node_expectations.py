@@ -8,12 +8,9 @@ with ``python tests/tools/update_expectations.py --write`` and review it by hand
 from __future__ import annotations
 
 EXPECTED_FAILURES: dict[str, str] = {
-    # Control flow decided by runtime data (a Loop's trip count or the If branch taken changes
-    # shapes or types, which one jax.jit cannot express): 4 cases
+    # Control flow decided by runtime data (the If branch taken changes shapes or types, which
+    # one jax.jit cannot express; such Loops are graph breaks now): 1 case
     "test_if_opt": "control flow on runtime data: If",
-    "test_loop11": "control flow on runtime data: Loop",
-    "test_loop13_seq": "control flow on runtime data: Loop",
-    "test_loop16_seq_none": "control flow on runtime data: Loop",
     # Random ops (values cannot reproduce numpy's generator): 6 cases
     "test_bernoulli": "random values",
     "test_bernoulli_double": "random values",

@@ -328,16 +328,17 @@ def test_loop_runtime_initial_condition_is_while_loop():
     assert "while[" in jaxpr_of(m, feeds)
 
 
-def test_loop_runtime_condition_with_scan_outputs_is_a_clear_error():
+def test_loop_runtime_condition_with_scan_outputs_is_a_graph_break():
     model = _loop_model(M=5, cond_input=True)
     m = onnx2jax.load(model)
+    assert [b.kind for b in m.graph_breaks] == ["host"]
     feeds = {"x": f32(3), "acc0": f32(3), "cond": np.array(True)}
-    with pytest.raises(NodeError, match=r"Loop.*condition depends on runtime data.*scan output"):
-        m(**feeds)
-    # Eagerly the condition is concrete, so the loop runs.
+    # One jit cannot hold it; the model object runs the loop on concrete values between segments.
+    with pytest.raises(StaticValueError, match=r"'Loop_0' \(Loop\) is a graph break"):
+        jax.jit(m.apply)(m.params, **feeds)
     expected = ReferenceEvaluator(model).run(None, feeds)
-    got = m.apply(m.params, **feeds)
-    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)
+    for got in (m(**feeds), m.apply(m.params, **feeds)):
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)
 
     model = _loop_model(M=5, cond=True, extra_nodes=_while_extra(10.0), cond_out="computed")
     with pytest.raises(NodeError, match="no lowering of this Loop fits.*runtime data"):
@@ -726,5 +727,8 @@ def test_static_input_error_inside_while_loop_names_the_loop():
     )
     body.initializer.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "z"))
     m = onnx2jax.load(model)
-    with pytest.raises(StaticValueError, match=r"Loop.*while_loop.*Reshape"):
-        m(x=f32(3), acc0=f32(3), cond=np.array(True))
+    # A runtime condition makes it a graph break (no jax loop gives the body a static i); the
+    # model object runs it on the host, and tracing it whole names the loop.
+    assert [(b.node, b.kind) for b in m.graph_breaks] == [("Loop_0", "host")]
+    with pytest.raises(StaticValueError, match=r"'Loop_0' \(Loop\) is a graph break"):
+        jax.jit(m.apply)(m.params, x=f32(3), acc0=f32(3), cond=np.array(True))
