@@ -70,6 +70,7 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("", "NonZero"): (0,),
     ("", "Compress"): (1,),
     ("", "NonMaxSuppression"): (0, 1, 2, 3, 4),
+    ("", "ImageDecoder"): (0,),  # decoded with Pillow at trace time
     # Quantized contrib ops computed through trace-time tables (ops/contrib_quant.py): their
     # scales and zero points, which are initializers in every quantized model.
     ("com.microsoft", "QLinearAdd"): (1, 2, 4, 5, 6, 7),

@@ -18,26 +18,9 @@ EXPECTED_FAILURES: dict[str, str] = {
     "test_bernoulli_expanded": "random values",
     "test_bernoulli_seed": "random values",
     "test_bernoulli_seed_expanded": "random values",
-    # Dropout raises NotImplementedError: 6 cases
-    "test_training_dropout": "Dropout raises NotImplementedError",
-    "test_training_dropout_default": "Dropout raises NotImplementedError",
-    "test_training_dropout_default_mask": "Dropout raises NotImplementedError",
-    "test_training_dropout_mask": "Dropout raises NotImplementedError",
-    "test_training_dropout_zero_ratio": "Dropout raises NotImplementedError",
-    "test_training_dropout_zero_ratio_mask": "Dropout raises NotImplementedError",
-    # Not implemented yet: DeformConv: 4 cases
-    "test_basic_deform_conv_with_padding": "not implemented: DeformConv",
-    "test_basic_deform_conv_without_padding": "not implemented: DeformConv",
-    "test_deform_conv_with_mask_bias": "not implemented: DeformConv",
-    "test_deform_conv_with_multiple_offset_groups": "not implemented: DeformConv",
-    # Not implemented yet: ImageDecoder: 9 cases
-    "test_image_decoder_decode_bmp_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_jpeg2k_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_jpeg_bgr": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_jpeg_grayscale": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_jpeg_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_png_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_pnm_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_tiff_rgb": "not implemented: ImageDecoder",
-    "test_image_decoder_decode_webp_rgb": "not implemented: ImageDecoder",
+    # Dropout in training mode: deterministic jax.random draws, not numpy's generator: 4 cases
+    "test_training_dropout": "random values",
+    "test_training_dropout_default": "random values",
+    "test_training_dropout_default_mask": "random values",
+    "test_training_dropout_mask": "random values",
 }

@@ -1,10 +1,15 @@
-"""Conv, ConvTranspose, DepthToSpace and SpaceToDepth against onnxruntime, for every lowering strategy."""
+"""Conv, ConvTranspose (each lowering), DeformConv, DepthToSpace, SpaceToDepth vs references."""
+
+import itertools
+import math
 
 import jax
 import numpy as np
 import pytest
-from op_check import check_node
+from op_check import check_node, node_model
 
+import onnx2jax
+from onnx2jax._errors import NodeError
 from onnx2jax.ops import _conv_lowering as lowering
 
 rng = np.random.default_rng(0)
@@ -217,6 +222,134 @@ def test_conv_transpose_float16():
     xs, ws, attrs = CT_CASES["stride2_pad"]
     ins = {"x": f32(*xs).astype(np.float16), "w": f32(*ws).astype(np.float16)}
     check_node("ConvTranspose", ins, attrs, reference="onnx", rtol=1e-2, atol=1e-2)
+
+
+# -- DeformConv -------------------------------------------------------------------------------
+
+
+def deform_inputs(x_shape, w_shape, attrs, *, bias=False, mask=False, spread=2.0):
+    """Inputs of a DeformConv node; offsets of about ``spread`` pixels, partly outside the input."""
+    nd = len(x_shape) - 2
+    kernel = w_shape[2:]
+    pads = attrs.get("pads", [0] * 2 * nd)
+    strides = attrs.get("strides", [1] * nd)
+    dil = attrs.get("dilations", [1] * nd)
+    out = [
+        lowering.out_size(x_shape[2 + i], kernel[i], strides[i], dil[i], pads[i], pads[i + nd])
+        for i in range(nd)
+    ]
+    taps = attrs.get("offset_group", 1) * math.prod(kernel)
+    return {
+        "x": f32(*x_shape),
+        "w": f32(*w_shape),
+        "offset": f32(x_shape[0], taps * nd, *out) * spread,
+        "b": f32(w_shape[0]) if bias else None,
+        "mask": rng.uniform(0, 1, (x_shape[0], taps, *out)).astype(np.float32) if mask else None,
+    }
+
+
+def deform_conv_loops(x, w, offset, b, mask, attrs):
+    """DeformConv by its definition, one output value at a time, for any number of dims."""
+    nd = x.ndim - 2
+    kernel = w.shape[2:]
+    pads = attrs.get("pads", [0] * 2 * nd)
+    strides = attrs.get("strides", [1] * nd)
+    dil = attrs.get("dilations", [1] * nd)
+    g, og = attrs.get("group", 1), attrs.get("offset_group", 1)
+    n, c = x.shape[:2]
+    oc, cpg = w.shape[:2]
+    out_shape = offset.shape[2:]
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+
+    def sample(img, pos):
+        total = 0.0
+        for corner in itertools.product((0, 1), repeat=nd):
+            idx = [int(np.floor(p)) + bit for p, bit in zip(pos, corner, strict=True)]
+            if all(0 <= i < s for i, s in zip(idx, img.shape, strict=True)):
+                wgt = np.prod([1 - abs(p - i) for p, i in zip(pos, idx, strict=True)])
+                total += wgt * img[tuple(idx)]
+        return total
+
+    y = np.zeros((n, oc, *out_shape))
+    for bi, o, pos_out in itertools.product(range(n), range(oc), np.ndindex(*out_shape)):
+        grp = o // (oc // g)
+        acc = 0.0 if b is None else float(b[o])
+        for ci in range(grp * cpg, (grp + 1) * cpg):
+            ogi = ci // (c // og)
+            for ti, tap in enumerate(taps):
+                ch = (ogi * len(taps) + ti) * nd
+                pos = [
+                    pos_out[d] * strides[d]
+                    - pads[d]
+                    + tap[d] * dil[d]
+                    + offset[(bi, ch + d, *pos_out)]
+                    for d in range(nd)
+                ]
+                m = 1.0 if mask is None else mask[(bi, ogi * len(taps) + ti, *pos_out)]
+                acc += w[(o, ci - grp * cpg, *tap)] * m * sample(x[bi, ci], pos)
+        y[(bi, o, *pos_out)] = acc
+    return y
+
+
+DEFORM_CASES = {
+    "basic": ((1, 1, 4, 4), (1, 1, 2, 2), {}),
+    "pads_strides_dilations": (
+        (2, 3, 7, 6),
+        (4, 3, 3, 2),
+        {"pads": [1, 0, 2, 1], "strides": [2, 1], "dilations": [1, 2]},
+    ),
+    "groups_offset_groups": ((1, 4, 5, 5), (6, 2, 3, 3), {"group": 2, "offset_group": 4}),
+    "offset_groups_across_groups": ((1, 6, 5, 4), (3, 2, 2, 2), {"group": 3, "offset_group": 2}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEFORM_CASES))
+@pytest.mark.parametrize("bias,mask", [(False, False), (True, True)])
+def test_deform_conv(case, bias, mask):
+    xs, ws, attrs = DEFORM_CASES[case]
+    ins = deform_inputs(xs, ws, attrs, bias=bias, mask=mask)
+    check_node("DeformConv", ins, attrs | {"kernel_shape": list(ws[2:])}, rtol=1e-4, atol=1e-5)
+
+
+def test_deform_conv_zero_offsets_is_conv():
+    xs, ws, attrs = DEFORM_CASES["pads_strides_dilations"]
+    ins = deform_inputs(xs, ws, attrs, bias=True, spread=0.0)
+    (deformed,) = check_node("DeformConv", ins, attrs, rtol=1e-4, atol=1e-5)
+    (plain,) = check_node("Conv", {k: ins[k] for k in ("x", "w", "b")}, attrs, reference="ort")
+    np.testing.assert_allclose(deformed, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "xs,ws,attrs",
+    [
+        ((2, 2, 7), (3, 2, 3), {"pads": [1, 2], "strides": [2], "offset_group": 2}),
+        ((1, 2, 4, 3, 4), (2, 1, 2, 2, 2), {"group": 2, "pads": [0, 1, 0, 1, 0, 1]}),
+    ],
+)
+def test_deform_conv_1d_3d(xs, ws, attrs):
+    # onnx's reference handles 2-D only: check against the definition, run one value at a time
+    ins = deform_inputs(xs, ws, attrs, bias=True, mask=True)
+    model = node_model("DeformConv", ins, attrs)
+    (got,) = onnx2jax.load(model)(**{k: v for k, v in ins.items() if v is not None})
+    expected = deform_conv_loops(*ins.values(), attrs)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_deform_conv_float16():
+    xs, ws, attrs = DEFORM_CASES["groups_offset_groups"]
+    ins = {
+        k: v.astype(np.float16) for k, v in deform_inputs(xs, ws, attrs).items() if v is not None
+    }
+    (got,) = check_node("DeformConv", ins, attrs, rtol=1e-2, atol=1e-2)
+    assert got.dtype == np.float16
+
+
+def test_deform_conv_bad_offset_shape():
+    ins = deform_inputs((1, 1, 4, 4), (1, 1, 2, 2), {})
+    ins["offset"] = ins["offset"][:, :4]
+    model = node_model("DeformConv", ins, {})
+    with pytest.raises(NodeError, match="offset has shape"):
+        onnx2jax.load(model)(**{k: v for k, v in ins.items() if v is not None})
 
 
 # -- DepthToSpace / SpaceToDepth -------------------------------------------------------------

@@ -7,7 +7,6 @@ import pytest
 from op_check import check_node, node_model
 
 import onnx2jax
-from onnx2jax._errors import NodeError
 
 rng = np.random.default_rng(0)
 
@@ -313,20 +312,22 @@ def test_dropout_training_mode_false_input():
     check_node("Dropout", ins, n_outputs=2, constants=["ratio", "t"])
 
 
-def dropout_model(ratio, training):
+def dropout_model(ratio, training, *, seed=None, shape=(3, 4), dtype=np.float32):
     consts = [
         oh.make_node(
             "Constant", [], ["r"], value=onnx.numpy_helper.from_array(np.array(ratio, np.float32))
         ),
         oh.make_node("Constant", [], ["t"], value=onnx.numpy_helper.from_array(np.array(training))),
     ]
-    node = oh.make_node("Dropout", ["x", "r", "t"], ["y", "mask"])
+    attrs = {} if seed is None else {"seed": seed}
+    node = oh.make_node("Dropout", ["x", "r", "t"], ["y", "mask"], **attrs)
+    elem = oh.np_dtype_to_tensor_dtype(np.dtype(dtype))
     g = oh.make_graph(
         consts + [node],
         "g",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 4])],
+        [oh.make_tensor_value_info("x", elem, list(shape))],
         [
-            oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+            oh.make_tensor_value_info("y", elem, None),
             oh.make_tensor_value_info("mask", onnx.TensorProto.BOOL, None),
         ],
     )
@@ -340,6 +341,56 @@ def test_dropout_training_zero_ratio_is_identity():
     assert np.asarray(mask).all()
 
 
-def test_dropout_training_mode_raises_clearly():
-    with pytest.raises(NodeError, match="training_mode"):
-        dropout_model(0.5, True)(f32(3, 4))
+def check_dropped(x, y, mask, ratio):
+    """y is x / (1 - ratio) where the mask keeps, 0 elsewhere; about ``ratio`` is dropped."""
+    x, y, mask = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(mask)
+    assert mask.dtype == np.bool_ and mask.shape == x.shape
+    np.testing.assert_allclose(y, np.where(mask, x / (1 - ratio), 0), rtol=1e-3)
+    assert abs((1 - mask.mean()) - ratio) < 0.05
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.9])
+def test_dropout_training(ratio):
+    x = f32(64, 64)
+    y, mask = dropout_model(ratio, True, seed=3, shape=x.shape)(x)
+    check_dropped(x, y, mask, ratio)
+
+
+def test_dropout_training_deterministic_seeded():
+    x = f32(32, 32)
+    _, m1 = dropout_model(0.5, True, seed=1, shape=x.shape)(x)
+    _, m1_again = dropout_model(0.5, True, seed=1, shape=x.shape)(x)
+    _, m2 = dropout_model(0.5, True, seed=2, shape=x.shape)(x)
+    _, default = dropout_model(0.5, True, shape=x.shape)(x)  # no seed: a fixed default key
+    _, default_again = dropout_model(0.5, True, shape=x.shape)(x)
+    np.testing.assert_array_equal(np.asarray(m1), np.asarray(m1_again))
+    np.testing.assert_array_equal(np.asarray(default), np.asarray(default_again))
+    assert (np.asarray(m1) != np.asarray(m2)).any()
+
+
+def test_dropout_training_float16():
+    x = f32(64, 64).astype(np.float16)
+    y, mask = dropout_model(0.5, True, seed=0, shape=x.shape, dtype=np.float16)(x)
+    assert np.asarray(y).dtype == np.float16
+    check_dropped(x, y, mask, 0.5)
+
+
+def test_dropout_training_runtime_ratio():
+    # the ratio as a graph input (traced): 0 keeps everything exactly, others drop
+    x = f32(64, 64)
+    t = np.array(True)
+    ins = {"x": x, "ratio": np.array(0.0, np.float32), "t": t}
+    model = onnx2jax.load(node_model("Dropout", ins, {"seed": 0}, n_outputs=2, constants=["t"]))
+    y, mask = model(x, np.array(0.0, np.float32))
+    np.testing.assert_array_equal(np.asarray(y), x)
+    assert np.asarray(mask).all()
+    y, mask = model(x, np.array(0.3, np.float32))
+    check_dropped(x, y, mask, 0.3)
+
+
+def test_dropout_training_default_ratio():
+    x = f32(64, 64)
+    ins = {"x": x, "ratio": None, "t": np.array(True)}
+    model = onnx2jax.load(node_model("Dropout", ins, n_outputs=2, constants=["t"]))
+    y, mask = model(x)
+    check_dropped(x, y, mask, 0.5)

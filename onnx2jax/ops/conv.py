@@ -1,6 +1,12 @@
-"""Conv, ConvTranspose, DepthToSpace and SpaceToDepth (https://onnx.ai/onnx/operators/); lowering in _conv_lowering."""
+"""Conv, ConvTranspose, DeformConv, DepthToSpace, SpaceToDepth (https://onnx.ai/onnx/operators/); lowering in _conv_lowering."""
 
 from __future__ import annotations
+
+import itertools
+import math
+
+import jax.numpy as jnp
+import numpy as np
 
 from .._registry import register
 from . import _conv_lowering as lowering
@@ -91,6 +97,99 @@ def conv_transpose(
         groups=group,
         output_padding=out_pad,
     )
+
+
+# -- DeformConv -----------------------------------------------------------------------------
+# As onnx's reference (onnx/reference/ops/op_deform_conv.py, i.e. torchvision's deform_conv2d):
+# every kernel tap of every output position reads the input at its regular position plus a
+# learned offset, interpolated bilinearly with zeros outside the input (GridSample with
+# align_corners=1), times the optional mask. The samples of all taps are gathered at once per
+# interpolation corner, then meet the weights in one grouped matmul. The reference handles 2-D
+# only; this is written for any number of spatial dims (multilinear, 2**nd corners).
+
+
+@register("DeformConv", since=19)
+def deform_conv(
+    x,
+    w,
+    offset,
+    b=None,
+    mask=None,
+    *,
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    offset_group=1,
+    pads=None,
+    strides=None,
+):
+    """https://onnx.ai/onnx/operators/onnx__DeformConv.html"""
+    kernel, strides, dilations = _spatial_attrs(x, w, kernel_shape, strides, dilations)
+    nd = x.ndim - 2
+    n, c = x.shape[:2]
+    oc = w.shape[0]
+    g, og = int(group), int(offset_group)
+    in_shape = list(x.shape[2:])
+    pad = lowering.conv_pads("NOTSET", in_shape, kernel, strides, dilations, pads)
+    out = [
+        lowering.out_size(*a)
+        for a in zip(in_shape, kernel, strides, dilations, *zip(*pad), strict=True)
+    ]
+    nk, npos = math.prod(kernel), math.prod(out)
+    if c != w.shape[1] * g or oc % g or c % og:
+        raise ValueError(
+            f"DeformConv: {c} input channels, weight {list(w.shape)}, group {g} and "
+            f"offset_group {og} do not fit together"
+        )
+    if tuple(offset.shape) != (n, og * nk * nd, *out):
+        raise ValueError(
+            f"DeformConv: offset has shape {list(offset.shape)}, expected "
+            f"{[n, og * nk * nd, *out]} (N, offset_group * kernel taps * {nd}, output dims)"
+        )
+    if mask is not None and tuple(mask.shape) != (n, og * nk, *out):
+        raise ValueError(
+            f"DeformConv: mask has shape {list(mask.shape)}, expected {[n, og * nk, *out]}"
+        )
+
+    acc = lowering.acc_dtype(x.dtype)
+    # regular sampling positions (static): output position * stride - pad + tap * dilation
+    taps = np.indices(kernel).reshape(nd, nk) * np.array(dilations)[:, None]
+    starts = np.indices(out).reshape(nd, npos) * np.array(strides)[:, None]
+    starts -= np.array([lo for lo, _ in pad])[:, None]
+    regular = (taps[:, :, None] + starts[:, None, :]).astype(acc)  # (nd, taps, positions)
+    off = jnp.asarray(offset).astype(acc).reshape(n, og, nk, nd, npos)
+    lows, fracs = [], []
+    for d in range(nd):
+        # clipped so that the integer cast cannot overflow: beyond one pixel outside the input,
+        # every corner reads zero whatever the position
+        pos = jnp.clip(off[:, :, :, d] + regular[d], -2, in_shape[d] + 1)
+        low = jnp.floor(pos)
+        lows.append(low.astype(jnp.int32))
+        fracs.append(pos - low)
+    scale = None if mask is None else jnp.asarray(mask).astype(acc).reshape(n, og, nk, npos)
+
+    xf = jnp.asarray(x).astype(acc).reshape(n, og, c // og, math.prod(in_shape))
+    sampled = None
+    for corner in itertools.product((0, 1), repeat=nd):
+        index, weight, valid = 0, scale, True
+        for d, bit in enumerate(corner):
+            i = lows[d] + bit
+            valid = valid & (i >= 0) & (i < in_shape[d])
+            index = index * in_shape[d] + i
+            f = fracs[d] if bit else 1 - fracs[d]
+            weight = f if weight is None else weight * f
+        index = jnp.where(valid, index, 0).reshape(n, og, 1, nk * npos)
+        v = jnp.take_along_axis(xf, index, axis=3)
+        # a where, not a zero weight: a non-finite value at the clamped index must not leak in
+        v = jnp.where(valid.reshape(index.shape), v * weight.reshape(index.shape), 0)
+        sampled = v if sampled is None else sampled + v
+
+    cols = sampled.reshape(n, g, c // g, nk, npos)
+    wg = jnp.asarray(w).astype(acc).reshape(g, oc // g, c // g, nk)
+    y = jnp.einsum("ngckp,gock->ngop", cols, wg).reshape(n, oc, *out)
+    if b is not None:
+        y = y + jnp.asarray(b).astype(acc).reshape((oc,) + (1,) * nd)
+    return y.astype(x.dtype)
 
 
 # -- pixel shuffles -------------------------------------------------------------------------

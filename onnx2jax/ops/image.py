@@ -1,7 +1,8 @@
-"""Image sampling ops: GridSample, AffineGrid, RoiAlign, Col2Im and MaxUnpool."""
+"""Image ops: GridSample, AffineGrid, RoiAlign, Col2Im, MaxUnpool and ImageDecoder."""
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import jax
@@ -376,3 +377,30 @@ def max_unpool(X, I, output_shape=None, *, kernel_shape, pads=None, strides=None
     if any(e[1] < 0 for e in extra):
         raise ValueError(f"output_shape {shape} is smaller than the unpooled shape {inferred}")
     return jnp.pad(y, extra) if any(e[1] for e in extra) else y
+
+
+# -- ImageDecoder -------------------------------------------------------------------------------
+# Decoding is not arithmetic XLA can do, and the output's shape depends on the bytes: the encoded
+# image is a static input (STATIC_INPUTS), decoded with Pillow at trace time into a constant.
+
+
+@register("ImageDecoder", since=20)
+def image_decoder(encoded, *, pixel_format="RGB"):
+    """https://onnx.ai/onnx/operators/onnx__ImageDecoder.html"""
+    try:
+        import PIL.Image
+    except ImportError as e:
+        raise ImportError(
+            "ImageDecoder decodes images with Pillow, which is not installed: "
+            "pip install pillow (or pip install 'onnx2jax[images]')"
+        ) from e
+    if pixel_format not in ("RGB", "BGR", "Grayscale"):
+        raise ValueError(f"pixel_format must be RGB, BGR or Grayscale, got {pixel_format!r}")
+    img = PIL.Image.open(io.BytesIO(np.asarray(encoded).tobytes()))
+    # As onnx's reference (Pillow's own conversions, e.g. ITU-R 601-2 luma for Grayscale); it
+    # returns an RGB file's pixels as they are, which convert() leaves unchanged, and converting
+    # also gives palette, RGBA or grayscale files the spec's 3 channels.
+    if pixel_format == "Grayscale":
+        return np.asarray(img.convert("L"), np.uint8)[:, :, None]
+    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"), np.uint8)
+    return np.ascontiguousarray(rgb[:, :, ::-1]) if pixel_format == "BGR" else rgb

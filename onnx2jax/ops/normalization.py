@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -202,13 +205,37 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     return (xa / (bias + (alpha / size) * total) ** beta).astype(x.dtype)
 
 
-# -- Dropout: inference only --------------------------------------------------------------
+# -- Dropout ------------------------------------------------------------------------------
 
 
 def _dropout_identity(x, ctx, mask_dtype):
     if ctx is None or ctx.num_outputs < 2:
         return x
     return x, jnp.ones(x.shape, mask_dtype)
+
+
+def _dropout_key(seed, ctx):
+    """The node's key: from ``seed``, else fixed per node (keyed by its first output's name).
+
+    A model is a pure function with no generator state, so every call drops the same elements
+    (as ops/random.py); the spec's "auto generated" seed becomes this fixed default.
+    """
+    if seed is not None:
+        return jax.random.key(int(seed) & 0xFFFFFFFF)
+    name = ctx.node.outputs[0] if ctx is not None and ctx.node.outputs else ""
+    return jax.random.fold_in(jax.random.key(0), zlib.crc32(name.encode()))
+
+
+def _dropout_train(x, ratio, key, ctx):
+    acc = acc_dtype(x.dtype)
+    r = jnp.asarray(ratio)
+    # u is in [0, 1): a (traced) ratio of 0 keeps everything and scales by exactly 1
+    keep = jax.random.uniform(key, x.shape, jnp.float32) >= r.astype(jnp.float32)
+    scale = 1 / (1 - r.astype(acc))
+    y = jnp.where(keep, x.astype(acc) * scale, jnp.zeros((), acc)).astype(x.dtype)
+    if ctx is None or ctx.num_outputs < 2:
+        return y
+    return y, keep
 
 
 # Opsets 1-9: mask has the input's type. is_test=0 (the old default) still runs as inference:
@@ -227,11 +254,15 @@ def dropout_10(x, *, ratio=0.5, ctx=None):
 
 @register("Dropout", since=12)
 def dropout_12(x, ratio=None, training_mode=None, *, seed=None, ctx=None):
-    """https://onnx.ai/onnx/operators/onnx__Dropout.html (ratio and training_mode are inputs)."""
-    if training_mode is not None and bool(np.asarray(training_mode)):
-        if not (isinstance(ratio, np.ndarray) and float(ratio) == 0.0):
-            raise NotImplementedError(
-                "Dropout with training_mode=True drops random elements; onnx2jax implements "
-                "inference only. Set training_mode to False (or remove the input) for inference."
-            )
-    return _dropout_identity(x, ctx, jnp.bool_)
+    """https://onnx.ai/onnx/operators/onnx__Dropout.html (ratio and training_mode are inputs).
+
+    In training mode, elements are dropped with probability ``ratio`` (default 0.5) and the
+    kept ones scaled by 1 / (1 - ratio); the random draw is deterministic (see _dropout_key).
+    """
+    if training_mode is None or not bool(np.asarray(training_mode)):
+        return _dropout_identity(x, ctx, jnp.bool_)
+    if ratio is None:
+        ratio = np.float32(0.5)
+    if isinstance(ratio, (np.ndarray, np.generic)) and float(ratio) == 0.0:
+        return _dropout_identity(x, ctx, jnp.bool_)
+    return _dropout_train(x, ratio, _dropout_key(seed, ctx), ctx)
