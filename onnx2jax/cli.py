@@ -71,19 +71,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"load: {load_s * 1e3:.1f} ms   compile + first run: {first_s * 1e3:.1f} ms   "
           f"median run: {statistics.median(times) * 1e3:.3f} ms over {args.runs} runs")
     if args.compare:
-        return _compare(args, model, inputs, outs)
+        return _compare(args, model, inputs, outs, statistics.median(times) if times else float("nan"))
     return 0
 
 
-def _compare(args: argparse.Namespace, model, inputs, outs) -> int:
+def _compare(args: argparse.Namespace, model, inputs, outs, jax_median: float) -> int:
     try:
         import onnxruntime as ort
     except ImportError:
         raise SystemExit("onnx2jax: --compare onnxruntime needs onnxruntime: pip install onnxruntime") from None
     sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     ref = sess.run(None, inputs)
+    ort_times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        sess.run(None, inputs)
+        ort_times.append(time.perf_counter() - t0)
+    ort_median = statistics.median(ort_times) if ort_times else float("nan")
     worst = 0.0
-    print("compare with onnxruntime:")
+    print(f"compare with onnxruntime (median run {ort_median * 1e3:.3f} ms; "
+          f"onnx2jax/onnxruntime time ratio {jax_median / ort_median:.2f}; "
+          "for careful numbers use `onnx2jax bench`):")
     for name, got, exp in zip(model.output_names, outs, ref):
         got, exp = np.asarray(got).astype(np.float64), np.asarray(exp).astype(np.float64)
         if got.shape != exp.shape:
