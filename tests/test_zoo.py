@@ -18,19 +18,25 @@ intra-op thread (its LSTM quantizes each thread's share of the batch on its own 
 
 What is asserted:
 
-- float32 models: rtol 1e-4, atol 1e-5 * max(1, max |expected|) (see ``FLOAT_ATOL``).
+- float32 models: rtol 1e-4, and atol 1e-4 * max |expected| (a normwise 1e-4: near zero an
+  elementwise relative bound means nothing). Checked against a float64 run of the same graph,
+  the largest gap (ResNet-50, 2.2e-5 of the output range) is float32 rounding that onnxruntime
+  shows as much as onnx2jax does.
 - INT8 models, node by node: every node with an integer output, fed onnxruntime's own inputs,
   reproduces onnxruntime's output exactly (``replay_integer_nodes``). This is the integer
   semantics check: QuantizeLinear/DynamicQuantizeLinear of the same float values, every
   QLinear*/Integer op, and the com.microsoft contrib ops.
-- INT8 models, end to end: integer outputs exactly; a float output that is a DequantizeLinear
-  within one quantization step of it when the integer path from the input is closed. Where
-  float ops sit between quantizers (QDQ graphs run Conv/Gemm in float, dynamic graphs requantize
-  LayerNorm/GELU outputs, and some QOperator graphs keep a float ReduceMean or LayerNorm),
-  XLA and onnxruntime sum floats in different orders, so a value within an ulp of a rounding
-  tie can quantize one step apart, and that step propagates. Those outputs are held to the
-  looser, stated bounds of ``QUANT_BOUNDS`` (in output quantization steps, or relative to the
-  output's range when it has no fixed step).
+- INT8 models, end to end: integer outputs exactly. A float output that is the DequantizeLinear
+  of an all-integer path (no other DequantizeLinear in the graph) is within one quantization
+  step of onnxruntime's. Where float ops sit between quantizers (QDQ graphs run Conv/Gemm in
+  float, dynamic graphs requantize LayerNorm/GELU outputs, some QOperator graphs keep a float
+  ReduceMean or LayerNorm), XLA and onnxruntime round those floats differently in the last
+  ulp; a value next to a rounding tie then quantizes one step apart, and in a deep network the
+  difference spreads like independent quantization noise. onnxruntime shows the same against
+  itself (its ORT_ENABLE_ALL fusions vs ORT_DISABLE_ALL differ by 0.25-0.5 of the INT8-vs-float32
+  error on the zoo's ViT, BERT and ResNet-50 INT8 models). Those outputs are held to: mean
+  |onnx2jax - onnxruntime| below mean |onnxruntime INT8 - onnxruntime float32| (``MAX_RATIO``),
+  i.e. onnx2jax's INT8 model is closer to onnxruntime's than INT8 is to float.
 """
 
 from __future__ import annotations
@@ -68,23 +74,17 @@ def _load_zoo():
 zoo = _load_zoo()
 
 RTOL = 1e-4
-# Float32 atol, relative to the output's magnitude: sums over hundreds to thousands of terms
-# (convolutions, matmuls, layer norms) differ between XLA and onnxruntime by a few ulp of the
-# partial sums; near zero a relative bound means nothing.
-FLOAT_ATOL = 1e-5
-# Float outputs of INT8 models with float ops between quantizers: (max error in output
-# quantization steps, or None) and (max error relative to max |expected|). Explained above.
-QUANT_BOUNDS = {
-    "int8-qop": (1, 0.02),
-    "int8-qdq": (2, 0.03),
-    "int8-dynamic": (None, 0.03),
-}
+NORM_TOL = 1e-4  # atol = NORM_TOL * max |expected|
+MAX_RATIO = (
+    1.0  # mean |ours - ort| / mean |ort INT8 - ort float32|, where floats sit between quantizers
+)
 
 
 def reference_session(model) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
+    so.log_severity_level = 3  # exporters leave unused initializers; onnxruntime warns per file
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -95,31 +95,35 @@ def _loaded(path: str) -> tuple[onnx2jax.Model, ort.InferenceSession, onnx.Model
     return onnx2jax.load(proto), reference_session(proto), proto
 
 
-def output_steps(proto: onnx.ModelProto) -> dict[str, float]:
-    """For graph outputs produced by DequantizeLinear: the quantization step (its scale)."""
+def closed_output_steps(proto: onnx.ModelProto) -> dict[str, float]:
+    """Graph outputs computed by an all-integer path, with their quantization step: outputs of
+    a DequantizeLinear, in a graph whose every DequantizeLinear is such a final one."""
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
-    producer = {o: n for n in proto.graph.node for o in n.output}
-    steps = {}
-    for out in proto.graph.output:
-        node = producer.get(out.name)
-        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
-            steps[out.name] = float(np.max(inits[node.input[1]]))
-    return steps
+    outputs = {o.name for o in proto.graph.output}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    dynamic = any(n.op_type == "DynamicQuantizeLinear" for n in proto.graph.node)
+    if dynamic or not dq or any(n.output[0] not in outputs for n in dq):
+        return {}
+    return {n.output[0]: float(np.max(inits[n.input[1]])) for n in dq if n.input[1] in inits}
 
 
-def check_end_to_end(path: str, feeds: dict[str, np.ndarray], kind: str) -> dict[str, str]:
-    """Run onnx2jax (jitted) and onnxruntime on ``feeds``; assert the bounds of ``kind``.
+def check_end_to_end(
+    path: str, feeds: dict[str, np.ndarray], kind: str, float_path: str | None = None
+) -> dict[str, str]:
+    """Run onnx2jax (jitted) and onnxruntime on ``feeds`` and assert the bounds above.
 
-    Returns a short summary per output (max abs / rel error) for the report.
+    ``float_path`` is the float32 model an INT8 one was made from (for the INT8 error scale).
+    Returns a short summary per output (max abs / rel error) for reports.
     """
     model, sess, proto = _loaded(path)
     expected = sess.run(None, feeds)
     got = model(**feeds)
     names = [o.name for o in sess.get_outputs()]
     assert len(got) == len(expected)
-    steps = output_steps(proto) if kind != "float" else {}
+    steps = closed_output_steps(proto) if kind != "float" else {}
+    reference = None
     summary = {}
-    for name, e, g in zip(names, expected, got, strict=True):
+    for i, (name, e, g) in enumerate(zip(names, expected, got, strict=True)):
         g = np.asarray(g)
         where = f"{os.path.basename(path)} output {name!r}"
         assert g.shape == e.shape, f"{where}: shape {g.shape} != {e.shape}"
@@ -129,22 +133,24 @@ def check_end_to_end(path: str, feeds: dict[str, np.ndarray], kind: str) -> dict
             summary[name] = "exact"
             continue
         diff = np.abs(g.astype(np.float64) - e)
-        scale = max(1.0, float(np.abs(e).max()))
-        rel = float((diff / np.maximum(np.abs(e), 1e-6)).max())
-        summary[name] = f"max abs {diff.max():.2e} rel {rel:.2e}"
+        norm = float(np.abs(e).max())
+        summary[name] = f"max abs {diff.max():.2e} ({diff.max() / max(norm, 1e-30):.1e} of max|y|)"
         if kind == "float":
-            np.testing.assert_allclose(g, e, rtol=RTOL, atol=FLOAT_ATOL * scale, err_msg=where)
-            continue
-        max_steps, max_rel = QUANT_BOUNDS[kind]
-        if name in steps:
+            np.testing.assert_allclose(g, e, rtol=RTOL, atol=NORM_TOL * norm, err_msg=where)
+        elif name in steps:
             n = diff.max() / steps[name]
-            summary[name] += f" ({n:.2f} steps)"
-            bound = max_steps if max_steps is not None else 1
-            assert n <= bound + 1e-3, f"{where}: {n:.2f} quantization steps apart (bound {bound})"
+            summary[name] += f", {n:.0f} quantization steps"
+            assert n <= 1 + 1e-3, f"{where}: {n:.2f} quantization steps apart (all-integer path)"
         else:
-            rng = float(np.abs(e).max())
-            assert diff.max() <= max_rel * rng + 1e-6, (
-                f"{where}: max abs error {diff.max():.3g} > {max_rel} * max|expected| ({rng:.3g})"
+            assert float_path is not None, f"{where}: needs the float model for its error scale"
+            if reference is None:
+                reference = reference_session(onnx.load(float_path)).run(None, feeds)
+            q = float(np.abs(e - reference[i]).mean())
+            ratio = float(diff.mean()) / q
+            summary[name] += f", mean {diff.mean():.1e} = {ratio:.2f} x INT8 error"
+            assert ratio < MAX_RATIO, (
+                f"{where}: mean error {diff.mean():.3g} vs onnxruntime is {ratio:.2f} x the INT8 "
+                f"model's own error vs float32 ({q:.3g})"
             )
     return summary
 
@@ -216,17 +222,20 @@ def bert_feeds(batch, seq, seed=0):
         mask[1, seq - 3 :] = 0
     tt = np.zeros((batch, seq), np.int64)
     tt[:, seq // 2 :] = 1
-    return {"input_ids": rng.integers(0, 100, (batch, seq)), "attention_mask": mask,
-            "token_type_ids": tt}
+    return {
+        "input_ids": rng.integers(0, 100, (batch, seq)),
+        "attention_mask": mask,
+        "token_type_ids": tt,
+    }
 
 
 CHECKED_IN = {
-    # export-time shapes: batch 2, 32x32 images, 8 tokens
-    "resnet_int8_dynamic": ("int8-dynamic", lambda: image_feeds(3, 40, 48)),
-    "resnet_int8_qdq": ("int8-qdq", lambda: image_feeds(3, 40, 48)),
-    "resnet_int8_qop": ("int8-qop", lambda: image_feeds(3, 40, 48)),
-    "bert_int8_dynamic": ("int8-dynamic", lambda: bert_feeds(3, 11)),
-    "bert_int8_qop": ("int8-qop", lambda: bert_feeds(3, 11)),
+    # name: (kind, float model, feeds); export-time shapes were batch 2, 32x32, 8 tokens
+    "resnet_int8_dynamic": ("int8-dynamic", "resnet_torchscript", lambda: image_feeds(3, 40, 48)),
+    "resnet_int8_qdq": ("int8-qdq", "resnet_torchscript", lambda: image_feeds(3, 40, 48)),
+    "resnet_int8_qop": ("int8-qop", "resnet_torchscript", lambda: image_feeds(3, 40, 48)),
+    "bert_int8_dynamic": ("int8-dynamic", "bert_torchscript", lambda: bert_feeds(3, 11)),
+    "bert_int8_qop": ("int8-qop", "bert_torchscript", lambda: bert_feeds(3, 11)),
 }
 
 
@@ -234,9 +243,9 @@ CHECKED_IN = {
 def test_checked_in_int8_model(name):
     path = os.path.join(MODELS, f"{name}.onnx")
     assert os.path.isfile(path), f"{path} is missing: run tests/models/make_quantized.py"
-    kind, make = CHECKED_IN[name]
+    kind, base, make = CHECKED_IN[name]
     feeds = make()
-    check_end_to_end(path, feeds, kind)
+    check_end_to_end(path, feeds, kind, os.path.join(MODELS, f"{base}.onnx"))
     assert replay_integer_nodes(path, feeds) > 0
 
 
@@ -262,9 +271,10 @@ def small_zoo(tmp_path_factory):
 
 def _check_zoo_model(m) -> None:
     assert os.path.isfile(m.path), f"{m.name} was not built: see build_log.json in its folder"
+    float_path = os.path.join(os.path.dirname(m.path), f"{m.base}.onnx")
     for dims in m.test_dims:
         feeds = m.make_inputs(seed=7, **dims)
-        check_end_to_end(m.path, feeds, m.kind)
+        check_end_to_end(m.path, feeds, m.kind, float_path)
     if m.kind != "float":
         assert replay_integer_nodes(m.path, m.make_inputs(seed=7, **m.test_dims[0])) > 0
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import sys
@@ -106,7 +107,9 @@ class ZooModel:
 
     def input_shapes(self, **dims: int | None) -> dict[str, tuple[int, ...]]:
         d = self.dims(**dims)
-        return {s.name: tuple(x if isinstance(x, int) else d[x] for x in s.shape) for s in self.inputs}
+        return {
+            s.name: tuple(x if isinstance(x, int) else d[x] for x in s.shape) for s in self.inputs
+        }
 
     def make_inputs(
         self,
@@ -188,14 +191,23 @@ def _vit_spec(small: bool) -> dict:
 
 def _text_inputs(vocab: int, token_types: bool) -> tuple[InputSpec, ...]:
     bs = ("batch", "sequence")
-    ins = [InputSpec("input_ids", "int64", bs, "ids", vocab), InputSpec("attention_mask", "int64", bs, "mask")]
+    ins = [
+        InputSpec("input_ids", "int64", bs, "ids", vocab),
+        InputSpec("attention_mask", "int64", bs, "mask"),
+    ]
     if token_types:
         ins.append(InputSpec("token_type_ids", "int64", bs, "token_types"))
     return tuple(ins)
 
 
-BERT_SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=64)
+BERT_SMALL = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 GPT2_SMALL = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 GPT2_FULL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 
@@ -324,7 +336,10 @@ def _resnet(small: bool, bottleneck: bool):
     from torch import nn
 
     def conv_bn(cin, cout, k, stride=1, groups=1):
-        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return [
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
 
     class Basic(nn.Module):
         expansion = 1
@@ -332,9 +347,14 @@ def _resnet(small: bool, bottleneck: bool):
         def __init__(self, cin, width, stride):
             super().__init__()
             cout = width
-            self.body = nn.Sequential(*conv_bn(cin, width, 3, stride), nn.ReLU(), *conv_bn(width, cout, 3))
-            self.short = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
-                          if stride != 1 or cin != cout else nn.Identity())
+            self.body = nn.Sequential(
+                *conv_bn(cin, width, 3, stride), nn.ReLU(), *conv_bn(width, cout, 3)
+            )
+            self.short = (
+                nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
             self.relu = nn.ReLU()
 
         def forward(self, x):
@@ -347,12 +367,17 @@ def _resnet(small: bool, bottleneck: bool):
             super().__init__()
             cout = width * 4
             self.body = nn.Sequential(
-                *conv_bn(cin, width, 1), nn.ReLU(),
-                *conv_bn(width, width, 3, stride), nn.ReLU(),
+                *conv_bn(cin, width, 1),
+                nn.ReLU(),
+                *conv_bn(width, width, 3, stride),
+                nn.ReLU(),
                 *conv_bn(width, cout, 1),
             )
-            self.short = (nn.Sequential(*conv_bn(cin, cout, 1, stride))
-                          if stride != 1 or cin != cout else nn.Identity())
+            self.short = (
+                nn.Sequential(*conv_bn(cin, cout, 1, stride))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
             self.relu = nn.ReLU()
 
         def forward(self, x):
@@ -389,7 +414,10 @@ def _mobilenetv2(small: bool):
     from torch import nn
 
     def conv_bn_relu6(cin, cout, k, stride=1, groups=1, act=True):
-        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        layers = [
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         return layers + [nn.ReLU6()] if act else layers
 
     class InvertedResidual(nn.Module):
@@ -424,9 +452,19 @@ def _mobilenetv2(small: bool):
             return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
     torch.manual_seed(0)
-    full = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    full = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     if small:
-        model = MobileNetV2([(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2), (6, 64, 1, 1)], 0.5, 64, 10)
+        model = MobileNetV2(
+            [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2), (6, 64, 1, 1)], 0.5, 64, 10
+        )
     else:
         model = MobileNetV2(full, 1.0, 1280, 1000)
     return _calibrate_bn(_randomize_bn(model, 1), 32 if small else 224, 2)
@@ -447,11 +485,25 @@ def _vit(small: bool):
 
     torch.manual_seed(0)
     if small:
-        cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        image_size=32, patch_size=8, num_labels=10)
+        cfg = ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            num_labels=10,
+        )
     else:  # ViT-S/16
-        cfg = ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
-                        intermediate_size=1536, image_size=224, patch_size=16, num_labels=1000)
+        cfg = ViTConfig(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            image_size=224,
+            patch_size=16,
+            num_labels=1000,
+        )
     cfg.attn_implementation = "eager"
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     return Logits(_perturb(ViTForImageClassification(cfg), 1, 0.02)).eval()
@@ -468,8 +520,12 @@ def _bert(small: bool):
             self.m = m
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            out = self.m(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids, return_dict=True)
+            out = self.m(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                return_dict=True,
+            )
             return out.last_hidden_state, out.pooler_output
 
     torch.manual_seed(0)
@@ -484,10 +540,11 @@ def _gpt2_model(small: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(**(GPT2_SMALL if small else GPT2_FULL))
+    sizes = GPT2_SMALL if small else GPT2_FULL
+    last = sizes["vocab_size"] - 1
+    cfg = GPT2Config(**sizes, bos_token_id=last, eos_token_id=last)
     cfg.attn_implementation = "eager"
     cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
-    cfg.bos_token_id = cfg.eos_token_id = cfg.vocab_size - 1
     return _perturb(GPT2LMHeadModel(cfg), 1, 0.05 if small else 0.02).eval()
 
 
@@ -500,8 +557,12 @@ def _gpt2(small: bool):
             self.m = m
 
         def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                          return_dict=True).logits
+            return self.m(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                return_dict=True,
+            ).logits
 
     return Prefill(_gpt2_model(small)).eval()
 
@@ -520,8 +581,13 @@ def _gpt2_decode(small: bool):
         def forward(self, input_ids, attention_mask, *past):
             pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
             cache = DynamicCache(pairs, config=self.m.config)
-            out = self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                         use_cache=True, return_dict=True)
+            out = self.m(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=True,
+                return_dict=True,
+            )
             present = []
             for layer in out.past_key_values.layers:
                 present += [layer.keys, layer.values]
@@ -546,10 +612,18 @@ def _whisper(small: bool):
 
     torch.manual_seed(0)
     if small:
-        cfg = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                            num_mel_bins=16, max_source_positions=16, decoder_layers=1)
+        cfg = WhisperConfig(
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            num_mel_bins=16,
+            max_source_positions=16,
+            decoder_layers=1,
+        )
     else:
-        cfg = WhisperConfig()  # whisper-tiny-like encoder: 4 layers, d_model 384, 80 mels, 3000 frames
+        # The default config has whisper-tiny's encoder: 4 layers, d_model 384, 80 mels, 3000 frames.
+        cfg = WhisperConfig()
     cfg.attn_implementation = "eager"
     cfg.dropout = cfg.attention_dropout = cfg.activation_dropout = 0.0
     return Encoder(_perturb(WhisperEncoder(cfg), 1, 0.02)).eval()
@@ -566,8 +640,9 @@ def _lstm(small: bool):
 
         def __init__(self):
             super().__init__()
-            self.lstm = nn.LSTM(cfg["features"], cfg["hidden"], cfg["layers"], batch_first=True,
-                                bidirectional=True)
+            self.lstm = nn.LSTM(
+                cfg["features"], cfg["hidden"], cfg["layers"], batch_first=True, bidirectional=True
+            )
             self.head = nn.Linear(2 * cfg["hidden"], cfg["classes"])
 
         def forward(self, features):
@@ -584,25 +659,83 @@ TEXT_RANGES = {"batch": (1, 1024), "sequence": (1, 1024)}  # 1024 learned positi
 RECIPES: dict[str, Recipe] = {
     r.base: r
     for r in (
-        Recipe("resnet18", "torchscript", "ResNet-18 (basic blocks, BatchNorm folded), in code",
-               _cnn_spec, lambda s: _resnet(s, False), ("int8-dynamic", "int8-qdq", "int8-qop"),
-               dynamic_weight_type="QUInt8"),
-        Recipe("resnet50", "dynamo", "ResNet-50 (bottleneck blocks), in code",
-               _cnn_spec, lambda s: _resnet(s, True), ("int8-qdq", "int8-qop"), dim_ranges=IMAGE_RANGES),
-        Recipe("mobilenetv2", "torchscript", "MobileNetV2 (inverted residuals, depthwise, ReLU6), in code",
-               _cnn_spec, _mobilenetv2, ("int8-qdq", "int8-qop")),
-        Recipe("vit", "dynamo", "ViT-S/16 (transformers ViTForImageClassification)",
-               _vit_spec, _vit, ("int8-dynamic", "int8-qop"), dim_ranges=IMAGE_RANGES),
-        Recipe("bert", "torchscript", "BERT-base (transformers BertModel, default BertConfig)",
-               _bert_spec, _bert, ("int8-dynamic", "int8-qdq", "int8-qop")),
-        Recipe("gpt2", "dynamo", "GPT-2 small LM head, prefill (no KV cache)",
-               _gpt2_spec, _gpt2, ("int8-dynamic",), dim_ranges=TEXT_RANGES),
-        Recipe("gpt2-decode", "torchscript", "GPT-2 small LM head, one decode step with past key/values",
-               _gpt2_decode_spec, _gpt2_decode, ("int8-dynamic",)),
-        Recipe("whisper-encoder", "dynamo", "Whisper encoder (transformers, default WhisperConfig = tiny sizes)",
-               _whisper_spec, _whisper, ("int8-dynamic",), dim_ranges=IMAGE_RANGES),
-        Recipe("lstm", "torchscript", "2-layer bidirectional LSTM tagger over feature frames",
-               _lstm_spec, _lstm, ("int8-dynamic",)),
+        Recipe(
+            "resnet18",
+            "torchscript",
+            "ResNet-18 (basic blocks, BatchNorm folded), in code",
+            _cnn_spec,
+            lambda s: _resnet(s, False),
+            ("int8-dynamic", "int8-qdq", "int8-qop"),
+            dynamic_weight_type="QUInt8",
+        ),
+        Recipe(
+            "resnet50",
+            "dynamo",
+            "ResNet-50 (bottleneck blocks), in code",
+            _cnn_spec,
+            lambda s: _resnet(s, True),
+            ("int8-qdq", "int8-qop"),
+            dim_ranges=IMAGE_RANGES,
+        ),
+        Recipe(
+            "mobilenetv2",
+            "torchscript",
+            "MobileNetV2 (inverted residuals, depthwise, ReLU6), in code",
+            _cnn_spec,
+            _mobilenetv2,
+            ("int8-qdq", "int8-qop"),
+        ),
+        Recipe(
+            "vit",
+            "dynamo",
+            "ViT-S/16 (transformers ViTForImageClassification)",
+            _vit_spec,
+            _vit,
+            ("int8-dynamic", "int8-qop"),
+            dim_ranges=IMAGE_RANGES,
+        ),
+        Recipe(
+            "bert",
+            "torchscript",
+            "BERT-base (transformers BertModel, default BertConfig)",
+            _bert_spec,
+            _bert,
+            ("int8-dynamic", "int8-qdq", "int8-qop"),
+        ),
+        Recipe(
+            "gpt2",
+            "dynamo",
+            "GPT-2 small LM head, prefill (no KV cache)",
+            _gpt2_spec,
+            _gpt2,
+            ("int8-dynamic",),
+            dim_ranges=TEXT_RANGES,
+        ),
+        Recipe(
+            "gpt2-decode",
+            "torchscript",
+            "GPT-2 small LM head, one decode step with past key/values",
+            _gpt2_decode_spec,
+            _gpt2_decode,
+            ("int8-dynamic",),
+        ),
+        Recipe(
+            "whisper-encoder",
+            "dynamo",
+            "Whisper encoder (transformers, default WhisperConfig = tiny sizes)",
+            _whisper_spec,
+            _whisper,
+            ("int8-dynamic",),
+            dim_ranges=IMAGE_RANGES,
+        ),
+        Recipe(
+            "lstm",
+            "torchscript",
+            "2-layer bidirectional LSTM tagger over feature frames",
+            _lstm_spec,
+            _lstm,
+            ("int8-dynamic",),
+        ),
     )
 }
 
@@ -630,8 +763,9 @@ def _zoo_model(recipe: Recipe, kind: str, small: bool, cache_dir: str | None) ->
     )
 
 
-def models(names: Iterable[str] | None = None, small: bool = False,
-           cache_dir: str | None = None) -> list[ZooModel]:
+def models(
+    names: Iterable[str] | None = None, small: bool = False, cache_dir: str | None = None
+) -> list[ZooModel]:
     """The zoo's specs (built or not). ``names`` are base names (a model and its INT8 variants)
     or full names such as ``resnet18-int8-qop``."""
     out = []
@@ -660,11 +794,22 @@ def _export(recipe: Recipe, m: ZooModel, spec: dict, path: str) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if recipe.exporter == "torchscript":
-            axes = {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)} for s in m.inputs}
+            axes = {
+                s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+                for s in m.inputs
+            }
             axes |= spec["output_axes"]
-            torch.onnx.export(module, args, path, dynamo=False, opset_version=m.opset,
-                              input_names=names, output_names=list(m.outputs),
-                              dynamic_axes={k: v for k, v in axes.items() if v}, do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                args,
+                path,
+                dynamo=False,
+                opset_version=m.opset,
+                input_names=names,
+                output_names=list(m.outputs),
+                dynamic_axes={k: v for k, v in axes.items() if v},
+                do_constant_folding=True,
+            )
         else:
             dims: dict = {}
             for label, (lo, hi) in recipe.dim_ranges.items():
@@ -675,11 +820,25 @@ def _export(recipe: Recipe, m: ZooModel, spec: dict, path: str) -> None:
                 dims["past"] = torch.export.Dim("past", min=1, max=1000)
                 dims["total"] = dims["past"] + 1
             dynamic_shapes = tuple(
-                {i: dims[d] for i, d in enumerate(s.shape) if isinstance(d, str)} or None for s in m.inputs
+                {i: dims[d] for i, d in enumerate(s.shape) if isinstance(d, str)} or None
+                for s in m.inputs
             )
-            prog = torch.onnx.export(module, args, dynamo=True, opset_version=m.opset, input_names=names,
-                                     output_names=list(m.outputs), dynamic_shapes=dynamic_shapes,
-                                     optimize=True, external_data=False)
+            # torch.export matches dynamic_shapes to forward's parameters: *args is one tuple.
+            params = inspect.signature(module.forward).parameters.values()
+            if any(p.kind is p.VAR_POSITIONAL for p in params):
+                n = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+                dynamic_shapes = (*dynamic_shapes[:n], dynamic_shapes[n:])
+            prog = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                opset_version=m.opset,
+                input_names=names,
+                output_names=list(m.outputs),
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                external_data=False,
+            )
             prog.save(path, external_data=False)
 
 
@@ -711,8 +870,15 @@ def _quantize(recipe: Recipe, m: ZooModel, src: ZooModel, path: str, tmp: str) -
         quantize_dynamic(pre, path, weight_type=getattr(QuantType, recipe.dynamic_weight_type))
     else:
         fmt = QuantFormat.QDQ if m.kind == "int8-qdq" else QuantFormat.QOperator
-        quantize_static(pre, path, _Calibration(src), quant_format=fmt, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            pre,
+            path,
+            _Calibration(src),
+            quant_format=fmt,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 def _finish(path: str) -> None:
@@ -732,8 +898,13 @@ def _log_path(folder: str) -> str:
     return os.path.join(folder, "build_log.json")
 
 
-def build(names: Iterable[str] | None = None, small: bool = False, cache_dir: str | None = None,
-          force: bool = False, verbose: bool = True) -> list[ZooModel]:
+def build(
+    names: Iterable[str] | None = None,
+    small: bool = False,
+    cache_dir: str | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> list[ZooModel]:
     """Build what is missing of the zoo (or of ``names``) and return the models that exist.
 
     A model that fails to export or quantize is left out of the result; the reason is printed
@@ -785,7 +956,9 @@ def build(names: Iterable[str] | None = None, small: bool = False, cache_dir: st
         size = os.path.getsize(m.path) / 2**20 if status == "ok" else 0.0
         log[m.name] = {"status": status, "seconds": round(dt, 1), "MiB": round(size, 1)}
         if verbose:
-            print(f"{m.name}: {status} ({dt:.1f} s{f', {size:.1f} MiB' if size else ''})", flush=True)
+            print(
+                f"{m.name}: {status} ({dt:.1f} s{f', {size:.1f} MiB' if size else ''})", flush=True
+            )
         with open(log_file, "w") as f:
             json.dump(log, f, indent=1, sort_keys=True)
     return built
@@ -793,7 +966,9 @@ def build(names: Iterable[str] | None = None, small: bool = False, cache_dir: st
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="models to build (base or full names)")
+    ap.add_argument(
+        "--only", nargs="+", metavar="NAME", help="models to build (base or full names)"
+    )
     ap.add_argument("--small", action="store_true", help="reduced configs, for fast parity tests")
     ap.add_argument("--cache", default=None, help=f"cache folder (default {DEFAULT_CACHE})")
     ap.add_argument("--force", action="store_true", help="rebuild files that exist")
@@ -811,8 +986,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     built = build(args.only, args.small, args.cache, args.force)
     want = models(args.only, args.small, args.cache)
-    print(f"{len(built)} of {len(want)} models present in {_folder(args.cache, args.small)} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"{len(built)} of {len(want)} models present in {_folder(args.cache, args.small)} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
     missing = [m.name for m in want if not os.path.exists(m.path)]
     if missing:
         print("missing (see build_log.json):", ", ".join(missing))
