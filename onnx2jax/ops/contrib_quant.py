@@ -52,7 +52,9 @@ def _scalar(v, what: str) -> float | int:
         raise ValueError(f"{what} must be known at trace time (an initializer)")
     a = np.asarray(v)
     if a.size != 1:
-        raise ValueError(f"{what} must be a scalar or a 1-element tensor, got shape {list(a.shape)}")
+        raise ValueError(
+            f"{what} must be a scalar or a 1-element tensor, got shape {list(a.shape)}"
+        )
     return a.reshape(()).item()
 
 
@@ -73,10 +75,25 @@ def _f32(x) -> np.ndarray:
 
 
 def _fma(x, y, z) -> np.ndarray:
-    """float32 fused multiply-add (one rounding), for 8-bit integer ``x`` (so x * y is exact in
-    long double's 64-bit significand, and so is the sum for the magnitudes of quantization)."""
-    ld = np.longdouble
-    return (np.asarray(x, ld) * np.asarray(y, ld) + np.asarray(z, ld)).astype(np.float32)
+    """float32 fused multiply-add (one rounding of x * y + z) for an 8-bit integer ``x``.
+
+    x * y is exact in float64 (at most 9 + 24 significant bits); TwoSum gives the exact sum as
+    s + e; s rounds to float32 correctly unless it sits exactly halfway between two float32
+    values, where the sign of e decides.
+    """
+    f64 = np.float64
+    p = np.asarray(x, f64) * np.asarray(y, f64)
+    z = np.asarray(z, f64)
+    s = p + z
+    bp = s - z
+    e = (p - bp) + (z - (s - bp))
+    r = s.astype(np.float32)
+    r64 = r.astype(f64)
+    toward = np.where(s > r64, np.float32(np.inf), np.float32(-np.inf))
+    other = np.nextafter(r, toward).astype(f64)
+    tie = (s != r64) & (2 * s == r64 + other)
+    wrong_way = tie & (e != 0) & ((e > 0) != (r64 > s))
+    return np.where(wrong_way, other, r64).astype(np.float32)
 
 
 def _saturate_rne(v: np.ndarray, dtype) -> np.ndarray:
@@ -156,8 +173,9 @@ def _binary(op, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     if np.dtype(b.dtype) != dtype:
         raise ValueError(f"{MS}::{op}: A is {dtype} but B is {np.dtype(b.dtype)}")
     sa, sb, sc = (_scalar(s, f"{op} scale") for s in (a_scale, b_scale, c_scale))
-    za, zb, zc = (int(_scalar(z, f"{op} zero point")) for z in (a_zero_point, b_zero_point,
-                                                                   c_zero_point))
+    za, zb, zc = (
+        int(_scalar(z, f"{op} zero point")) for z in (a_zero_point, b_zero_point, c_zero_point)
+    )
     if op == "QLinearAdd":
         kind = _broadcast_kind(a.shape, b.shape)
         table = _cached_add(kind, dtype.str, sa, za, sb, zb, sc, zc)
@@ -186,8 +204,9 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
 
     https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.QLinearAdd
     """
-    return _binary("QLinearAdd", a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale,
-                   c_zero_point)
+    return _binary(
+        "QLinearAdd", a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point
+    )
 
 
 @register("QLinearMul", domain=MS)
@@ -196,8 +215,9 @@ def qlinear_mul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
 
     https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md#com.microsoft.QLinearMul
     """
-    return _binary("QLinearMul", a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale,
-                   c_zero_point)
+    return _binary(
+        "QLinearMul", a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point
+    )
 
 
 # -- requantizing ops ----------------------------------------------------------------------------
@@ -234,10 +254,14 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis):
     parts = []
     for i in range(0, len(inputs), 3):
         x, s, z = inputs[i : i + 3]
-        same = (isinstance(s, np.ndarray) and isinstance(y_scale, np.ndarray)
-                and isinstance(z, np.ndarray) and isinstance(y_zero_point, np.ndarray)
-                and np.float32(s.reshape(())) == np.float32(y_scale.reshape(()))
-                and int(z.reshape(())) == int(y_zero_point.reshape(())))
+        same = (
+            isinstance(s, np.ndarray)
+            and isinstance(y_scale, np.ndarray)
+            and isinstance(z, np.ndarray)
+            and isinstance(y_zero_point, np.ndarray)
+            and np.float32(s.reshape(())) == np.float32(y_scale.reshape(()))
+            and int(z.reshape(())) == int(y_zero_point.reshape(()))
+        )
         if same:
             parts.append(jnp.asarray(x))
         else:
@@ -255,8 +279,9 @@ def qlinear_leaky_relu(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, 
 
 
 @register("QLinearGlobalAveragePool", domain=MS)
-def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *,
-                                channels_last=0):
+def qlinear_global_average_pool(
+    x, x_scale, x_zero_point, y_scale, y_zero_point, *, channels_last=0
+):
     """com.microsoft QLinearGlobalAveragePool: int32 channel sums, requantized in float32.
 
     The sum minus zero_point * image size is multiplied by x_scale / (y_scale * image size).
@@ -278,8 +303,21 @@ def _zp_scalar(z):
 
 
 @register("QGemm", domain=MS)
-def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
-          y_zero_point=None, *, alpha=1.0, transA=0, transB=0):
+def qgemm(
+    a,
+    a_scale,
+    a_zero_point,
+    b,
+    b_scale,
+    b_zero_point,
+    c=None,
+    y_scale=None,
+    y_zero_point=None,
+    *,
+    alpha=1.0,
+    transA=0,
+    transB=0,
+):
     """com.microsoft QGemm: Y = alpha * A' B' (+ C, int32 in the accumulator's scale).
 
     Int32 accumulation; the output scale is alpha * a_scale * b_scale (per column when
@@ -294,8 +332,11 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
     acc = _int_matmul(_centered(a, _zp_scalar(a_zero_point)), _centered(b, b_zero_point))
     if c is not None:
         acc = acc + jnp.asarray(c).astype(jnp.int32)
-    scale = (np.float32(alpha) * jnp.asarray(a_scale, jnp.float32).reshape(())
-             * jnp.asarray(b_scale, jnp.float32))
+    scale = (
+        np.float32(alpha)
+        * jnp.asarray(a_scale, jnp.float32).reshape(())
+        * jnp.asarray(b_scale, jnp.float32)
+    )
     if y_scale is None:
         return acc.astype(jnp.float32) * scale
     scale = exact_div(scale, jnp.asarray(y_scale, jnp.float32).reshape(()))
@@ -326,6 +367,7 @@ def _softmax_table_impl(x_scale: float, reduce_len: int) -> np.ndarray:
 def _sequential_sum(v):
     """Row sums over the last axis, added strictly left to right in float32 (as onnxruntime's
     scalar loop does), so the rounding matches."""
+
     def step(acc, col):
         return acc + col, None
 
@@ -451,8 +493,7 @@ def dynamic_quantize_lstm(
 
     h0 = _initial(initial_h, nd, batch, hs, jnp.float32, 0)
     c0 = _initial(initial_c, nd, batch, hs, jnp.float32, 0)
-    return _recurrence(cell, X, None, bias, (h0, c0), sequence_lens, direction, 0,
-                       project=project)
+    return _recurrence(cell, X, None, bias, (h0, c0), sequence_lens, direction, 0, project=project)
 
 
 def _row(z):
