@@ -189,7 +189,8 @@ def replay_integer_nodes(path: str, feeds: dict[str, np.ndarray]) -> int:
         if impl is None or impl.takes_ctx or any(i and i not in values for i in node.inputs):
             continue
         args = [values[i] if i else None for i in node.inputs]
-        result = impl.fn(*args, **node.attrs)
+        with np.errstate(all="ignore"):  # the BERT QOperator mask: inf scales, NaN (as in ort)
+            result = impl.fn(*args, **node.attrs)
         result = result if isinstance(result, tuple) else (result,)
         for o, r in zip(node.outputs, result, strict=False):
             if not o:
@@ -295,7 +296,7 @@ FULL = [m.name for m in zoo.models(small=False)]
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FULL)
 def test_full_zoo(name):
-    (m,) = zoo.models([name], small=False)
+    (m,) = [m for m in zoo.models([name], small=False) if m.name == name]
     if not os.path.isfile(m.path):
         _need_exporters()
         zoo.build([name], small=False, verbose=False)
