@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                          # the full zoo (builds what is missing)
     python benchmarks/run.py --only resnet18,bert     # some models (base or full zoo names)
+    python benchmarks/run.py --kinds float            # no INT8 variants
     python benchmarks/run.py --small --batch 1,2      # the reduced zoo, quickly
     python benchmarks/run.py --files a.onnx b.onnx    # any ONNX files instead of the zoo
     python benchmarks/run.py --render                 # only regenerate RESULTS.md and the chart
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> None:
     else:
         zoo = _zoo(only, args.small, not args.no_build)
         dims = SMALL_DIMS if args.small else FULL_DIMS
-        entries = [(m.name, m.path, m, m.kind) for m in zoo]
+        kinds = [k for k in (args.kinds or "").split(",") if k]
+        entries = [(m.name, m.path, m, m.kind) for m in zoo if not kinds or m.kind in kinds]
         if not entries:
             raise SystemExit("no zoo models found; build them with benchmarks/zoo/build.py")
     peers = _peers_available() if args.peers != "none" else []
@@ -115,7 +117,18 @@ def run(args: argparse.Namespace) -> None:
                     "peers": args.peers},
         "wall_s": time.perf_counter() - t_start,
     }
-    with open(os.path.join(RESULTS, "run.json"), "w") as f:
+    run_file = os.path.join(RESULTS, "run.json")
+    if os.path.exists(run_file) and (only or args.kinds or args.files):
+        # A partial rerun: keep the full run's record, note this one beside it.
+        with open(run_file) as f:
+            full = json.load(f)
+        full["models"] += [m for m in done if m not in full["models"]]
+        full.setdefault("reruns", []).append(
+            {k: info[k] for k in ("models", "peak_start", "peak_end", "wall_s")}
+            | {"date": info["machine"]["date"]})
+        full["peak_gflops"] = max(full.get("peak_gflops") or 0, info["peak_gflops"] or 0) or None
+        info = full
+    with open(run_file, "w") as f:
         json.dump(info, f, indent=1)
     print(f"done in {info['wall_s']:.0f} s")
 
@@ -184,16 +197,30 @@ def render() -> str:
                        f"on the same product: {_f(info.get('onnxruntime_matmul_gflops'), '.1f')}"
                        if info.get("peak_start") else ""),
     ]
+    loads = [r["machine"]["load_average"][0] for r in recs
+             if (r.get("machine") or {}).get("load_average")]
+    if loads:
+        lines.append(f"- Load average (1 min) as each model started: {min(loads):.1f} to "
+                     f"{max(loads):.1f} on {machine.get('logical_cores', '?')} cores (other jobs "
+                     "shared the machine), so absolute times from different models are not "
+                     "comparable; the ratios come from interleaved runs")
+    for rr in info.get("reruns", []):
+        lines.append(f"- Rerun on its own afterwards ({rr['date']}, peak then "
+                     f"{_f(rr['peak_start'].get('xla_gflops'), '.1f')} GFLOP/s): "
+                     + ", ".join(rr["models"]))
     if info.get("options", {}).get("dims"):
         lines.append("- Text models run at sequence length "
                      f"{info['options']['dims'].get('sequence')}, the decode step with "
                      f"{info['options']['dims'].get('past')} cached positions; images 224x224 "
                      "(small zoo: 32x32)" if not info.get("small") else
                      f"- Small zoo; dims {info['options']['dims']}")
+    lines += _summary(recs)
     lines += ["", "![onnx2jax / onnxruntime latency](results/ratios.png)", "",
               "## Latency and throughput", "",
               "Median latency per batch (host numpy in, outputs ready); GFLOP/s counts 2 x "
-              "multiply-adds of Conv/MatMul/Gemm (ONNX shapes), % of the matmul peak in brackets.",
+              "multiply-adds of Conv/MatMul/Gemm and their integer forms (the shapes as traced), "
+              "% of the float32 matmul peak in brackets. For INT8 models these are integer "
+              "operations: with AVX-512 VNNI an engine can pass the float32 peak.",
               "",
               "| model | batch | GFLOP | onnx2jax ms | onnxruntime ms | **ratio** | p90 ratio | "
               "onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | onnxruntime GFLOP/s | "
@@ -219,7 +246,9 @@ def render() -> str:
             def gf(r):
                 if r.get("gflops") is None:
                     return "-"
-                return f"{r['gflops']:.1f} ({r['pct_peak']:.0f}%)" if r.get("pct_peak") else f"{r['gflops']:.1f}"
+                # Against the run's reference peak (the best of its measurements), not the one
+                # the model's record was made with.
+                return f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f}%)" if peak else f"{r['gflops']:.1f}"
 
             diff = (a.get("vs_onnxruntime") or {}).get("max_abs_diff")
             lines.append(
@@ -262,6 +291,25 @@ def render() -> str:
     return md
 
 
+def _summary(recs: list[dict]) -> list[str]:
+    """Geometric means of the latency ratio, float and INT8 models apart, per batch size."""
+    import math
+
+    groups: dict[tuple[str, int], list[float]] = {}
+    for rec in recs:
+        kind = "float" if (rec.get("zoo") or {}).get("kind", "float") == "float" else "INT8"
+        for b in rec.get("batches", []):
+            q = (b.get("ratios") or {}).get("onnx2jax/onnxruntime") or {}
+            if q.get("median"):
+                groups.setdefault((kind, b["batch"]), []).append(q["median"])
+    if not groups:
+        return []
+    out = ["", "**Summary** (geometric mean of onnx2jax / onnxruntime median latency): "
+           + "; ".join(f"{kind} models, batch {batch}: **{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**"
+                       f" ({len(v)} models)" for (kind, batch), v in sorted(groups.items()))]
+    return out
+
+
 def _median_import_rss(recs: list[dict], engine: str) -> float | None:
     vals = sorted(_engine(b, engine).get("import_rss_mb") for r in recs for b in r.get("batches", [])
                   if _engine(b, engine).get("import_rss_mb"))
@@ -277,8 +325,11 @@ def _peer_section(info: dict, recs: list[dict]) -> list[str]:
         return out + ["- no peer engine was run"]
     out += ["Median latency in ms, and in brackets the ratio to onnxruntime at the same batch "
             "(interleaved in the same rounds). jaxonnxruntime: `call_onnx_model`, then the whole "
-            "function under one `jax.jit` (JAX's default threads). tract: `into_model()` with the "
-            "symbolic dims bound, `into_runnable()`, one thread. Run on the float models only.",
+            "function under one `jax.jit` (same cores as onnx2jax). tract: concrete input facts "
+            "(or, where that fails, the model's symbolic facts with the symbols bound), "
+            "`into_runnable()`, one thread, under an 8 GiB address-space cap (uncapped, its "
+            "analysis of GPT-2 grew past 18 GiB and was OOM-killed). Run on the float models "
+            "only; a peer that fails at batch 1 is not retried at batch 8 (\"not run\").",
             "",
             "| model | batch | onnxruntime ms | onnx2jax ms | " + " | ".join(f"{p} ms" for p in used) + " |",
             "|---|---|---|---|" + "---|" * len(used)]
@@ -351,8 +402,8 @@ def _chart(recs: list[dict]) -> None:
         ax.set_title(f"batch {batch}: latency / onnxruntime (< 1: faster)")
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=8)
-        ax.invert_yaxis()
         ax.grid(axis="x", which="both", alpha=0.3)
+    axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, zoo order from the top
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(engines), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -364,14 +415,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="zoo models, comma-separated (base names include INT8 variants)")
     ap.add_argument("--batch", default="1,8", help="batch sizes (default 1,8)")
+    ap.add_argument("--kinds", help="zoo kinds, comma-separated: float, int8-dynamic, int8-qdq, "
+                    "int8-qop (default all; float alone takes about half the time)")
     ap.add_argument("--small", action="store_true", help="the reduced zoo (quick check)")
     ap.add_argument("--files", nargs="+", help="benchmark these ONNX files instead of the zoo")
     ap.add_argument("--no-build", action="store_true", help="use only zoo files already built")
     ap.add_argument("--peers", choices=["float", "all", "none"], default="float",
                     help="run jaxonnxruntime and tract (if installed) on float models (default), "
                          "on all, or not at all")
-    ap.add_argument("--seconds", type=float, default=1.0,
-                    help="timed running per engine, model and batch (default 1)")
+    ap.add_argument("--seconds", type=float, default=0.5,
+                    help="timed running per engine, model and batch (default 0.5)")
     ap.add_argument("--min-runs", type=int, default=3, help="timed runs at least (default 3)")
     ap.add_argument("--runs", type=int, help="exactly this many timed runs (overrides --seconds)")
     ap.add_argument("--threads", type=int, help="cores per engine (default: all usable)")

@@ -113,20 +113,26 @@ class _Worker:
             raise WorkerError(f"no answer to {req['cmd']!r} within {timeout_s:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
+            tail = self._log_tail()
             self.close()
-            raise WorkerError(f"worker died during {req['cmd']!r}; {self._log_tail()}")
+            code = self.proc.returncode
+            why = " (killed: out of memory?)" if code in (-9, 137) else ""
+            raise WorkerError(f"worker died during {req['cmd']!r}, exit code {code}{why}; {tail}")
         resp = json.loads(line)
         if not resp.get("ok"):
             raise WorkerError(resp.get("error", "unknown error"))
         return resp
 
     def _log_tail(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, errors="replace") as f:
             text = f.read()[-1500:]
         return f"log tail: {text.strip()}" if text.strip() else "no log output"
 
     def close(self) -> None:
+        if self._log.closed:
+            return
         if self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self.proc.stdin.close()
@@ -159,7 +165,8 @@ def machine_info() -> dict[str, Any]:
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
                     have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                    flags = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
+                                               "avx512_bf16", "amx_tile")
                              if f in have]
                     break
     versions = {}
@@ -428,9 +435,10 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
                 res[engine]["warm" if engine == "onnx2jax" else "cold"] = info["info"]
                 res[engine]["import_rss_mb"] = info["info"].pop("import_rss_mb", None)
                 res[engine]["ok"] = True
-            except WorkerError as e:
-                log(f"  {engine}: FAILED: {str(e)[:200]}")
-                res[engine].update(ok=False, error=str(e)[:2000])
+            except Exception as e:  # one engine's failure must not lose the others' numbers
+                msg = str(e) if isinstance(e, WorkerError) else f"{type(e).__name__}: {e}"
+                log(f"  {engine}: FAILED: {msg[:200]}")
+                res[engine].update(ok=False, error=msg[:2000])
                 if engine in workers:
                     workers.pop(engine).close()
         _interleave(workers, options, res, batch, log)
@@ -758,6 +766,11 @@ class _Engine:
         self.first_outputs = _as_numpy(self._timed("first_run_s", self.run))
 
     def _init_tract(self, req: dict) -> None:
+        # tract's analysis of some exports (GPT-2 with symbolic dims) grew past 18 GiB and was
+        # OOM-killed on a shared machine: cap its address space so it fails alone.
+        with contextlib.suppress(ValueError, OSError):
+            cap = int(req.get("memory_cap_gb") or 8) * 2**30
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         t0 = time.perf_counter()
         import tract
         from tract.transform import SetSymbols
