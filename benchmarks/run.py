@@ -66,55 +66,107 @@ def run(args: argparse.Namespace) -> None:
     missing_peers = [p for p in PEERS if p not in peers] if args.peers != "none" else []
     threads = args.threads or _bench.default_threads()
     t_start = time.perf_counter()
-    print(f"{len(entries)} models, batches {batches}, {threads} threads; peers: "
-          f"{', '.join(peers) or 'none'}; measuring the matmul peak ...", flush=True)
+    print(
+        f"{len(entries)} models, batches {batches}, {threads} threads; peers: "
+        f"{', '.join(peers) or 'none'}; measuring the matmul peak ...",
+        flush=True,
+    )
     peak_start = _bench.measure_peak(threads)
-    print(f"peak: XLA {peak_start.get('xla_gflops', 0):.1f} GFLOP/s, onnxruntime "
-          f"{peak_start.get('onnxruntime_gflops', 0):.1f}", flush=True)
+    print(
+        f"peak: XLA {peak_start.get('xla_gflops', 0):.1f} GFLOP/s, onnxruntime "
+        f"{peak_start.get('onnxruntime_gflops', 0):.1f}",
+        flush=True,
+    )
     done = []
     for name, path, zm, kind in entries:
-        use_peers = peers if (args.peers == "all" or (args.peers == "float" and kind == "float")) else []
+        use_peers = (
+            peers if (args.peers == "all" or (args.peers == "float" and kind == "float")) else []
+        )
         opts = _bench.BenchOptions(
-            batches=batches, engines=("onnx2jax", "onnxruntime", *use_peers), runs=args.runs,
-            seconds=args.seconds, min_runs=args.min_runs, threads=threads, peak=False,
-            timeout_s=args.timeout)
+            batches=batches,
+            engines=("onnx2jax", "onnxruntime", *use_peers),
+            runs=args.runs,
+            seconds=args.seconds,
+            min_runs=args.min_runs,
+            threads=threads,
+            peak=False,
+            timeout_s=args.timeout,
+        )
         inputs_for = None
         if zm is not None:
+
             def inputs_for(batch, zm=zm):
                 return zm.make_inputs(batch=batch, seed=0, **dims)
+
         t0 = time.perf_counter()
         try:
-            rec = _bench.bench_model(path, opts, name=name, inputs_for=inputs_for, peak=peak_start,
-                                     log=lambda s: print(s, flush=True))
+            rec = _bench.bench_model(
+                path,
+                opts,
+                name=name,
+                inputs_for=inputs_for,
+                peak=peak_start,
+                log=lambda s: print(s, flush=True),
+            )
         except Exception as e:  # keep going; the table says what is missing
-            rec = {"schema": _bench.SCHEMA, "model": name, "path": path, "error": f"{type(e).__name__}: {e}",
-                   "machine": _bench.machine_info(), "batches": []}
-        rec["zoo"] = ({"kind": zm.kind, "base": zm.base, "exporter": zm.exporter, "opset": zm.opset,
-                       "small": zm.small, "description": zm.description} if zm is not None else None)
+            rec = {
+                "schema": _bench.SCHEMA,
+                "model": name,
+                "path": path,
+                "error": f"{type(e).__name__}: {e}",
+                "machine": _bench.machine_info(),
+                "batches": [],
+            }
+        rec["zoo"] = (
+            {
+                "kind": zm.kind,
+                "base": zm.base,
+                "exporter": zm.exporter,
+                "opset": zm.opset,
+                "small": zm.small,
+                "description": zm.description,
+            }
+            if zm is not None
+            else None
+        )
         rec["seconds"] = time.perf_counter() - t0
         with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
             json.dump(rec, f, indent=1)
         done.append(name)
-        print(f"== {name}: {rec['seconds']:.0f} s (total {time.perf_counter() - t_start:.0f} s)",
-              flush=True)
+        print(
+            f"== {name}: {rec['seconds']:.0f} s (total {time.perf_counter() - t_start:.0f} s)",
+            flush=True,
+        )
         for b in rec["batches"]:
             q = b.get("ratios", {}).get("onnx2jax/onnxruntime") or {}
             if q.get("median"):
-                print(f"   batch {b['batch']}: onnx2jax/onnxruntime latency {q['median']:.2f}x",
-                      flush=True)
+                print(
+                    f"   batch {b['batch']}: onnx2jax/onnxruntime latency {q['median']:.2f}x",
+                    flush=True,
+                )
     peak_end = _bench.measure_peak(threads)
     info = {
-        "machine": _bench.machine_info(), "threads": threads, "batches": list(batches),
-        "peak_start": peak_start, "peak_end": peak_end,
+        "machine": _bench.machine_info(),
+        "threads": threads,
+        "batches": list(batches),
+        "peak_start": peak_start,
+        "peak_end": peak_end,
         "peak_gflops": max(p.get("xla_gflops") or 0 for p in (peak_start, peak_end)) or None,
-        "onnxruntime_matmul_gflops": max(p.get("onnxruntime_gflops") or 0
-                                         for p in (peak_start, peak_end)) or None,
-        "peers": peers, "missing_peers": {p: "not installed (pip install " + p + ")"
-                                          for p in missing_peers},
-        "models": done, "small": bool(args.small) and not args.files,
-        "options": {"seconds": args.seconds, "runs": args.runs, "min_runs": args.min_runs,
-                    "dims": None if args.files else (SMALL_DIMS if args.small else FULL_DIMS),
-                    "peers": args.peers},
+        "onnxruntime_matmul_gflops": max(
+            p.get("onnxruntime_gflops") or 0 for p in (peak_start, peak_end)
+        )
+        or None,
+        "peers": peers,
+        "missing_peers": {p: "not installed (pip install " + p + ")" for p in missing_peers},
+        "models": done,
+        "small": bool(args.small) and not args.files,
+        "options": {
+            "seconds": args.seconds,
+            "runs": args.runs,
+            "min_runs": args.min_runs,
+            "dims": None if args.files else (SMALL_DIMS if args.small else FULL_DIMS),
+            "peers": args.peers,
+        },
         "wall_s": time.perf_counter() - t_start,
     }
     run_file = os.path.join(RESULTS, "run.json")
@@ -125,7 +177,8 @@ def run(args: argparse.Namespace) -> None:
         full["models"] += [m for m in done if m not in full["models"]]
         full.setdefault("reruns", []).append(
             {k: info[k] for k in ("models", "peak_start", "peak_end", "wall_s")}
-            | {"date": info["machine"]["date"]})
+            | {"date": info["machine"]["date"]}
+        )
         full["peak_gflops"] = max(full.get("peak_gflops") or 0, info["peak_gflops"] or 0) or None
         info = full
     with open(run_file, "w") as f:
@@ -134,6 +187,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 # -- RESULTS.md and the chart ---------------------------------------------------------------------
+
 
 def _load_results() -> tuple[dict, list[dict]]:
     info = {}
@@ -186,46 +240,63 @@ def render() -> str:
         "(tract: 1, its Python bindings are single-threaded)",
         f"- jax {v.get('jax', '?')}, jaxlib {v.get('jaxlib', '?')}, onnxruntime "
         f"{v.get('onnxruntime', '?')}, onnx {v.get('onnx', '?')}, numpy {v.get('numpy', '?')}, "
-        f"Python {machine.get('python', '?')}"
-        + "".join(f", {p} {v[p]}" for p in PEERS if p in v),
+        f"Python {machine.get('python', '?')}" + "".join(f", {p} {v[p]}" for p in PEERS if p in v),
         f"- {machine.get('platform', '?')}; run finished {machine.get('date', '?')}; load average "
         f"then {', '.join(f'{x:.1f}' for x in machine.get('load_average') or [])}"
         + (f"; the whole run took {info['wall_s'] / 60:.1f} min" if info.get("wall_s") else ""),
         f"- Reference peak: a 2048^3 float32 matmul in XLA, best of 10: **{_f(peak, '.1f')} "
-        "GFLOP/s**" + (f" (start of the run {_f(info['peak_start'].get('xla_gflops'), '.1f')}, end "
-                       f"{_f(info['peak_end'].get('xla_gflops'), '.1f')}); onnxruntime's MatMul "
-                       f"on the same product: {_f(info.get('onnxruntime_matmul_gflops'), '.1f')}"
-                       if info.get("peak_start") else ""),
+        "GFLOP/s**"
+        + (
+            f" (start of the run {_f(info['peak_start'].get('xla_gflops'), '.1f')}, end "
+            f"{_f(info['peak_end'].get('xla_gflops'), '.1f')}); onnxruntime's MatMul "
+            f"on the same product: {_f(info.get('onnxruntime_matmul_gflops'), '.1f')}"
+            if info.get("peak_start")
+            else ""
+        ),
     ]
-    loads = [r["machine"]["load_average"][0] for r in recs
-             if (r.get("machine") or {}).get("load_average")]
+    loads = [
+        r["machine"]["load_average"][0]
+        for r in recs
+        if (r.get("machine") or {}).get("load_average")
+    ]
     if loads:
-        lines.append(f"- Load average (1 min) as each model started: {min(loads):.1f} to "
-                     f"{max(loads):.1f} on {machine.get('logical_cores', '?')} cores (other jobs "
-                     "shared the machine), so absolute times from different models are not "
-                     "comparable; the ratios come from interleaved runs")
+        lines.append(
+            f"- Load average (1 min) as each model started: {min(loads):.1f} to "
+            f"{max(loads):.1f} on {machine.get('logical_cores', '?')} cores (other jobs "
+            "shared the machine), so absolute times from different models are not "
+            "comparable; the ratios come from interleaved runs"
+        )
     for rr in info.get("reruns", []):
-        lines.append(f"- Rerun on its own afterwards ({rr['date']}, peak then "
-                     f"{_f(rr['peak_start'].get('xla_gflops'), '.1f')} GFLOP/s): "
-                     + ", ".join(rr["models"]))
+        lines.append(
+            f"- Rerun on its own afterwards ({rr['date']}, peak then "
+            f"{_f(rr['peak_start'].get('xla_gflops'), '.1f')} GFLOP/s): " + ", ".join(rr["models"])
+        )
     if info.get("options", {}).get("dims"):
-        lines.append("- Text models run at sequence length "
-                     f"{info['options']['dims'].get('sequence')}, the decode step with "
-                     f"{info['options']['dims'].get('past')} cached positions; images 224x224 "
-                     "(small zoo: 32x32)" if not info.get("small") else
-                     f"- Small zoo; dims {info['options']['dims']}")
+        lines.append(
+            "- Text models run at sequence length "
+            f"{info['options']['dims'].get('sequence')}, the decode step with "
+            f"{info['options']['dims'].get('past')} cached positions; images 224x224 "
+            "(small zoo: 32x32)"
+            if not info.get("small")
+            else f"- Small zoo; dims {info['options']['dims']}"
+        )
     lines += _summary(recs)
-    lines += ["", "![onnx2jax / onnxruntime latency](results/ratios.png)", "",
-              "## Latency and throughput", "",
-              "Median latency per batch (host numpy in, outputs ready); GFLOP/s counts 2 x "
-              "multiply-adds of Conv/MatMul/Gemm and their integer forms (the shapes as traced), "
-              "% of the float32 matmul peak in brackets. For INT8 models these are integer "
-              "operations: with AVX-512 VNNI an engine can pass the float32 peak.",
-              "",
-              "| model | batch | GFLOP | onnx2jax ms | onnxruntime ms | **ratio** | p90 ratio | "
-              "onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | onnxruntime GFLOP/s | "
-              "max abs diff | runs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "![onnx2jax / onnxruntime latency](results/ratios.png)",
+        "",
+        "## Latency and throughput",
+        "",
+        "Median latency per batch (host numpy in, outputs ready); GFLOP/s counts 2 x "
+        "multiply-adds of Conv/MatMul/Gemm and their integer forms (the shapes as traced), "
+        "% of the float32 matmul peak in brackets. For INT8 models these are integer "
+        "operations: with AVX-512 VNNI an engine can pass the float32 peak.",
+        "",
+        "| model | batch | GFLOP | onnx2jax ms | onnxruntime ms | **ratio** | p90 ratio | "
+        "onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | onnxruntime GFLOP/s | "
+        "max abs diff | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     problems: list[str] = []
     for rec in recs:
         if rec.get("error"):
@@ -233,13 +304,16 @@ def render() -> str:
             continue
         for b in rec["batches"]:
             if b.get("skipped"):
-                problems.append(f"- **{rec['model']}** batch {b['batch']}: skipped ({b['skipped']})")
+                problems.append(
+                    f"- **{rec['model']}** batch {b['batch']}: skipped ({b['skipped']})"
+                )
                 continue
             a, o = _engine(b, "onnx2jax"), _engine(b, "onnxruntime")
             for name, r in (("onnx2jax", a), ("onnxruntime", o)):
                 if not r.get("ok"):
-                    problems.append(f"- **{rec['model']}** batch {b['batch']}, {name}: "
-                                    f"{_short_error(r)}")
+                    problems.append(
+                        f"- **{rec['model']}** batch {b['batch']}, {name}: {_short_error(r)}"
+                    )
             q = b.get("ratios", {}).get("onnx2jax/onnxruntime") or {}
             fl = b.get("flops")
 
@@ -248,7 +322,11 @@ def render() -> str:
                     return "-"
                 # Against the run's reference peak (the best of its measurements), not the one
                 # the model's record was made with.
-                return f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f}%)" if peak else f"{r['gflops']:.1f}"
+                return (
+                    f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f}%)"
+                    if peak
+                    else f"{r['gflops']:.1f}"
+                )
 
             diff = (a.get("vs_onnxruntime") or {}).get("max_abs_diff")
             lines.append(
@@ -256,19 +334,25 @@ def render() -> str:
                 f"{_f(a.get('median_ms'), '.3g')} | {_f(o.get('median_ms'), '.3g')} | "
                 f"**{_f(q.get('median'), '.2f')}** | {_f(q.get('p90'), '.2f')} | "
                 f"{_f(a.get('items_per_s'), '.1f')} | {_f(o.get('items_per_s'), '.1f')} | {gf(a)} | "
-                f"{gf(o)} | {_f(diff, '.1e')} | {a.get('runs', '-')}/{o.get('runs', '-')} |")
-    lines += ["", "## Compile time and memory", "",
-              "Load + compile + first run in a fresh process, seconds. onnx2jax cold: empty JAX "
-              "persistent compilation cache; warm: the cache filled by the cold process. "
-              "onnxruntime: session creation (graph optimizations) + first run. Peak RSS: the "
-              "worker process's high-water mark (VmHWM), MiB, imports included "
-              "(importing JAX alone: about "
-              f"{_f(_median_import_rss(recs, 'onnx2jax'), '.0f')} MiB; onnxruntime: "
-              f"{_f(_median_import_rss(recs, 'onnxruntime'), '.0f')} MiB).", "",
-              "| model | batch | onnx2jax cold s | of which XLA compile | onnx2jax warm s | "
-              "onnxruntime s | cold ratio | warm ratio | onnx2jax MiB | onnxruntime MiB | "
-              "RSS ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+                f"{gf(o)} | {_f(diff, '.1e')} | {a.get('runs', '-')}/{o.get('runs', '-')} |"
+            )
+    lines += [
+        "",
+        "## Compile time and memory",
+        "",
+        "Load + compile + first run in a fresh process, seconds. onnx2jax cold: empty JAX "
+        "persistent compilation cache; warm: the cache filled by the cold process. "
+        "onnxruntime: session creation (graph optimizations) + first run. Peak RSS: the "
+        "worker process's high-water mark (VmHWM), MiB, imports included "
+        "(importing JAX alone: about "
+        f"{_f(_median_import_rss(recs, 'onnx2jax'), '.0f')} MiB; onnxruntime: "
+        f"{_f(_median_import_rss(recs, 'onnxruntime'), '.0f')} MiB).",
+        "",
+        "| model | batch | onnx2jax cold s | of which XLA compile | onnx2jax warm s | "
+        "onnxruntime s | cold ratio | warm ratio | onnx2jax MiB | onnxruntime MiB | "
+        "RSS ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for rec in recs:
         for b in rec.get("batches", []):
             if b.get("skipped"):
@@ -280,10 +364,13 @@ def render() -> str:
                 f"{_f((a.get('cold') or {}).get('compile_s'))} | {_f(a.get('compile_warm_s'))} | "
                 f"{_f(o.get('compile_cold_s'))} | {_f(q.get('compile_cold'), '.1f')} | "
                 f"{_f(q.get('compile_warm'), '.1f')} | {_f(a.get('peak_rss_mb'), '.0f')} | "
-                f"{_f(o.get('peak_rss_mb'), '.0f')} | {_f(q.get('peak_rss'), '.2f')} |")
+                f"{_f(o.get('peak_rss_mb'), '.0f')} | {_f(q.get('peak_rss'), '.2f')} |"
+            )
     lines += _peer_section(info, recs)
     lines += ["", "## What is missing or failed", ""]
-    lines += problems or ["- nothing: every model ran in onnx2jax and onnxruntime at every batch size"]
+    lines += problems or [
+        "- nothing: every model ran in onnx2jax and onnxruntime at every batch size"
+    ]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
         f.write(md)
@@ -304,35 +391,53 @@ def _summary(recs: list[dict]) -> list[str]:
                 groups.setdefault((kind, b["batch"]), []).append(q["median"])
     if not groups:
         return []
-    out = ["", "**Summary** (geometric mean of onnx2jax / onnxruntime median latency): "
-           + "; ".join(f"{kind} models, batch {batch}: **{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**"
-                       f" ({len(v)} models)" for (kind, batch), v in sorted(groups.items()))]
+    out = [
+        "",
+        "**Summary** (geometric mean of onnx2jax / onnxruntime median latency): "
+        + "; ".join(
+            f"{kind} models, batch {batch}: **{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**"
+            f" ({len(v)} models)"
+            for (kind, batch), v in sorted(groups.items())
+        ),
+    ]
     return out
 
 
 def _median_import_rss(recs: list[dict], engine: str) -> float | None:
-    vals = sorted(_engine(b, engine).get("import_rss_mb") for r in recs for b in r.get("batches", [])
-                  if _engine(b, engine).get("import_rss_mb"))
+    vals = sorted(
+        _engine(b, engine).get("import_rss_mb")
+        for r in recs
+        for b in r.get("batches", [])
+        if _engine(b, engine).get("import_rss_mb")
+    )
     return vals[len(vals) // 2] if vals else None
 
 
 def _peer_section(info: dict, recs: list[dict]) -> list[str]:
-    used = [p for p in PEERS if any(p in b.get("engines", {}) for r in recs for b in r.get("batches", []))]
+    used = [
+        p
+        for p in PEERS
+        if any(p in b.get("engines", {}) for r in recs for b in r.get("batches", []))
+    ]
     out = ["", "## Other engines", ""]
     for p, why in (info.get("missing_peers") or {}).items():
         out.append(f"- {p}: {why}")
     if not used:
         return out + ["- no peer engine was run"]
-    out += ["Median latency in ms, and in brackets the ratio to onnxruntime at the same batch "
-            "(interleaved in the same rounds). jaxonnxruntime: `call_onnx_model`, then the whole "
-            "function under one `jax.jit` (same cores as onnx2jax). tract: concrete input facts "
-            "(or, where that fails, the model's symbolic facts with the symbols bound), "
-            "`into_runnable()`, one thread, under an 8 GiB address-space cap (uncapped, its "
-            "analysis of GPT-2 grew past 18 GiB and was OOM-killed). Run on the float models "
-            "only; a peer that fails at batch 1 is not retried at batch 8 (\"not run\").",
-            "",
-            "| model | batch | onnxruntime ms | onnx2jax ms | " + " | ".join(f"{p} ms" for p in used) + " |",
-            "|---|---|---|---|" + "---|" * len(used)]
+    out += [
+        "Median latency in ms, and in brackets the ratio to onnxruntime at the same batch "
+        "(interleaved in the same rounds). jaxonnxruntime: `call_onnx_model`, then the whole "
+        "function under one `jax.jit` (same cores as onnx2jax). tract: concrete input facts "
+        "(or, where that fails, the model's symbolic facts with the symbols bound), "
+        "`into_runnable()`, one thread, under an 8 GiB address-space cap (uncapped, its "
+        "analysis of GPT-2 grew past 18 GiB and was OOM-killed). Run on the float models "
+        'only; a peer that fails at batch 1 is not retried at batch 8 ("not run").',
+        "",
+        "| model | batch | onnxruntime ms | onnx2jax ms | "
+        + " | ".join(f"{p} ms" for p in used)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(used),
+    ]
     failures = []
     for rec in recs:
         for b in rec.get("batches", []):
@@ -349,13 +454,17 @@ def _peer_section(info: dict, recs: list[dict]) -> list[str]:
                 elif not r.get("ok"):
                     cells.append("failed")
                     if name != "onnx2jax":
-                        failures.append(f"- {name} on {rec['model']} (batch {b['batch']}): "
-                                        f"{_short_error(r)}")
+                        failures.append(
+                            f"- {name} on {rec['model']} (batch {b['batch']}): {_short_error(r)}"
+                        )
                 else:
                     ratio = r["median_ms"] / o["median_ms"] if o.get("median_ms") else None
                     cells.append(f"{r['median_ms']:.3g} ({_f(ratio, '.2f')}x)")
-            out.append(f"| {rec['model']} | {b['batch']} | {_f(o.get('median_ms'), '.3g')} | "
-                       + " | ".join(cells) + " |")
+            out.append(
+                f"| {rec['model']} | {b['batch']} | {_f(o.get('median_ms'), '.3g')} | "
+                + " | ".join(cells)
+                + " |"
+            )
     if failures:
         out += ["", "Where a peer could not run a model:", "", *failures]
     return out
@@ -373,11 +482,22 @@ def _chart(recs: list[dict]) -> None:
         return
     batches = sorted({b["batch"] for r in recs for b in r.get("batches", [])})
     names = [r["model"] for r in recs]
-    engines = ["onnx2jax", *[p for p in PEERS if any(p in b.get("engines", {}) for r in recs
-                                                      for b in r.get("batches", []))]]
+    engines = [
+        "onnx2jax",
+        *[
+            p
+            for p in PEERS
+            if any(p in b.get("engines", {}) for r in recs for b in r.get("batches", []))
+        ],
+    ]
     colors = {"onnx2jax": "#1f77b4", "jaxonnxruntime": "#ff7f0e", "tract": "#2ca02c"}
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 0.32 * len(names) + 1.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(batches),
+        figsize=(6 * len(batches), 0.32 * len(names) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
     height = 0.8 / len(engines)
     every: list[float] = []
     for ax, batch in zip(axes[0], batches, strict=True):
@@ -385,7 +505,9 @@ def _chart(recs: list[dict]) -> None:
         for i, rec in enumerate(recs):
             b = next((b for b in rec.get("batches", []) if b["batch"] == batch), None)
             o = _engine(b, "onnxruntime") if b else {}
-            present = [e for e in engines if b and _engine(b, e).get("median_ms") and o.get("median_ms")]
+            present = [
+                e for e in engines if b and _engine(b, e).get("median_ms") and o.get("median_ms")
+            ]
             for k, engine in enumerate(present):  # centred on the row, whatever ran
                 bars[engine][0].append(i + (k - (len(present) - 1) / 2) * height)
                 bars[engine][1].append(_engine(b, engine)["median_ms"] / o["median_ms"])
@@ -395,7 +517,9 @@ def _chart(recs: list[dict]) -> None:
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         lo, hi = min([*every, 1.0]) / 1.5, max([*every, 1.0]) * 1.5
-        ticks = [t for t in (1 / 16, 0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if lo <= t <= hi]
+        ticks = [
+            t for t in (1 / 16, 0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if lo <= t <= hi
+        ]
         ax.set_xlim(lo, hi)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -415,21 +539,34 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="zoo models, comma-separated (base names include INT8 variants)")
     ap.add_argument("--batch", default="1,8", help="batch sizes (default 1,8)")
-    ap.add_argument("--kinds", help="zoo kinds, comma-separated: float, int8-dynamic, int8-qdq, "
-                    "int8-qop (default all; float alone takes about half the time)")
+    ap.add_argument(
+        "--kinds",
+        help="zoo kinds, comma-separated: float, int8-dynamic, int8-qdq, "
+        "int8-qop (default all; float alone takes about half the time)",
+    )
     ap.add_argument("--small", action="store_true", help="the reduced zoo (quick check)")
     ap.add_argument("--files", nargs="+", help="benchmark these ONNX files instead of the zoo")
     ap.add_argument("--no-build", action="store_true", help="use only zoo files already built")
-    ap.add_argument("--peers", choices=["float", "all", "none"], default="float",
-                    help="run jaxonnxruntime and tract (if installed) on float models (default), "
-                         "on all, or not at all")
-    ap.add_argument("--seconds", type=float, default=0.5,
-                    help="timed running per engine, model and batch (default 0.5)")
+    ap.add_argument(
+        "--peers",
+        choices=["float", "all", "none"],
+        default="float",
+        help="run jaxonnxruntime and tract (if installed) on float models (default), "
+        "on all, or not at all",
+    )
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=0.5,
+        help="timed running per engine, model and batch (default 0.5)",
+    )
     ap.add_argument("--min-runs", type=int, default=3, help="timed runs at least (default 3)")
     ap.add_argument("--runs", type=int, help="exactly this many timed runs (overrides --seconds)")
     ap.add_argument("--threads", type=int, help="cores per engine (default: all usable)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per worker request, seconds")
-    ap.add_argument("--render", action="store_true", help="only regenerate RESULTS.md and the chart")
+    ap.add_argument(
+        "--render", action="store_true", help="only regenerate RESULTS.md and the chart"
+    )
     args = ap.parse_args(argv)
     if not args.render:
         run(args)

@@ -98,8 +98,12 @@ class _Worker:
         self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            bufsize=1)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+        )
 
     def request(self, timeout_s: float, **req: Any) -> dict:
         try:
@@ -165,19 +169,35 @@ def machine_info() -> dict[str, Any]:
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):
                     have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                               "avx512_bf16", "amx_tile")
-                             if f in have]
+                    flags = [
+                        f
+                        for f in (
+                            "avx",
+                            "avx2",
+                            "fma",
+                            "avx512f",
+                            "avx512_vnni",
+                            "avx_vnni",
+                            "avx512_bf16",
+                            "amx_tile",
+                        )
+                        if f in have
+                    ]
                     break
     versions = {}
     for mod in ("jax", "jaxlib", "onnx", "onnxruntime", "numpy", "jaxonnxruntime", "tract"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
+
             versions[mod] = version(mod)
     return {
-        "cpu": cpu, "cpu_flags": flags, "logical_cores": os.cpu_count(),
-        "usable_cores": default_threads(), "platform": platform.platform(),
-        "python": platform.python_version(), "versions": versions,
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": default_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -191,8 +211,14 @@ def measure_peak(threads: int | None = None, timeout_s: float = 300.0) -> dict[s
         for engine in ("xla", "onnxruntime"):
             w = _Worker(tmp, f"peak-{engine}")
             try:
-                r = w.request(timeout_s, cmd="peak", engine=engine, n=PEAK_SIZE, threads=threads,
-                              path=os.path.join(tmp, "matmul.onnx"))
+                r = w.request(
+                    timeout_s,
+                    cmd="peak",
+                    engine=engine,
+                    n=PEAK_SIZE,
+                    threads=threads,
+                    path=os.path.join(tmp, "matmul.onnx"),
+                )
                 out[f"{engine}_gflops"] = r["best_gflops"]
                 out[f"{engine}_gflops_median"] = r["median_gflops"]
             except WorkerError as e:
@@ -220,8 +246,9 @@ def _concrete_shape(spec, batch: int, dims: Mapping[str, int]) -> tuple[int, ...
     return tuple(shape)
 
 
-def make_inputs(path: str, batch: int, dims: Mapping[str, int], seed: int = 0
-                ) -> dict[str, np.ndarray] | str:
+def make_inputs(
+    path: str, batch: int, dims: Mapping[str, int], seed: int = 0
+) -> dict[str, np.ndarray] | str:
     """Seeded inputs for ``path``: axis 0 is the batch axis, ``dims`` sizes the other named dims
     (default 1). Like ``onnx2jax run --random`` (integers in [0, 8)), except that integer and
     boolean inputs named like "mask" are all ones and integer ones named like "type" alternate
@@ -252,8 +279,12 @@ _MATMUL_A = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
 COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
 
 
-def node_flops(op: str, ins: Sequence[Sequence[int] | None], outs: Sequence[Sequence[int]],
-               trans_a: bool = False) -> int:
+def node_flops(
+    op: str,
+    ins: Sequence[Sequence[int] | None],
+    outs: Sequence[Sequence[int]],
+    trans_a: bool = False,
+) -> int:
     """2 x multiply-adds of one Conv/ConvTranspose/MatMul/Gemm (or integer form) node."""
     if op in _CONV_W:  # out (N, M, *spatial) x reduction (C/group * kernel)
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[_CONV_W[op]][1:]))
@@ -287,7 +318,9 @@ def onnx_flops(path: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
-            known[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            known[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+            ]
     for t in g.initializer:
         known[t.name] = list(t.dims)
 
@@ -304,8 +337,9 @@ def onnx_flops(path: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]
             continue
         try:
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-            f = node_flops(op, [shape(i) if i else None for i in node.input],
-                           [shape(node.output[0])], trans_a)
+            f = node_flops(
+                op, [shape(i) if i else None for i in node.input], [shape(node.output[0])], trans_a
+            )
         except (KeyError, IndexError):
             missing.append(node.name or op)
             continue
@@ -317,9 +351,13 @@ def onnx_flops(path: str, shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]
 def _stats(times: list[float], batch: int) -> dict[str, Any]:
     med = statistics.median(times)
     return {
-        "runs": len(times), "median_ms": med * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
-        "mean_ms": statistics.fmean(times) * 1e3, "min_ms": min(times) * 1e3,
-        "max_ms": max(times) * 1e3, "items_per_s": batch / med,
+        "runs": len(times),
+        "median_ms": med * 1e3,
+        "p90_ms": float(np.percentile(times, 90)) * 1e3,
+        "mean_ms": statistics.fmean(times) * 1e3,
+        "min_ms": min(times) * 1e3,
+        "max_ms": max(times) * 1e3,
+        "items_per_s": batch / med,
     }
 
 
@@ -327,7 +365,10 @@ def _compare_outputs(ref: list, got: list) -> dict[str, Any]:
     """Largest absolute difference over the numeric outputs, and relative to the largest |ref|."""
     worst_abs, scale = 0.0, 0.0
     for r, g in zip(ref, got, strict=False):
-        if not (isinstance(r, np.ndarray) and isinstance(g, np.ndarray)) or r.dtype.kind not in "fiub":
+        if (
+            not (isinstance(r, np.ndarray) and isinstance(g, np.ndarray))
+            or r.dtype.kind not in "fiub"
+        ):
             continue
         if r.shape != g.shape:
             return {"error": f"shape {g.shape} vs {r.shape}"}
@@ -338,10 +379,15 @@ def _compare_outputs(ref: list, got: list) -> dict[str, Any]:
     return {"max_abs_diff": worst_abs, "max_rel_diff": worst_abs / scale if scale else worst_abs}
 
 
-def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str | None = None,
-                inputs_for: Callable[[int], Mapping[str, np.ndarray]] | None = None,
-                peak: dict[str, Any] | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def bench_model(
+    path: str,
+    options: BenchOptions = BenchOptions(),
+    *,
+    name: str | None = None,
+    inputs_for: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+    peak: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Benchmark one model at each batch size; returns the JSON-ready record.
 
     ``inputs_for(batch)`` makes the inputs (default: :func:`make_inputs`). ``peak`` is a result
@@ -356,10 +402,16 @@ def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str 
         log("measuring the matmul peak ...")
         peak = measure_peak(threads)
     record: dict[str, Any] = {
-        "schema": SCHEMA, "model": name or os.path.splitext(os.path.basename(path))[0],
-        "path": path, "machine": machine_info(), "threads": threads,
-        "options": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(options).items()},
-        "peak": peak, "batches": [],
+        "schema": SCHEMA,
+        "model": name or os.path.splitext(os.path.basename(path))[0],
+        "path": path,
+        "machine": machine_info(),
+        "threads": threads,
+        "options": {
+            k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(options).items()
+        },
+        "peak": peak,
+        "batches": [],
     }
     peak_gflops = (peak or {}).get("gflops")
     failed: dict[str, str] = {}
@@ -368,8 +420,13 @@ def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str 
         with tempfile.TemporaryDirectory(prefix="onnx2jax-bench-") as tmp:
             entry = _bench_batch(path, batch, options, threads, tmp, inputs_for, log, failed)
         # A peer that cannot load the model at one batch size is not retried at the next.
-        failed.update({e: f"failed at batch {batch}" for e, r in entry["engines"].items()
-                       if e not in ("onnx2jax", "onnxruntime") and not r.get("ok")})
+        failed.update(
+            {
+                e: f"failed at batch {batch}"
+                for e, r in entry["engines"].items()
+                if e not in ("onnx2jax", "onnxruntime") and not r.get("ok")
+            }
+        )
         for eng in entry["engines"].values():
             if eng.get("median_ms") and entry.get("flops"):
                 eng["gflops"] = entry["flops"] / (eng["median_ms"] * 1e-3) / 1e9
@@ -379,11 +436,22 @@ def bench_model(path: str, options: BenchOptions = BenchOptions(), *, name: str 
     return record
 
 
-def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp: str,
-                 inputs_for, log, failed: Mapping[str, str]) -> dict[str, Any]:
+def _bench_batch(
+    path: str,
+    batch: int,
+    options: BenchOptions,
+    threads: int,
+    tmp: str,
+    inputs_for,
+    log,
+    failed: Mapping[str, str],
+) -> dict[str, Any]:
     entry: dict[str, Any] = {"batch": batch, "engines": {}}
-    inputs = dict(inputs_for(batch)) if inputs_for else make_inputs(path, batch, options.dims,
-                                                                     options.seed)
+    inputs = (
+        dict(inputs_for(batch))
+        if inputs_for
+        else make_inputs(path, batch, options.dims, options.seed)
+    )
     if isinstance(inputs, str):
         entry["skipped"] = inputs
         return entry
@@ -415,8 +483,14 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
                     log("  onnx2jax: cold compile")
                     cold = _Worker(tmp, "onnx2jax-cold")
                     try:
-                        info = cold.request(options.timeout_s, cmd="init", engine=engine,
-                                            cache_dir=cache_dir, cost=True, **base)
+                        info = cold.request(
+                            options.timeout_s,
+                            cmd="init",
+                            engine=engine,
+                            cache_dir=cache_dir,
+                            cost=True,
+                            **base,
+                        )
                         fin = cold.request(60, cmd="finish")
                     finally:
                         cold.close()
@@ -429,9 +503,14 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
                         entry["flops_traced_by_op"] = traced["by_op"]
                     log("  onnx2jax: warm-cache compile")
                 w = workers[engine] = _Worker(tmp, engine)
-                info = w.request(options.timeout_s, cmd="init", engine=engine,
-                                 cache_dir=cache_dir if engine == "onnx2jax" else None,
-                                 outputs=os.path.join(tmp, f"out-{engine}.pkl"), **base)
+                info = w.request(
+                    options.timeout_s,
+                    cmd="init",
+                    engine=engine,
+                    cache_dir=cache_dir if engine == "onnx2jax" else None,
+                    outputs=os.path.join(tmp, f"out-{engine}.pkl"),
+                    **base,
+                )
                 res[engine]["warm" if engine == "onnx2jax" else "cold"] = info["info"]
                 res[engine]["import_rss_mb"] = info["info"].pop("import_rss_mb", None)
                 res[engine]["ok"] = True
@@ -463,7 +542,10 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
     if entry.get("flops_traced"):
         entry["flops"], entry["flops_source"] = entry["flops_traced"], "traced"
     elif entry.get("flops_onnx") and (complete or not entry.get("flops_xla")):
-        entry["flops"], entry["flops_source"] = entry["flops_onnx"], "onnx" if complete else "onnx (partial)"
+        entry["flops"], entry["flops_source"] = (
+            entry["flops_onnx"],
+            "onnx" if complete else "onnx (partial)",
+        )
     elif entry.get("flops_xla"):
         entry["flops"], entry["flops_source"] = entry["flops_xla"], "xla"
     else:
@@ -481,8 +563,9 @@ def _bench_batch(path: str, batch: int, options: BenchOptions, threads: int, tmp
     return entry
 
 
-def _interleave(workers: dict[str, _Worker], options: BenchOptions, res: dict, batch: int,
-                log) -> None:
+def _interleave(
+    workers: dict[str, _Worker], options: BenchOptions, res: dict, batch: int, log
+) -> None:
     """Warm each engine up, then alternate blocks of timed runs between them."""
     plan: dict[str, int] = {}
     for engine, w in list(workers.items()):
@@ -494,8 +577,9 @@ def _interleave(workers: dict[str, _Worker], options: BenchOptions, res: dict, b
             continue
         res[engine]["warmup_runs"] = len(r["times"])
         typical = statistics.median(r["times"])
-        n = options.runs or int(np.clip(options.seconds / max(typical, 1e-6), options.min_runs,
-                                        options.max_runs))
+        n = options.runs or int(
+            np.clip(options.seconds / max(typical, 1e-6), options.min_runs, options.max_runs)
+        )
         plan[engine] = n
     if not plan:
         return
@@ -541,8 +625,9 @@ def _ratios(res: dict) -> dict[str, Any]:
             "throughput": ratio(a.get("items_per_s"), b.get("items_per_s")),
             "compile_cold": ratio(a.get("compile_cold_s"), b.get("compile_cold_s")),
             # Other engines have no compilation cache: their only (cold) time is the reference.
-            "compile_warm": ratio(a.get("compile_warm_s"), b.get("compile_warm_s")
-                                  or b.get("compile_cold_s")),
+            "compile_warm": ratio(
+                a.get("compile_warm_s"), b.get("compile_warm_s") or b.get("compile_cold_s")
+            ),
             "peak_rss": ratio(a.get("peak_rss_mb"), b.get("peak_rss_mb")),
         }
     return out
@@ -552,6 +637,7 @@ def _ratios(res: dict) -> dict[str, Any]:
 # The report printed by `onnx2jax bench`
 # --------------------------------------------------------------------------------------------
 
+
 def _fmt(v: Any, spec: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
@@ -559,25 +645,36 @@ def _fmt(v: Any, spec: str, unit: str = "") -> str:
 def format_record(rec: dict[str, Any]) -> str:
     """A plain-text table of one model's results."""
     m = rec["machine"]
-    lines = [f"model: {rec['path']}",
-             f"machine: {m['cpu']}, {rec['threads']} threads; jax {m['versions'].get('jax', '?')}, "
-             f"onnxruntime {m['versions'].get('onnxruntime', '?')}"]
+    lines = [
+        f"model: {rec['path']}",
+        f"machine: {m['cpu']}, {rec['threads']} threads; jax {m['versions'].get('jax', '?')}, "
+        f"onnxruntime {m['versions'].get('onnxruntime', '?')}",
+    ]
     peak = rec.get("peak") or {}
     if peak.get("gflops"):
-        lines.append(f"peak (XLA {peak['matmul']} matmul): {peak['gflops']:.1f} GFLOP/s"
-                     + (f"; onnxruntime: {peak['onnxruntime_gflops']:.1f}"
-                        if peak.get("onnxruntime_gflops") else ""))
+        lines.append(
+            f"peak (XLA {peak['matmul']} matmul): {peak['gflops']:.1f} GFLOP/s"
+            + (
+                f"; onnxruntime: {peak['onnxruntime_gflops']:.1f}"
+                if peak.get("onnxruntime_gflops")
+                else ""
+            )
+        )
     for b in rec["batches"]:
         lines.append("")
         if b.get("skipped"):
             lines.append(f"batch {b['batch']}: skipped ({b['skipped']})")
             continue
         fl = b.get("flops")
-        lines.append(f"batch {b['batch']}: "
-                     + ", ".join(f"{k} {v[0]}{v[1]}" for k, v in b.get("inputs", {}).items())
-                     + (f"; {fl / 1e9:.3g} GFLOP ({b['flops_source']})" if fl else ""))
-        lines.append(f"  {'engine':<15}{'cold':>9}{'warm':>9}{'median':>11}{'p90':>11}"
-                     f"{'items/s':>10}{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}  check")
+        lines.append(
+            f"batch {b['batch']}: "
+            + ", ".join(f"{k} {v[0]}{v[1]}" for k, v in b.get("inputs", {}).items())
+            + (f"; {fl / 1e9:.3g} GFLOP ({b['flops_source']})" if fl else "")
+        )
+        lines.append(
+            f"  {'engine':<15}{'cold':>9}{'warm':>9}{'median':>11}{'p90':>11}"
+            f"{'items/s':>10}{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}  check"
+        )
         for engine, r in b["engines"].items():
             if not r.get("ok"):
                 lines.append(f"  {engine:<15}FAILED: {r.get('error', '?').splitlines()[0][:150]}")
@@ -589,12 +686,15 @@ def format_record(rec: dict[str, Any]) -> str:
                 f"{_fmt(r.get('median_ms'), '.3f', 'ms'):>11}{_fmt(r.get('p90_ms'), '.3f', 'ms'):>11}"
                 f"{_fmt(r.get('items_per_s'), '.1f'):>10}{_fmt(r.get('gflops'), '.1f'):>9}"
                 f"{_fmt(r.get('pct_peak'), '.0f', '%'):>7}{_fmt(r.get('peak_rss_mb'), '.0f'):>8}"
-                f"  {'' if diff is None else f'max|diff| {diff:.2g}'}")
+                f"  {'' if diff is None else f'max|diff| {diff:.2g}'}"
+            )
         for pair, q in b.get("ratios", {}).items():
-            lines.append(f"  {pair}: latency {_fmt(q['median'], '.2f', 'x')}, p90 "
-                         f"{_fmt(q['p90'], '.2f', 'x')}, compile cold {_fmt(q['compile_cold'], '.1f', 'x')}"
-                         f" / warm {_fmt(q['compile_warm'], '.1f', 'x')}, peak RSS "
-                         f"{_fmt(q['peak_rss'], '.2f', 'x')}")
+            lines.append(
+                f"  {pair}: latency {_fmt(q['median'], '.2f', 'x')}, p90 "
+                f"{_fmt(q['p90'], '.2f', 'x')}, compile cold {_fmt(q['compile_cold'], '.1f', 'x')}"
+                f" / warm {_fmt(q['compile_warm'], '.1f', 'x')}, peak RSS "
+                f"{_fmt(q['peak_rss'], '.2f', 'x')}"
+            )
     return "\n".join(lines)
 
 
@@ -613,9 +713,16 @@ def main(args) -> int:
         batches = tuple(int(b) for b in args.batch.split(",") if b)
     except ValueError:
         raise SystemExit(f"onnx2jax: --batch takes sizes like 1,8, got {args.batch!r}") from None
-    opts = BenchOptions(batches=batches, dims=dims, engines=tuple(engines), runs=args.runs,
-                        seconds=args.seconds, threads=args.threads, seed=args.seed,
-                        peak=not args.no_peak)
+    opts = BenchOptions(
+        batches=batches,
+        dims=dims,
+        engines=tuple(engines),
+        runs=args.runs,
+        seconds=args.seconds,
+        threads=args.threads,
+        seed=args.seed,
+        peak=not args.no_peak,
+    )
     try:
         rec = bench_model(args.model, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     except ValueError as e:
@@ -632,6 +739,7 @@ def main(args) -> int:
 # --------------------------------------------------------------------------------------------
 # Worker side (runs in its own process; imports only its engine)
 # --------------------------------------------------------------------------------------------
+
 
 def _rss_mb() -> float:
     """This process's peak resident set size so far, in MiB.
@@ -738,8 +846,10 @@ class _Engine:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = self._timed("load_s", lambda: ort.InferenceSession(
-            req["path"], so, providers=["CPUExecutionProvider"]))
+        sess = self._timed(
+            "load_s",
+            lambda: ort.InferenceSession(req["path"], so, providers=["CPUExecutionProvider"]),
+        )
         feed = {i.name: self.inputs[i.name] for i in sess.get_inputs()}
         self.run = lambda: sess.run(None, feed)
         self.first_outputs = _as_numpy(self._timed("first_run_s", self.run))
@@ -790,12 +900,18 @@ class _Engine:
             try:
                 m = tract.onnx().load(req["path"])
                 for i, x in enumerate(ins):
-                    dt = "bool" if x.dtype == bool else f"{kinds[x.dtype.kind]}{8 * x.dtype.itemsize}"
+                    dt = (
+                        "bool"
+                        if x.dtype == bool
+                        else f"{kinds[x.dtype.kind]}{8 * x.dtype.itemsize}"
+                    )
                     m.set_input_fact(i, ",".join(map(str, x.shape)) + "," + dt)
                 self.info["tract_facts"] = "concrete"
                 return m.into_model().into_runnable()
             except Exception as e:
-                self.info["tract_facts"] = f"symbolic (concrete failed: {str(e).splitlines()[0][:200]})"
+                self.info["tract_facts"] = (
+                    f"symbolic (concrete failed: {str(e).splitlines()[0][:200]})"
+                )
             m = inf.into_model()
             syms: dict[str, int] = {}
             for i, x in enumerate(ins):
@@ -836,17 +952,25 @@ def _traced_flops(model, dynamic: dict, static: dict) -> dict[str, Any]:
             nonlocal total
             out = fn(*args, **kwargs)
             first = out[0] if isinstance(out, tuple) else out
-            f = node_flops(step.node.op_type, [getattr(a, "shape", None) for a in args],
-                           [first.shape], bool(kwargs.get("transA", 0)))
+            f = node_flops(
+                step.node.op_type,
+                [getattr(a, "shape", None) for a in args],
+                [first.shape],
+                bool(kwargs.get("transA", 0)),
+            )
             total += f
             by_op[step.node.op_type] = by_op.get(step.node.op_type, 0) + f
             return out
 
         return dataclasses.replace(step, impl=dataclasses.replace(step.impl, fn=counted))
 
-    plan = dataclasses.replace(prog.plan, steps=[
-        wrap(st) if st.node.op_type in COUNTED_OPS and st.node.domain in ("", "ai.onnx") else st
-        for st in prog.plan.steps])
+    plan = dataclasses.replace(
+        prog.plan,
+        steps=[
+            wrap(st) if st.node.op_type in COUNTED_OPS and st.node.domain in ("", "ai.onnx") else st
+            for st in prog.plan.steps
+        ],
+    )
 
     def run(params, ins):
         env = {**prog.constants, **params, **static, **ins}
@@ -874,9 +998,12 @@ def _peak(req: dict) -> dict[str, Any]:
         import onnx.helper as oh
         import onnxruntime as ort
 
-        g = oh.make_graph([oh.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-                          [oh.make_tensor_value_info(k, onnx.TensorProto.FLOAT, [n, n]) for k in "ab"],
-                          [oh.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])])
+        g = oh.make_graph(
+            [oh.make_node("MatMul", ["a", "b"], ["c"])],
+            "mm",
+            [oh.make_tensor_value_info(k, onnx.TensorProto.FLOAT, [n, n]) for k in "ab"],
+            [oh.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
+        )
         onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)]), req["path"])
         so = ort.SessionOptions()
         so.intra_op_num_threads = req["threads"]
@@ -890,8 +1017,10 @@ def _peak(req: dict) -> dict[str, Any]:
         run()
         times.append(time.perf_counter() - t0)
     flops = 2 * n**3
-    return {"best_gflops": flops / min(times) / 1e9,
-            "median_gflops": flops / statistics.median(times) / 1e9}
+    return {
+        "best_gflops": flops / min(times) / 1e9,
+        "median_gflops": flops / statistics.median(times) / 1e9,
+    }
 
 
 def _timed_runs(run: Callable[[], Any], n: int | None = None, seconds: float = 0.0) -> list[float]:
@@ -901,8 +1030,11 @@ def _timed_runs(run: Callable[[], Any], n: int | None = None, seconds: float = 0
     gc.disable()  # a collection inside a timed run would land on one engine only
     try:
         start = time.perf_counter()
-        while (len(times) < n) if n is not None else (
-                not times or time.perf_counter() - start < seconds):
+        while (
+            (len(times) < n)
+            if n is not None
+            else (not times or time.perf_counter() - start < seconds)
+        ):
             t0 = time.perf_counter()
             run()
             times.append(time.perf_counter() - t0)

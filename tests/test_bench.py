@@ -10,15 +10,29 @@ import pytest
 from onnx2jax import _bench
 from onnx2jax.cli import main
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
-                       "tiny_cnn.onnx")
+EXAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_cnn.onnx"
+)
 
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out.json"
-    rc = main(["bench", EXAMPLE, "--batch", "1,2", "--compare", "onnxruntime", "--runs", "4",
-               "--no-peak", "--json", str(out)])
+    rc = main(
+        [
+            "bench",
+            EXAMPLE,
+            "--batch",
+            "1,2",
+            "--compare",
+            "onnxruntime",
+            "--runs",
+            "4",
+            "--no-peak",
+            "--json",
+            str(out),
+        ]
+    )
     with open(out) as f:
         rec = json.load(f)
     errors = [r.get("error") for b in rec["batches"] for r in b["engines"].values() if not r["ok"]]
@@ -42,8 +56,15 @@ def test_record_fields(record):
             r = b["engines"][engine]
             assert r["ok"], r
             assert r["runs"] == 4 and r["threads"] == record["threads"]
-            for key in ("median_ms", "p90_ms", "items_per_s", "gflops", "peak_rss_mb",
-                        "import_rss_mb", "compile_cold_s"):
+            for key in (
+                "median_ms",
+                "p90_ms",
+                "items_per_s",
+                "gflops",
+                "peak_rss_mb",
+                "import_rss_mb",
+                "compile_cold_s",
+            ):
                 assert r[key] > 0, key
             assert r["p90_ms"] >= r["median_ms"] >= r["min_ms"]
         j = b["engines"]["onnx2jax"]
@@ -56,7 +77,9 @@ def test_record_fields(record):
         assert j["compile_warm_s"] > 0 and j["peak_rss_cold_mb"] > 0
         assert j["vs_onnxruntime"]["max_abs_diff"] < 1e-4
         q = b["ratios"]["onnx2jax/onnxruntime"]
-        assert q["median"] == pytest.approx(j["median_ms"] / b["engines"]["onnxruntime"]["median_ms"])
+        assert q["median"] == pytest.approx(
+            j["median_ms"] / b["engines"]["onnxruntime"]["median_ms"]
+        )
         for key in ("p90", "throughput", "compile_cold", "compile_warm", "peak_rss"):
             assert q[key] > 0, key
 
@@ -70,9 +93,12 @@ def test_fixed_batch_axis_is_skipped(tmp_path):
     import onnx
     import onnx.helper as oh
 
-    g = oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g",
-                      [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                      [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    g = oh.make_graph(
+        [oh.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "fixed.onnx"
     onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)]), path)
     assert "fixes axis 0 to 1" in _bench.make_inputs(str(path), 8, {})

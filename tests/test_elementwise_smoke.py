@@ -9,8 +9,13 @@ rng = np.random.default_rng(0)
 
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul"])
 def test_binary(op):
-    check_node(op, {"a": rng.standard_normal((2, 3)).astype(np.float32),
-                    "b": rng.standard_normal((3,)).astype(np.float32)})
+    check_node(
+        op,
+        {
+            "a": rng.standard_normal((2, 3)).astype(np.float32),
+            "b": rng.standard_normal((3,)).astype(np.float32),
+        },
+    )
 
 
 def test_reshape_static_shape_from_input_and_constant():

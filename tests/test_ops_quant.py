@@ -428,7 +428,9 @@ def test_quantize_divides_exactly_at_rounding_ties():
     zp = np.asarray(3, np.int8)
     fn = jax.jit(lambda x, s: quantize_linear(x, s, zp))
     np.testing.assert_array_equal(np.asarray(fn(x, scale)), expected)
-    np.testing.assert_array_equal(np.asarray(quantize_linear(jnp.asarray(x), jnp.asarray(scale), zp)), expected)
+    np.testing.assert_array_equal(
+        np.asarray(quantize_linear(jnp.asarray(x), jnp.asarray(scale), zp)), expected
+    )
     (y, s, z) = jax.jit(dynamic_quantize_linear)(x)
     s_exact = np.float32((np.float32(x.max()) - np.float32(x.min())) / np.float32(255))
     assert np.float32(s) == s_exact
