@@ -39,7 +39,9 @@ def check_exact(op, inputs, attrs=None, *, constants=(), atol=0.0, n_outputs=1):
     for how, got in (("jit", m(**feeds)), ("eager", m.apply(m.params, **feeds))):
         for i, (e, g) in enumerate(zip(expected, got, strict=True)):
             g = np.asarray(g)
-            assert g.shape == e.shape and g.dtype == e.dtype, f"{op} output {i}: {g.shape} {g.dtype}"
+            assert g.shape == e.shape and g.dtype == e.dtype, (
+                f"{op} output {i}: {g.shape} {g.dtype}"
+            )
             if atol:
                 np.testing.assert_allclose(g, e, rtol=0, atol=atol, err_msg=f"{op} output {i}")
             else:
@@ -80,8 +82,16 @@ def test_qlinear_binary_every_pair(op, dtype, layout):
         (sa, sb, sc), (za, zb, zc) = qparams(rng, dtype, 3)
         if trial == 2:  # typical of real graphs: the output scale near the inputs'
             sb, sc = np.float32(sa * 1.5), np.float32(sa * 2)
-        inputs = {"a": a, "a_scale": sa, "a_zp": za, "b": b, "b_scale": sb, "b_zp": zb,
-                  "c_scale": sc, "c_zp": zc}
+        inputs = {
+            "a": a,
+            "a_scale": sa,
+            "a_zp": za,
+            "b": b,
+            "b_scale": sb,
+            "b_zp": zb,
+            "c_scale": sc,
+            "c_zp": zc,
+        }
         check_exact(op, inputs, constants=["a_scale", "a_zp", "b_scale", "b_zp", "c_scale", "c_zp"])
 
 
@@ -91,8 +101,16 @@ def test_qlinear_add_broadcast_channel():
     a = rng.integers(0, 256, (2, 8, 5, 7), dtype=np.uint8)
     b = rng.integers(0, 256, (1, 8, 1, 1), dtype=np.uint8)
     (sa, sb, sc), (za, zb, zc) = qparams(rng, np.uint8, 3)
-    inputs = {"a": a, "a_scale": sa, "a_zp": za, "b": b, "b_scale": sb, "b_zp": zb,
-              "c_scale": sc, "c_zp": zc}
+    inputs = {
+        "a": a,
+        "a_scale": sa,
+        "a_zp": za,
+        "b": b,
+        "b_scale": sb,
+        "b_zp": zb,
+        "c_scale": sc,
+        "c_zp": zc,
+    }
     check_exact("QLinearAdd", inputs, constants=list(inputs)[1:3] + list(inputs)[4:])
 
 
@@ -106,10 +124,19 @@ def test_qlinear_softmax(dtype, opset, axis):
     x[0, 0, 1] = info.min
     for xs in (np.float32(0.05), np.float32(0.0123)):
         zp = np.asarray(0 if dtype == np.uint8 else -128, dtype)
-        inputs = {"x": x, "x_scale": xs, "x_zp": np.asarray(3, dtype), "y_scale": np.float32(1 / 256),
-                  "y_zp": zp}
-        check_exact("QLinearSoftmax", inputs, {"axis": axis, "opset": opset},
-                    constants=["x_scale", "x_zp", "y_scale", "y_zp"])
+        inputs = {
+            "x": x,
+            "x_scale": xs,
+            "x_zp": np.asarray(3, dtype),
+            "y_scale": np.float32(1 / 256),
+            "y_zp": zp,
+        }
+        check_exact(
+            "QLinearSoftmax",
+            inputs,
+            {"axis": axis, "opset": opset},
+            constants=["x_scale", "x_zp", "y_scale", "y_zp"],
+        )
 
 
 @pytest.mark.parametrize("quantized_out", [True, False])
@@ -120,10 +147,17 @@ def test_qgemm(quantized_out, trans_b, per_column):
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     b = rng.integers(-128, 128, (n, k) if trans_b else (k, n), dtype=np.int8)
     c = rng.integers(-5000, 5000, (n,), dtype=np.int32)
-    b_scale = (rng.uniform(0.001, 0.01, n) if per_column else rng.uniform(0.001, 0.01, ()))
+    b_scale = rng.uniform(0.001, 0.01, n) if per_column else rng.uniform(0.001, 0.01, ())
     b_zp = np.zeros(n if per_column else (), np.int8)
-    inputs = {"a": a, "a_scale": np.float32(0.02), "a_zp": np.asarray(117, np.uint8), "b": b,
-              "b_scale": np.asarray(b_scale, np.float32), "b_zp": b_zp, "c": c}
+    inputs = {
+        "a": a,
+        "a_scale": np.float32(0.02),
+        "a_zp": np.asarray(117, np.uint8),
+        "b": b,
+        "b_scale": np.asarray(b_scale, np.float32),
+        "b_zp": b_zp,
+        "c": c,
+    }
     if quantized_out:
         inputs |= {"y_scale": np.float32(0.07), "y_zp": np.asarray(121, np.uint8)}
     consts = [k for k in inputs if k not in ("a",)]
@@ -137,10 +171,19 @@ def test_qlinear_global_average_pool(dtype, shape):
     info = np.iinfo(dtype)
     x = rng.integers(info.min, info.max + 1, shape, dtype=dtype)
     for xs, ys in ((0.05, 0.02), (0.013, 0.013), (0.1, 0.0031)):
-        inputs = {"x": x, "x_scale": np.float32(xs), "x_zp": np.asarray(7, dtype),
-                  "y_scale": np.float32(ys), "y_zp": np.asarray(-3 if dtype == np.int8 else 9, dtype)}
-        check_exact("QLinearGlobalAveragePool", inputs, {"channels_last": 0},
-                    constants=["x_scale", "x_zp", "y_scale", "y_zp"])
+        inputs = {
+            "x": x,
+            "x_scale": np.float32(xs),
+            "x_zp": np.asarray(7, dtype),
+            "y_scale": np.float32(ys),
+            "y_zp": np.asarray(-3 if dtype == np.int8 else 9, dtype),
+        }
+        check_exact(
+            "QLinearGlobalAveragePool",
+            inputs,
+            {"channels_last": 0},
+            constants=["x_scale", "x_zp", "y_scale", "y_zp"],
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
@@ -159,10 +202,16 @@ def test_qlinear_concat(dtype):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 def test_qlinear_leaky_relu(dtype):
     x = np.arange(256, dtype=np.uint8).view(dtype).reshape(4, 64)
-    inputs = {"x": x, "x_scale": np.float32(0.031), "x_zp": np.asarray(100, dtype),
-              "y_scale": np.float32(0.017), "y_zp": np.asarray(30, dtype)}
-    check_exact("QLinearLeakyRelu", inputs, {"alpha": 0.1},
-                constants=["x_scale", "x_zp", "y_scale", "y_zp"])
+    inputs = {
+        "x": x,
+        "x_scale": np.float32(0.031),
+        "x_zp": np.asarray(100, dtype),
+        "y_scale": np.float32(0.017),
+        "y_zp": np.asarray(30, dtype),
+    }
+    check_exact(
+        "QLinearLeakyRelu", inputs, {"alpha": 0.1}, constants=["x_scale", "x_zp", "y_scale", "y_zp"]
+    )
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
@@ -180,28 +229,46 @@ def test_dynamic_quantize_lstm(direction, signed, per_column):
     sshape = (nd, 4 * h) if per_column else (nd,)
     inputs = {
         "X": rng.standard_normal((t, b, i)).astype(np.float32),
-        "W": W, "R": R,
+        "W": W,
+        "R": R,
         "B": rng.standard_normal((nd, 8 * h)).astype(np.float32) * 0.1,
-        "sequence_lens": None, "initial_h": None, "initial_c": None, "P": None,
+        "sequence_lens": None,
+        "initial_h": None,
+        "initial_c": None,
+        "P": None,
         "W_scale": rng.uniform(0.001, 0.01, sshape).astype(np.float32),
         "W_zero_point": np.full(sshape, 0 if signed else 128, wdt),
         "R_scale": rng.uniform(0.001, 0.01, sshape).astype(np.float32),
         "R_zero_point": np.full(sshape, 0 if signed else 128, wdt),
     }
     consts = ["W", "R", "B", "W_scale", "W_zero_point", "R_scale", "R_zero_point"]
-    check_exact("DynamicQuantizeLSTM", inputs, {"hidden_size": h, "direction": direction},
-                constants=consts, atol=1e-5, n_outputs=3)
+    check_exact(
+        "DynamicQuantizeLSTM",
+        inputs,
+        {"hidden_size": h, "direction": direction},
+        constants=consts,
+        atol=1e-5,
+        n_outputs=3,
+    )
 
 
 def test_unused_opset_domain_is_accepted():
     """A model may import domains none of its nodes use (quantizers add com.microsoft)."""
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g",
-                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
-                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])])
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17),
-                                                oh.make_opsetid(MS, 1),
-                                                oh.make_opsetid("ai.onnx.ml", 3),
-                                                oh.make_opsetid("org.example.unused", 7)])
+    graph = oh.make_graph(
+        [oh.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    model = oh.make_model(
+        graph,
+        opset_imports=[
+            oh.make_opsetid("", 17),
+            oh.make_opsetid(MS, 1),
+            oh.make_opsetid("ai.onnx.ml", 3),
+            oh.make_opsetid("org.example.unused", 7),
+        ],
+    )
     (y,) = onnx2jax.load(model)(x)
     np.testing.assert_array_equal(np.asarray(y), np.maximum(x, 0))

@@ -50,8 +50,11 @@ def text_batch(seed: int) -> dict[str, np.ndarray]:
     mask[1, 6:] = 0
     tt = np.zeros((2, 8), np.int64)
     tt[:, 4:] = 1
-    return {"input_ids": rng.integers(0, VOCAB, (2, 8)), "attention_mask": mask,
-            "token_type_ids": tt}
+    return {
+        "input_ids": rng.integers(0, VOCAB, (2, 8)),
+        "attention_mask": mask,
+        "token_type_ids": tt,
+    }
 
 
 class Reader(CalibrationDataReader):
@@ -73,8 +76,15 @@ def quantize(src: str, dst: str, kind: str, make, weight_type=QuantType.QInt8) -
             quantize_dynamic(pre, dst, weight_type=weight_type)
         else:
             fmt = QuantFormat.QDQ if kind == "qdq" else QuantFormat.QOperator
-            quantize_static(pre, dst, Reader(make), quant_format=fmt, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                pre,
+                dst,
+                Reader(make),
+                quant_format=fmt,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     onnx.checker.check_model(dst)
     print(f"{os.path.basename(dst)}: {os.path.getsize(dst) / 1024:.0f} KiB")
 
