@@ -11,6 +11,7 @@ from .._dtypes import canonical
 from .._registry import register
 from ._common import astype, dtype_of, ints, xp
 from ._common import axis as norm_axis
+from ._conv_lowering import conv_pads
 
 # Integer semantics are exact: products accumulate in int32 (wrapping, as the spec allows and
 # onnxruntime does), x / scale rounds half to even, and results saturate to the target range
@@ -251,21 +252,6 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     return _requantize(acc, multiplier, y_zero_point, out)
 
 
-def _conv_pads(auto_pad, in_shape, kernel, strides, dilations, pads):
-    nd = len(in_shape)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for n, k, s, d in zip(in_shape, kernel, strides, dilations, strict=True):
-            total = max(0, (-(-n // s) - 1) * s + (k - 1) * d + 1 - n)
-            lo = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-            out.append((lo, total - lo))
-        return out
-    if auto_pad == "VALID" or not pads:
-        return [(0, 0)] * nd
-    p = ints(pads)
-    return [(p[i], p[i + nd]) for i in range(nd)]
-
-
 def _int_conv(x, w, *, auto_pad, dilations, group, kernel_shape, pads, strides):
     """Grouped N-D convolution of int32 tensors with int32 accumulation.
 
@@ -280,7 +266,7 @@ def _int_conv(x, w, *, auto_pad, dilations, group, kernel_shape, pads, strides):
         )
     strides = ints(strides) if strides else [1] * nd
     dilations = ints(dilations) if dilations else [1] * nd
-    pad = _conv_pads(auto_pad, x.shape[2:], kernel, strides, dilations, pads)
+    pad = conv_pads(auto_pad, x.shape[2:], kernel, strides, dilations, pads)
     x = jnp.pad(x, [(0, 0), (0, 0), *pad])
     n, c = x.shape[:2]
     out_sp = [
