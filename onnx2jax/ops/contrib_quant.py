@@ -39,7 +39,7 @@ from .quant import (
     dynamic_quantize_linear,
     exact_div,
 )
-from .rnn import _activations, _apply, _initial, _recurrence
+from .rnn import _activations, _initial, _recurrence, lstm_update
 
 MS = "com.microsoft"
 
@@ -480,16 +480,8 @@ def dynamic_quantize_lstm(
         h, c = states
         hr = jnp.stack([_dynamic_qgemm(h[d], R[d], rs[d], _row(rz[d])) for d in range(nd)])
         gates = xw + hr
-        gi, go, gf, gc = (gates[..., k * hs : (k + 1) * hs] for k in range(4))
-        if P is not None:
-            gi, gf = gi + p_i * c, gf + p_f * c
-        i = _apply(f, gi, clip)
-        fg = 1 - i if input_forget else _apply(f, gf, clip)
-        c_new = fg * c + i * _apply(g, gc, clip)
-        if P is not None:
-            go = go + p_o * c_new
-        o = _apply(f, go, clip)
-        return (o * _apply(hfn, c_new, None), c_new)
+        peep = (p_i, p_f, p_o) if P is not None else None
+        return lstm_update(gates, c, peep, f, g, hfn, clip, input_forget)
 
     h0 = _initial(initial_h, nd, batch, hs, jnp.float32, 0)
     c0 = _initial(initial_c, nd, batch, hs, jnp.float32, 0)

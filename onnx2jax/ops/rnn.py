@@ -237,6 +237,24 @@ def gru(
     return _recurrence(cell, X, W, bias, (h0,), sequence_lens, direction, layout)
 
 
+def lstm_update(gates, c, peep, f, g, hfn, clip, input_forget):
+    """One LSTM step from the summed gate pre-activations (i, o, f, c order); returns (h, c).
+
+    ``peep`` is (p_i, p_f, p_o) or None. Shared by LSTM and com.microsoft DynamicQuantizeLSTM.
+    """
+    hs = gates.shape[-1] // 4
+    gi, go, gf, gc = (gates[..., k * hs : (k + 1) * hs] for k in range(4))
+    if peep is not None:
+        gi, gf = gi + peep[0] * c, gf + peep[1] * c
+    i = _apply(f, gi, clip)
+    fg = 1 - i if input_forget else _apply(f, gf, clip)
+    c_new = fg * c + i * _apply(g, gc, clip)
+    if peep is not None:
+        go = go + peep[2] * c_new
+    o = _apply(f, go, clip)
+    return (o * _apply(hfn, c_new, None), c_new)
+
+
 @register("LSTM")
 def lstm(
     X,
@@ -281,16 +299,8 @@ def lstm(
     def cell(xw, states):
         h, c = states
         gates = xw + jnp.einsum("dbh,dgh->dbg", h, R)
-        gi, go, gf, gc = (gates[..., k * hs : (k + 1) * hs] for k in range(4))
-        if P is not None:
-            gi, gf = gi + p_i * c, gf + p_f * c
-        i = _apply(f, gi, clip)
-        fg = 1 - i if input_forget else _apply(f, gf, clip)
-        c_new = fg * c + i * _apply(g, gc, clip)
-        if P is not None:
-            go = go + p_o * c_new
-        o = _apply(f, go, clip)
-        return (o * _apply(hfn, c_new, None), c_new)
+        peep = (p_i, p_f, p_o) if P is not None else None
+        return lstm_update(gates, c, peep, f, g, hfn, clip, input_forget)
 
     h0 = _initial(initial_h, nd, batch, hs, dt, layout)
     c0 = _initial(initial_c, nd, batch, hs, dt, layout)
