@@ -66,33 +66,27 @@ def _count(terminalreporter, prefix: str) -> tuple[int, int, int, int, int]:
     return jitted, eager, listed, ran, skipped
 
 
+def _report(terminalreporter, suite, title: str, expectations: str) -> None:
+    jitted, eager, listed, ran, skipped = _count(terminalreporter, suite)
+    if not ran:
+        return
+    notes = []
+    if eager:
+        notes.append(f"{eager} more pass eagerly (string outputs)")
+    if listed:
+        notes.append(f"{listed} passing cases are still in tests/{expectations}")
+    if skipped:
+        notes.append(f"{skipped} skipped: model data not available here")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    terminalreporter.write_sep("-", title)
+    terminalreporter.write_line(
+        f"{title}: {jitted} of {ran - skipped} cases pass through the jit path{note}"
+    )
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print how many ONNX node cases, and how many ONNX model cases, passed."""
-    jitted, eager, listed, ran, _ = _count(terminalreporter, _NODE_SUITE)
-    if ran:
-        notes = []
-        if eager:
-            notes.append(f"{eager} more pass eagerly (string outputs)")
-        if listed:
-            notes.append(f"{listed} passing cases are still in tests/node_expectations.py")
-        note = f" ({'; '.join(notes)})" if notes else ""
-        terminalreporter.write_sep("-", "ONNX node suite")
-        terminalreporter.write_line(
-            f"ONNX node suite: {jitted} of {ran} cases pass through the jit path{note}"
-        )
+    _report(terminalreporter, _NODE_SUITE, "ONNX node suite", "node_expectations.py")
     # The model suites (simple, pytorch-converted, pytorch-operator, real): cases whose data is
     # not on this machine are skipped and left out of the count.
-    jitted, eager, listed, ran, skipped = _count(terminalreporter, _MODEL_SUITE)
-    if ran:
-        notes = []
-        if eager:
-            notes.append(f"{eager} more pass eagerly (string outputs)")
-        if listed:
-            notes.append(f"{listed} passing cases are still in tests/model_expectations.py")
-        if skipped:
-            notes.append(f"{skipped} skipped: model data not available here")
-        note = f" ({'; '.join(notes)})" if notes else ""
-        terminalreporter.write_sep("-", "ONNX model suites")
-        terminalreporter.write_line(
-            f"ONNX model suites: {jitted} of {ran - skipped} cases pass through the jit path{note}"
-        )
+    _report(terminalreporter, _MODEL_SUITE, "ONNX model suites", "model_expectations.py")
