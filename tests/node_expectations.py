@@ -1,7 +1,8 @@
 """Expected failures of the ONNX node suite (tests/test_onnx_node_suite.py), grouped by cause.
 
-Each entry is ``case name: reason``; the suite marks them ``xfail(strict=True)``, so a case that
-starts passing fails until its entry is removed: this list can only shrink. Draft a new one
+Each entry is ``case name: cause``; the suite marks them ``xfail(strict=True)``, so a case that
+starts passing fails until its entry is removed: this list can only shrink. A listed case that
+fails for another cause (``tests/failure_cause.py``) fails too. Draft a new one
 with ``python tests/tools/update_expectations.py --write`` and review it by hand.
 """
 

@@ -149,10 +149,7 @@ def test_run_node_int64_and_opset_version():
 def test_run_node_sequence_output():
     node = oh.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0)
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
-    try:
-        (seq,) = backend.run_node(node, [x])
-    except onnx2jax.UnsupportedOpsError:
-        pytest.skip("SplitToSequence not implemented yet")
+    (seq,) = backend.run_node(node, [x])
     assert isinstance(seq, list) and len(seq) == 3
     for got, want in zip(seq, x, strict=True):
         assert isinstance(got, np.ndarray)

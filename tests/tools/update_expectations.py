@@ -24,11 +24,9 @@ import json
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import re
 import sys
 import textwrap
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +42,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import test_onnx_model_suite as model_suite  # noqa: E402
 import test_onnx_node_suite as node_suite  # noqa: E402
+from failure_cause import FAMILIES, cause_of, ops_of  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -83,32 +82,6 @@ SUITES = {
 }
 SUITE = SUITES["node"]  # main() sets it before any worker forks
 
-# Causes that are one group whatever the op, with the explanation shown in the group's header.
-FAMILIES = {
-    "data-dependent output shape": "Data-dependent output shapes (graph break: the output shape "
-    "depends on input values, which one jax.jit cannot express)",
-    "control flow on runtime data": "Control flow decided by runtime data (a Loop's trip count "
-    "or the If branch taken changes shapes or types, which one jax.jit cannot express)",
-    "strings": "Strings (JAX has no string dtype: string tensors cannot be jit arguments or results)",
-    "random values": "Random ops (values cannot reproduce numpy's generator)",
-    "timeout": "Timeouts (ran longer than the per-case limit)",
-    "crash": "Crashes (the worker process died)",
-}
-
-RANDOM_OPS = {
-    "Bernoulli",
-    "RandomNormal",
-    "RandomNormalLike",
-    "RandomUniform",
-    "RandomUniformLike",
-    "Multinomial",
-}
-_OP_IN_MESSAGE = re.compile(r"\(([\w.]+)::(\w+)\)")
-_UNSUPPORTED = re.compile(
-    r"^([\w.]+)::(\w+) \(opset \d+\)(.*?)(: attribute\(s\) (.*) not supported)?$"
-)
-_EXC_IN_NODE_ERROR = re.compile(r"failed on inputs .*?\): (\w+(?:\.\w+)*):")
-
 
 @dataclass
 class Result:
@@ -121,97 +94,17 @@ class Result:
     jitted: bool = True  # False: passed, but ran eagerly (string outputs)
 
 
-def _ops(model) -> list[str]:
-    return [n.op_type for n in model.graph.node]
-
-
-def _has_strings(model) -> bool:
-    import onnx
-
-    for vi in list(model.graph.input) + list(model.graph.output):
-        t = vi.type
-        while True:
-            which = t.WhichOneof("value")
-            if which == "sequence_type":
-                t = t.sequence_type.elem_type
-            elif which == "optional_type":
-                t = t.optional_type.elem_type
-            else:
-                break
-        if which == "tensor_type" and t.tensor_type.elem_type == onnx.TensorProto.STRING:
-            return True
-    return False
-
-
 def classify(case) -> Result:
     """Run one case; on failure name its cause (a group of the expectations file) and op."""
-    from onnx2jax import (
-        InputError,
-        ModelLoadError,
-        NodeError,
-        StaticValueError,
-        UnsupportedOpsError,
-    )
-    from onnx2jax._analysis import DATA_DEPENDENT_SHAPE_OPS
-
     t0 = time.perf_counter()
     case = SUITE.materialize(case)
-    ops = _ops(case.model)
+    ops = ops_of(case.model)
     main_op = ops[0] if len(set(ops)) == 1 else ""
     try:
         jitted = SUITE.module.run_case(case)
         return Result(case.name, True, op=main_op, seconds=time.perf_counter() - t0, jitted=jitted)
-    except UnsupportedOpsError as e:
-        missing = []
-        for m in e.missing:
-            hit = _UNSUPPORTED.match(m)
-            if hit and hit.group(4):
-                missing.append(f"{hit.group(2)} attribute(s) {hit.group(5)}")
-            elif hit:
-                missing.append(hit.group(2))
-            else:
-                missing.append(m)
-        missing = sorted(set(missing))
-        op = missing[0].split()[0]
-        cause, detail = f"not implemented: {', '.join(missing)}", str(e).splitlines()[1].strip()
-    except StaticValueError as e:
-        hit = _OP_IN_MESSAGE.search(str(e))
-        op = hit.group(2) if hit else main_op
-        cause, detail = f"{op}: shape input is runtime data (StaticValueError)", str(e)
-    except NodeError as e:
-        msg = str(e)
-        hit, exc = _OP_IN_MESSAGE.search(msg), _EXC_IN_NODE_ERROR.search(msg)
-        op = hit.group(2) if hit else main_op
-        cause, detail = f"{op} raises {exc.group(1) if exc else 'NodeError'}", msg
-    except InputError as e:
-        op, cause, detail = main_op, "inputs refused (InputError)", str(e)
-    except ModelLoadError as e:
-        op, cause, detail = main_op, f"load error ({type(e).__name__})", str(e)
-    except AssertionError as e:
-        msg = str(e).strip()
-        op = main_op
-        if ": dtype " in msg:
-            cause = f"wrong dtype: {main_op or 'graph'}"
-        elif ": shape " in msg or "sequence of" in msg or "outputs, expected" in msg:
-            cause = f"wrong shape: {main_op or 'graph'}"
-        else:
-            cause = f"wrong values: {main_op or 'graph'}"
-        detail = msg
-    except Exception as e:  # raised outside any node: jit argument handling, output conversion
-        op = main_op
-        cause = f"{type(e).__name__} outside the ops"
-        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-    # Structural causes take precedence over the symptom.
-    if _has_strings(case.model) and not cause.startswith("not implemented"):
-        cause = "strings"
-    elif set(ops) & DATA_DEPENDENT_SHAPE_OPS:
-        op = sorted(set(ops) & DATA_DEPENDENT_SHAPE_OPS)[0]
-        cause = f"data-dependent output shape: {op}"
-    elif op in ("If", "Loop", "Scan") and "depends on runtime data" in detail:
-        cause = f"control flow on runtime data: {op}"
-    elif set(ops) & RANDOM_OPS and cause.startswith("wrong values"):
-        cause = "random values"
-    detail = " ".join(detail.split())[:300]
+    except Exception as e:
+        cause, op, detail = cause_of(case.model, e)
     return Result(case.name, False, cause, op, detail, time.perf_counter() - t0)
 
 
@@ -357,8 +250,9 @@ def draft(failures: list[Result]) -> str:
     lines = [
         f'"""{SUITE.heading}',
         "",
-        "Each entry is ``case name: reason``; the suite marks them ``xfail(strict=True)``, so a case that",
-        "starts passing fails until its entry is removed: this list can only shrink. Draft a new one",
+        "Each entry is ``case name: cause``; the suite marks them ``xfail(strict=True)``, so a case that",
+        "starts passing fails until its entry is removed: this list can only shrink. A listed case that",
+        "fails for another cause (``tests/failure_cause.py``) fails too. Draft a new one",
         f"with ``python tests/tools/update_expectations.py {_suite_option()}--write`` and review it by hand.",
         '"""',
         "",
