@@ -33,6 +33,13 @@ class TensorSpec:
         dt = "?" if self.dtype is None else str(self.dtype)
         return f"{self.name}: {self.kind if self.kind != 'tensor' else dt}{dims}"
 
+    def __repr__(self) -> str:
+        # Short, as users read it in `print(model.inputs)`: the dtype by name, kind only when
+        # it is not a tensor.
+        dt = "None" if self.dtype is None else str(self.dtype)
+        kind = "" if self.kind == "tensor" else f", kind={self.kind!r}"
+        return f"TensorSpec({self.name!r}, {dt}, {self.shape!r}{kind})"
+
 
 @dataclass(frozen=True)
 class Node:
