@@ -699,20 +699,23 @@ def format_record(rec: dict[str, Any]) -> str:
 
 
 def main(args) -> int:
-    """`onnx2jax bench` (arguments parsed by ``cli.py``)."""
-    dims = {}
-    for item in args.dim:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise SystemExit(f"onnx2jax: --dim must look like NAME=SIZE, got {item!r}")
-        dims[k] = int(v)
+    """`onnx2jax bench` (arguments parsed by ``cli.py``). Checks the arguments and that the model
+    loads before anything is measured (the matmul peak alone takes seconds)."""
+    from onnx2jax._errors import InputError
+    from onnx2jax._loader import load_model
+    from onnx2jax.cli import check_dims, parse_dims
+
+    dims = parse_dims(args.dim)
     engines = ["onnx2jax"]
     for item in args.compare:
         engines += [e for e in item.split(",") if e and e not in engines]
     try:
         batches = tuple(int(b) for b in args.batch.split(",") if b)
     except ValueError:
-        raise SystemExit(f"onnx2jax: --batch takes sizes like 1,8, got {args.batch!r}") from None
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise InputError(f"--batch takes sizes >= 1 like 1,8, got {args.batch!r}")
+    check_dims(dims, load_model(args.model).graph.inputs)  # ModelLoadError if it does not load
     opts = BenchOptions(
         batches=batches,
         dims=dims,
@@ -723,10 +726,7 @@ def main(args) -> int:
         seed=args.seed,
         peak=not args.no_peak,
     )
-    try:
-        rec = bench_model(args.model, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
-    except ValueError as e:
-        raise SystemExit(f"onnx2jax: {e}") from None
+    rec = bench_model(args.model, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_record(rec))
     if args.json:
         with open(args.json, "w") as f:

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _tracer
 from ._analysis import is_param, iter_nodes
+from ._errors import InputError
 from ._ir import TensorSpec
 from ._loader import ModelSource, load_model
 from ._segments import Break, find_breaks, partition
@@ -91,7 +92,7 @@ def inspect_model(source: ModelSource) -> ModelReport:
             p_bytes += arr.nbytes
         else:
             c_bytes += arr.nbytes
-    sym = sorted({d for s in graph.inputs if s.shape for d in s.shape if isinstance(d, str)})
+    sym = symbolic_dims(graph.inputs)
     params = frozenset(k for k, a in graph.initializers.items() if is_param(k, a, needed))
     stages = partition(
         graph.nodes,
@@ -117,6 +118,11 @@ def inspect_model(source: ModelSource) -> ModelReport:
     )
 
 
+def symbolic_dims(specs: list[TensorSpec]) -> list[str]:
+    """The names of the symbolic dims (``dim_param``) of ``specs``, sorted."""
+    return sorted({d for s in specs if s.shape for d in s.shape if isinstance(d, str)})
+
+
 def example_inputs(
     specs: list[TensorSpec], dims: dict[str, int], seed: int = 0, default_dim: int = 1
 ) -> dict[str, np.ndarray]:
@@ -128,7 +134,10 @@ def example_inputs(
     out = {}
     for s in specs:
         if s.kind != "tensor" or s.dtype is None:
-            raise ValueError(f"cannot make a random value for input {s}: not a typed tensor")
+            raise InputError(
+                f"cannot make a random value for input {s}: not a typed tensor; give it with "
+                f"--input {s.name}=FILE.npy"
+            )
         shape = tuple(
             d
             if isinstance(d, int) and d > 0
@@ -144,5 +153,8 @@ def example_inputs(
         elif s.dtype.kind == "b":
             out[s.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            raise ValueError(f"cannot make a random value for input {s} of dtype {s.dtype}")
+            raise InputError(
+                f"cannot make a random value for input {s} of dtype {s.dtype}; give it with "
+                f"--input {s.name}=FILE.npy"
+            )
     return out

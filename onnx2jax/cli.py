@@ -4,23 +4,93 @@ times it."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from ._errors import Onnx2JaxError
+from ._errors import InputError, Onnx2JaxError
 
 
-def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
+def parse_pairs(items: list[str], flag: str, form: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments of ``flag`` as a dict; each name at most once."""
+    out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"onnx2jax: {what} must look like NAME=VALUE, got {item!r}")
+            raise InputError(f"{flag} must look like {form}, got {item!r}")
+        if name in out and out[name] != value:
+            raise InputError(f"{flag} gives {name!r} twice ({out[name]!r} and {value!r})")
         out[name] = value
     return out
+
+
+def parse_dims(items: list[str]) -> dict[str, int]:
+    """``--dim NAME=SIZE`` arguments as ``{name: size}``; sizes are whole numbers >= 0."""
+    dims = {}
+    for name, value in parse_pairs(items, "--dim", "NAME=SIZE").items():
+        try:
+            size = int(value)
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise InputError(
+                f"--dim {name}={value}: SIZE must be a whole number >= 0, e.g. --dim {name}=4"
+            )
+        dims[name] = size
+    return dims
+
+
+def check_dims(dims: dict[str, int], specs) -> None:
+    """Refuse ``--dim`` names that are no symbolic dim of the model's inputs (``specs``): a typo
+    would otherwise be ignored and the dim left at its default."""
+    from ._inspect import symbolic_dims
+
+    known = symbolic_dims(specs)
+    unknown = [d for d in dims if d not in known]
+    if not unknown:
+        return
+    have = (
+        f"its symbolic dims are: {', '.join(known)}"
+        if known
+        else "it has none (every input dimension is fixed)"
+    )
+    close = {d: difflib.get_close_matches(d, known, n=1) for d in unknown}
+    hint = "; ".join(f"did you mean {c[0]!r} for {d!r}?" for d, c in close.items() if c)
+    raise InputError(
+        f"--dim {', '.join(repr(d) for d in unknown)}: not a symbolic dim of the model's "
+        f"inputs; {have}" + (f"; {hint}" if hint else "")
+    )
+
+
+def _load_npy(name: str, path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise InputError(f"--input {name}={path}: no such file; give the path of a .npy file")
+    try:
+        value = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(
+            f"--input {name}={path}: not a readable .npy file ({e}); save it with numpy.save"
+        ) from None
+    if not isinstance(value, np.ndarray):  # an .npz archive
+        raise InputError(
+            f"--input {name}={path}: holds several arrays; give one array saved with numpy.save"
+        )
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnx2jax")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -36,23 +106,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ._api import load
     from ._inspect import example_inputs
 
-    dims = {k: int(v) for k, v in _parse_pairs(args.dim, "--dim").items()}
-    files = _parse_pairs(args.input, "--input")
+    dims = parse_dims(args.dim)
+    inputs = {
+        name: _load_npy(name, path)
+        for name, path in parse_pairs(args.input, "--input", "NAME=FILE.npy").items()
+    }
     t0 = time.perf_counter()
     model = load(args.model, x64=args.x64)
     load_s = time.perf_counter() - t0
-    unknown = set(files) - set(model.input_names)
+    unknown = set(inputs) - set(model.input_names)
     if unknown:
-        raise SystemExit(
-            f"onnx2jax: --input names {sorted(unknown)} are not inputs of the model "
-            f"({model.input_names})"
+        raise InputError(
+            f"--input names {sorted(unknown)} are not inputs of the model; its inputs are "
+            f"{model.input_names}"
         )
-    inputs = {name: np.load(path) for name, path in files.items()}
+    check_dims(dims, model.inputs)
     rest = [s for s in model.inputs if s.name not in inputs]
     if rest and not args.random:
-        raise SystemExit(
-            "onnx2jax: no value for input(s) "
-            f"{[s.name for s in rest]}; pass --input NAME=FILE.npy or --random"
+        raise InputError(
+            f"no value for input(s) {[s.name for s in rest]}; pass --input NAME=FILE.npy or "
+            "--random"
         )
     inputs.update(example_inputs(rest, dims, seed=args.seed))
 
@@ -91,7 +164,7 @@ def _compare(args: argparse.Namespace, model, inputs, outs, jax_median: float) -
         import onnxruntime as ort
     except ImportError:
         raise SystemExit(
-            "onnx2jax: --compare onnxruntime needs onnxruntime: pip install onnxruntime"
+            "onnx2jax: error: --compare onnxruntime needs onnxruntime: pip install onnxruntime"
         ) from None
     sess = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     ref = sess.run(None, inputs)
@@ -123,6 +196,33 @@ def _compare(args: argparse.Namespace, model, inputs, outs, jax_median: float) -
     return 0 if ok else 1
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return n
+
+
+def _engines(text: str) -> str:
+    from ._bench import ENGINES
+
+    unknown = [e for e in text.split(",") if e and e not in ENGINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES[1:])}"
+        )
+    return text
+
+
+def _new_file(path: str) -> str:
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise argparse.ArgumentTypeError(f"the folder of {path!r} does not exist")
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import main as bench_main
 
@@ -148,25 +248,33 @@ def _add_bench(sub) -> None:
         "--compare",
         action="append",
         default=[],
+        type=_engines,
         metavar="ENGINE[,ENGINE]",
         help="also time onnxruntime, jaxonnxruntime and/or tract",
     )
-    p.add_argument("--runs", type=int, help="timed runs per engine and batch (default: ~--seconds)")
+    p.add_argument(
+        "--runs", type=_positive_int, help="timed runs per engine and batch (default: ~--seconds)"
+    )
     p.add_argument(
         "--seconds",
         type=float,
         default=2.0,
         help="timed running per engine and batch when --runs is not given",
     )
-    p.add_argument("--threads", type=int, help="cores for every engine (default: all usable)")
+    p.add_argument(
+        "--threads", type=_positive_int, help="cores for every engine (default: all usable)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
-    p.add_argument("--json", metavar="OUT.json", help="write the full record as JSON")
+    p.add_argument(
+        "--json", type=_new_file, metavar="OUT.json", help="write the full record as JSON"
+    )
     p.set_defaults(func=cmd_bench)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="describe a model: signature, ops, params, recompiles")
     p_info.add_argument("model")
@@ -183,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         help="size of a symbolic dimension for --random (default 1)",
     )
     p_run.add_argument("--compare", choices=["onnxruntime"])
-    p_run.add_argument("--runs", type=int, default=20)
+    p_run.add_argument("--runs", type=_positive_int, default=20)
     p_run.add_argument("--seed", type=int, default=0)
     p_run.add_argument("--x64", action="store_true", help="compute int64/float64 in 64 bits")
     p_run.add_argument("--rtol", type=float, default=1e-4)
@@ -193,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except Onnx2JaxError as e:
+    except (Onnx2JaxError, OSError) as e:  # OSError: an unreadable model, an unwritable --json
         print(f"onnx2jax: error: {e}", file=sys.stderr)
         return 2
 

@@ -105,8 +105,9 @@ def test_fixed_batch_axis_is_skipped(tmp_path):
     assert _bench.make_inputs(str(path), 1, {})["x"].shape == (1, 4)
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        main(["bench", EXAMPLE, "--batch", "x"])
-    with pytest.raises(SystemExit):
+def test_bad_arguments(capsys):
+    assert main(["bench", EXAMPLE, "--batch", "x"]) == 2
+    assert "--batch takes sizes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: usage and exit status 2
         main(["bench", EXAMPLE, "--compare", "nope", "--no-peak"])
+    assert "unknown engine(s) nope" in capsys.readouterr().err
