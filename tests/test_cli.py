@@ -3,6 +3,7 @@ every bad argument is a one-line error and a non-zero exit, never a traceback.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -192,3 +193,19 @@ def test_run_corrupt_model_is_clean_error(tmp_path, capsys):
     path.write_bytes(b"garbage")
     assert main(["run", str(path), "--random"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_readme_python_example(monkeypatch, capsys):
+    # The README's first Python block runs as written on examples/tiny_cnn.onnx, and what it
+    # prints is what its comment says.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        block = f.read().split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(root)
+    ns: dict = {}
+    exec(block, ns)
+    printed = capsys.readouterr().out.strip()
+    assert f"print(model.inputs)                      # {printed}\n" in block
+    assert ns["logits"].shape == (2, 10) and list(ns["named"]) == ["logits"]
+    jax = ns["jax"]
+    assert jax.vmap(lambda xi: ns["model"](xi)[0])(ns["xs"]).shape == (4, 2, 10)
