@@ -715,7 +715,13 @@ def main(args) -> int:
         batches = ()
     if not batches or min(batches) < 1:
         raise InputError(f"--batch takes sizes >= 1 like 1,8, got {args.batch!r}")
-    check_dims(dims, load_model(args.model).graph.inputs)  # ModelLoadError if it does not load
+    specs = load_model(args.model).graph.inputs  # ModelLoadError if it does not load
+    check_dims(dims, specs)
+    leading = sorted({s.shape[0] for s in specs if s.shape} & set(dims))
+    if leading:  # _concrete_shape would let --dim override --batch
+        raise InputError(
+            f"--dim {', '.join(leading)}: the leading (batch) axis is set by --batch, not --dim"
+        )
     opts = BenchOptions(
         batches=batches,
         dims=dims,

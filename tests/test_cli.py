@@ -172,6 +172,12 @@ def test_bench_misspelt_dim(model_path, capsys):
     assert "symbolic dims are: batch" in _error_line(capsys)
 
 
+def test_bench_dim_of_batch_axis(model_path, capsys):
+    # It would override --batch: every "batch size" would run at 4.
+    assert main(["bench", str(model_path), "--dim", "batch=4", "--no-peak"]) == 2
+    assert "set by --batch" in _error_line(capsys)
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
