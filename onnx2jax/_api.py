@@ -16,7 +16,7 @@ import numpy as np
 from . import _tracer
 from ._analysis import is_param
 from ._bounded import bounded_step, count_name
-from ._dtypes import canonical
+from ._dtypes import canonical, is_numeric
 from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
 from ._ir import TensorSpec
@@ -183,6 +183,10 @@ class Model:
         prog = self._program
         with prog.context():
             bound = _bind(prog, args, kwargs)
+            if not prog.string_outputs:
+                _check_jittable(
+                    prog, {k: v for k, v in bound.items() if k not in prog.value_inputs}
+                )
             if prog.stages is not None:
                 if _traced(self.params, bound):  # inside the caller's own transformation
                     return _apply_whole(prog, self.params, bound)
@@ -371,10 +375,33 @@ def _bind(prog: Program, args: tuple, kwargs: dict) -> dict[str, Any]:
 
 
 def _check_input(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]]) -> Any:
-    if spec.kind != "tensor":
+    if spec.kind == "tensor" or (
+        spec.kind == "unknown" and value is not None and not isinstance(value, (list, tuple))
+    ):
+        return _check_tensor(spec, value, dims)
+    # Sequences, optionals, maps (and untyped inputs given a list or None): their element types
+    # are not declared here, but every leaf must still be an array.
+    return jax.tree.map(lambda v: _as_array(spec, v, None), value)
+
+
+def _as_array(spec: TensorSpec, value: Any, dtype: np.dtype | None) -> Any:
+    """``value`` as something with a dtype and a shape (numpy, jax or a tracer)."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
         return value
-    if not hasattr(value, "dtype"):
-        value = np.asarray(value, dtype=spec.dtype)
+    if value is None:
+        raise InputError(f"input {spec.name!r} is None, but the model needs a tensor: {spec}")
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        want = f"a {dtype} array" if dtype is not None else "an array"
+        raise InputError(
+            f"input {spec.name!r}: cannot make {want} of the {type(value).__name__} given "
+            f"({e}); pass a numpy or jax array: {spec}"
+        ) from None
+
+
+def _check_tensor(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]]) -> Any:
+    value = _as_array(spec, value, spec.dtype)
     if spec.dtype is not None and value.dtype != spec.dtype:
         # Accept what JAX would compute in anyway (int64 given as int32 with x64 off, numpy's
         # default float64 for a float32 input) and cast; refuse a real mismatch.
@@ -410,6 +437,19 @@ def _check_input(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]])
     return value
 
 
+def _check_jittable(prog: Program, dynamic: Mapping[str, Any]) -> None:
+    """Inputs that enter a jitted XLA program must hold numbers (strings stay on the host)."""
+    for name, value in dynamic.items():
+        for leaf in jax.tree_util.tree_leaves(value):
+            if not is_numeric(leaf.dtype):
+                spec = next(s for s in prog.inputs if s.name == name)
+                raise InputError(
+                    f"input {name!r} holds {leaf.dtype} values, which cannot enter a jitted XLA "
+                    f"program: the model declares {spec}. Pass numbers, or, for strings, declare "
+                    "the input as tensor(string) in the model"
+                )
+
+
 def load(
     source: ModelSource,
     *,
@@ -417,6 +457,7 @@ def load(
     base_dir: str | None = None,
     max_sizes: Mapping[str, int] | None = None,
     dynamic_bound: int | None = None,
+    max_loop_iterations: int = _tracer.MAX_LOOP_ITERATIONS,
 ) -> Model:
     """Load an ONNX model as a :class:`Model`.
 
@@ -446,6 +487,12 @@ def load(
         max_sizes: bound per node name (e.g. ``{"NonZero_3": 128}``) for NonZero, Compress or
             Unique nodes that would break the graph (``onnx2jax info`` lists them).
         dynamic_bound: the bound for every such node not named in ``max_sizes``.
+        max_loop_iterations: the most iterations a Loop may run (default 1,000,000) where its
+            condition stays true, so that its trip count alone decides its length; a longer
+            one (or one with neither trip count nor an ending condition) raises a NodeError
+            naming the node at trace time instead of running for hours, e.g. for a malformed
+            trip count such as Cast(inf). Loops whose condition is computed at run time are
+            not limited.
 
     Raises:
         ModelLoadError: unreadable, corrupt or malformed model (cycle, dangling input).
@@ -453,9 +500,11 @@ def load(
         UnsupportedOpsError: lists every unsupported op use, with domain, opset and node.
         Onnx2JaxError: ``max_sizes`` names a node that cannot be bounded.
     """
+    if isinstance(max_loop_iterations, bool) or not isinstance(max_loop_iterations, int):
+        raise Onnx2JaxError(f"max_loop_iterations must be an int, got {max_loop_iterations!r}")
     ir = load_model(source, base_dir)
     missing: list[str] = []
-    plan = _tracer.build_plan(ir.graph, ir.opsets, missing)
+    plan = _tracer.build_plan(ir.graph, ir.opsets, missing, max_loop_iterations=max_loop_iterations)
     if missing:
         raise UnsupportedOpsError(missing)
     graph = ir.graph
@@ -519,7 +568,8 @@ def _mark_breaks(plan: _tracer.Plan, found: Breaks) -> tuple[_tracer.Plan, tuple
         steps[b.index] = dataclasses.replace(
             step, static_inputs=tuple(sorted(slots)), break_note=_break_note(b, found)
         )
-    return _tracer.Plan(plan.graph, steps, plan.subplans), tuple(counts)
+    used = plan.used | {c.name for c in counts}
+    return dataclasses.replace(plan, steps=steps, used=used), tuple(counts)
 
 
 def _break_note(b: Break, found: Breaks) -> str:

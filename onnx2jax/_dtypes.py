@@ -27,6 +27,14 @@ def to_numpy_dtype(code: int) -> np.dtype:
         raise ValueError(f"unknown ONNX element type code {code}") from None
 
 
+def is_numeric(dtype: np.dtype) -> bool:
+    """True for dtypes JAX computes with: bool, ints, floats (ml_dtypes too), complex."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biufc":
+        return True
+    return dtype.kind == "V" and dtype.newbyteorder("=") in _NUMPY_TO_ONNX
+
+
 def to_onnx_dtype(dtype: np.dtype) -> int:
     """The ONNX ``TensorProto.DataType`` code of a numpy dtype."""
     return _NUMPY_TO_ONNX[np.dtype(dtype)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from typing import IO, Any
 
 import numpy as np
 import onnx
+import onnx.defs
 from onnx import numpy_helper
 
 from ._dtypes import to_numpy_dtype
@@ -66,6 +68,8 @@ def _read_external(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.Tenso
             f"{where}, but the model was not loaded from a file path; load it from its path "
             "(or pass base_dir=) so the file can be found"
         )
+    if "\x00" in location:
+        raise ExternalDataError(f"{where}: a location containing a NUL byte is refused")
     if not location or os.path.isabs(location) or Path(location).drive:
         raise ExternalDataError(f"{where}: an absolute or empty location is refused (unsafe)")
     if ".." in Path(location).parts:
@@ -78,12 +82,21 @@ def _read_external(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.Tenso
         )
     if not os.path.isfile(full):
         raise ExternalDataError(f"{where}, but {full!r} does not exist; copy it beside the model")
-    offset = int(info.get("offset", 0))
-    length = int(info["length"]) if "length" in info else -1
-    with open(full, "rb") as f:
-        f.seek(offset)
-        data = f.read(length)
-    if length >= 0 and len(data) != length:
+    size = os.path.getsize(full)
+    offset = _external_int(info, "offset", 0, where)
+    length = _external_int(info, "length", max(size - offset, 0), where)
+    if offset + length > size:
+        raise ExternalDataError(
+            f"{where}: its offset {offset} and length {length} reach past the end of "
+            f"{full!r} ({size} bytes); the file is truncated or the entry is wrong"
+        )
+    try:
+        with open(full, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+    except OSError as e:
+        raise ExternalDataError(f"{where}, but reading {full!r} failed: {e}") from None
+    if len(data) != length:
         raise ExternalDataError(
             f"{where}: expected {length} bytes at offset {offset}, file is short"
         )
@@ -95,6 +108,18 @@ def _read_external(tensor: onnx.TensorProto, base_dir: str | None) -> onnx.Tenso
     return out
 
 
+def _external_int(info: dict[str, str], key: str, default: int, where: str) -> int:
+    """A non-negative integer field (``offset``, ``length``) of an external-data entry."""
+    if key not in info:
+        return default
+    text = info[key].strip()
+    if not text.isdigit() or not text.isascii():
+        raise ExternalDataError(
+            f"{where}: its {key!r} is {info[key]!r}, not a non-negative integer; fix the entry"
+        )
+    return int(text)
+
+
 def _to_array(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         tensor = _read_external(tensor, base_dir)
@@ -104,12 +129,18 @@ def _to_array(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
         raise ModelLoadError(f"cannot decode tensor {tensor.name!r}: {e}") from None
 
 
-def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
+def _spec(vi: onnx.ValueInfoProto, where: str) -> TensorSpec:
     t = vi.type
     which = t.WhichOneof("value")
     if which == "tensor_type":
         tt = t.tensor_type
-        dtype = to_numpy_dtype(tt.elem_type) if tt.elem_type else None
+        try:
+            dtype = to_numpy_dtype(tt.elem_type) if tt.elem_type else None
+        except ValueError:
+            raise ModelLoadError(
+                f"{where} {vi.name!r} declares element type {tt.elem_type}, which is no ONNX "
+                "TensorProto.DataType; fix the exporter or the model's type"
+            ) from None
         shape = None
         if tt.HasField("shape"):
             shape = tuple(
@@ -126,9 +157,46 @@ def _spec(vi: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(vi.name, None, None, kind=kind)
 
 
+@functools.cache
+def _schema(domain: str, op_type: str, opset: int) -> onnx.defs.OpSchema | None:
+    try:
+        return onnx.defs.get_schema(op_type, opset, domain)
+    except Exception:  # no such op (custom domains, typos: the tracer reports unsupported ops)
+        return None
+
+
+def _check_attrs(n: onnx.NodeProto, node: Node, opset: int) -> None:
+    """A node's attributes against its ONNX schema: required ones present, types as declared."""
+    schema = _schema(node.domain, node.op_type, opset)
+    if schema is None:
+        return
+    given = set()
+    for a in n.attribute:
+        given.add(a.name)
+        want = schema.attributes.get(a.name)
+        if want is not None and int(a.type) != int(want.type):
+            got = (
+                onnx.AttributeProto.AttributeType.Name(a.type) if a.type in _ATTR_TYPES else a.type
+            )
+            raise ModelLoadError(
+                f"{node.describe()} (opset {opset}): attribute {a.name!r} is a {got}, but the "
+                f"operator's spec wants {want.type.name}; fix the exporter or the node"
+            )
+    lacking = sorted(k for k, a in schema.attributes.items() if a.required and k not in given)
+    if lacking:
+        raise ModelLoadError(
+            f"{node.describe()} (opset {opset}) lacks its required attribute(s) {lacking}; "
+            "fix the exporter or the node"
+        )
+
+
+_ATTR_TYPES = frozenset(onnx.AttributeProto.AttributeType.values())
+
+
 class _Converter:
-    def __init__(self, base_dir: str | None):
+    def __init__(self, base_dir: str | None, opsets: dict[str, int] | None = None):
         self.base_dir = base_dir
+        self.opsets = opsets or {}
 
     def attr(self, a: onnx.AttributeProto, outer: frozenset[str]) -> Any:
         A = onnx.AttributeProto
@@ -163,9 +231,42 @@ class _Converter:
         raise ModelLoadError(f"attribute {a.name!r} has unsupported type {a.type}")
 
     def sparse(self, sp: onnx.SparseTensorProto) -> np.ndarray:
-        values = _to_array(sp.values, self.base_dir)
-        dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+        """The dense array of a sparse tensor (COO: linear ``[NNZ]`` or ``[NNZ, rank]`` indices)."""
+        name = sp.values.name
+        dims = tuple(int(d) for d in sp.dims)
+        where = f"sparse tensor {name!r} (dims {list(dims)})"
+        if any(d < 0 for d in dims):
+            raise ModelLoadError(f"{where}: negative dims; fix the exporter")
+        values = _to_array(sp.values, self.base_dir).reshape(-1)
         idx = _to_array(sp.indices, self.base_dir) if sp.indices.dims else np.zeros((0,), np.int64)
+        nnz = len(values)
+        if idx.dtype.kind not in "iu":
+            raise ModelLoadError(
+                f"{where}: its indices have dtype {idx.dtype}, not an integer type"
+            )
+        if idx.ndim == 1:
+            bounds = (int(np.prod(dims, dtype=object)),)
+        elif idx.ndim == 2 and idx.shape[1] == len(dims):
+            bounds = dims
+        else:
+            raise ModelLoadError(
+                f"{where}: its indices have shape {list(idx.shape)}; the format wants [NNZ] "
+                f"(linear) or [NNZ, {len(dims)}] (one row of coordinates per value)"
+            )
+        if len(idx) != nnz:
+            raise ModelLoadError(f"{where}: {len(idx)} indices for {nnz} values; they must match")
+        cols = idx.reshape(nnz, -1)
+        for j, bound in enumerate(bounds):
+            col = cols[:, j]
+            if nnz and (col.min() < 0 or col.max() >= bound):
+                raise ModelLoadError(
+                    f"{where}: an index on axis {j} lies outside [0, {bound}): "
+                    f"{int(col.min())}..{int(col.max())}"
+                )
+        try:
+            dense = np.zeros(dims, dtype=values.dtype)
+        except (MemoryError, ValueError) as e:
+            raise ModelLoadError(f"{where}: cannot allocate its dense form ({e})") from None
         if idx.ndim == 1:
             dense.reshape(-1)[idx] = values
         else:
@@ -176,8 +277,8 @@ class _Converter:
         inits = {t.name: _to_array(t, self.base_dir) for t in g.initializer}
         for sp in g.sparse_initializer:
             inits[sp.values.name] = self.sparse(sp)
-        inputs = [_spec(v) for v in g.input if v.name not in inits]
-        outputs = [_spec(v) for v in g.output]
+        inputs = [_spec(v, f"graph {g.name!r}: input") for v in g.input if v.name not in inits]
+        outputs = [_spec(v, f"graph {g.name!r}: output") for v in g.output]
         defined = {v.name for v in g.input} | set(inits)
         for n in g.node:
             defined.update(o for o in n.output if o)
@@ -193,6 +294,7 @@ class _Converter:
                 tuple(n.output),
                 attrs,
             )
+            _check_attrs(n, node, self.opsets.get(node.domain, 1))
             # A node also depends on the outer-scope names its subgraphs read.
             free = set()
             for v in attrs.values():
@@ -267,7 +369,7 @@ def convert(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     }
     if "" not in opsets and proto.ir_version < 3:
         opsets[""] = 1
-    graph = _Converter(base_dir).graph(proto.graph)
+    graph = _Converter(base_dir, opsets).graph(proto.graph)
     return Model(graph, opsets, int(proto.ir_version), proto.producer_name, base_dir)
 
 

@@ -145,7 +145,9 @@ def _runtime_loop(node: Node, known: set[str]) -> bool:
         return False
     if not node.inputs[1] or node.inputs[1] in known:
         return False
-    body = node.attrs["body"]
+    body = node.attrs.get("body")
+    if not isinstance(body, Graph):
+        return False  # malformed: the loader or the Loop op itself names the problem
     if len(body.outputs) > 1 + (len(node.inputs) - 2):
         return True
     return bool(needs(body.nodes)[0] & {s.name for s in body.inputs})

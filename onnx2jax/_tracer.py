@@ -24,6 +24,13 @@ from ._registry import OpImpl, lookup
 # Debug knob (read once, never mutated): ONNX2JAX_TRACE=1 prints every node as it is traced.
 _TRACE_NODES = os.environ.get("ONNX2JAX_TRACE", "") not in ("", "0")
 
+# The default of ``load(max_loop_iterations=...)``: the most iterations a Loop may run when its
+# condition stays true, so that its trip count alone decides the length (ops/control_flow.py).
+# A Loop with a malformed trip count (Cast(inf) is 2**63 - 1) then fails at once with a
+# NodeError instead of running for hours. A million iterations of a small compiled body take
+# about a second.
+MAX_LOOP_ITERATIONS = 1_000_000
+
 
 @dataclass(frozen=True)
 class Step:
@@ -44,6 +51,10 @@ class Plan:
     graph: Graph
     steps: list[Step]
     subplans: dict[int, Plan] = field(default_factory=dict)  # id(subgraph) -> plan
+    # Every value of this graph something reads: node inputs, values its subgraphs read from
+    # it, graph outputs. A node must give a value for each of its outputs named here.
+    used: frozenset[str] = frozenset()
+    max_loop_iterations: int = MAX_LOOP_ITERATIONS
 
 
 def build_plan(
@@ -51,6 +62,8 @@ def build_plan(
     opsets: Mapping[str, int],
     missing: list[str],
     _shared: dict[int, Plan] | None = None,
+    *,
+    max_loop_iterations: int = MAX_LOOP_ITERATIONS,
 ) -> Plan:
     """Bind every node (subgraphs too) to an implementation; unsupported uses go to ``missing``.
 
@@ -79,9 +92,17 @@ def build_plan(
                 continue
         subs = subgraphs(node)
         for g in subs:
-            shared[id(g)] = build_plan(g, opsets, missing, shared)
+            shared[id(g)] = build_plan(
+                g, opsets, missing, shared, max_loop_iterations=max_loop_iterations
+            )
         steps.append(Step(node, impl, opset, bool(subs), impl.static_inputs))
-    return Plan(graph, steps, shared)
+    used = {o.name for o in graph.outputs}
+    for node in graph.nodes:
+        used.update(node.inputs)
+        for g in subgraphs(node):
+            used |= g.outer_names
+    used.discard("")
+    return Plan(graph, steps, shared, frozenset(used), max_loop_iterations)
 
 
 def is_static(v: Any) -> bool:
@@ -145,11 +166,25 @@ def run(plan: Plan, env: dict[str, Any], outputs: Sequence[str] | None = None) -
         ) from None
 
 
+def _read(env: Mapping[str, Any], node: Node, name: str) -> Any:
+    if not name:
+        return None
+    try:
+        return env[name]
+    except KeyError:
+        # The loader checks that every input has a producer; this is a value its producer
+        # did not give (or a subgraph that reads a name its caller never bound).
+        raise NodeError(
+            f"{node.describe()} reads {name!r}, which has no value here; the node that should "
+            "produce it gave fewer outputs than it declares"
+        ) from None
+
+
 def run_steps(plan: Plan, steps: Sequence[Step], env: dict[str, Any]) -> None:
     """Execute ``steps`` (a part of ``plan``), writing every output into ``env``."""
     for step in steps:
         node = step.node
-        args = [env[name] if name else None for name in node.inputs]
+        args = [_read(env, node, name) for name in node.inputs]
         for i in step.static_inputs:
             if i < len(args) and not is_static(args[i]):
                 if step.break_note:
@@ -177,14 +212,28 @@ def run_steps(plan: Plan, steps: Sequence[Step], env: dict[str, Any]) -> None:
                     )
             else:
                 result = step.impl.fn(*args, **kwargs)
+        except (NodeError, StaticValueError) as e:
+            if node.name in str(e):
+                raise
+            # An error of the hierarchy raised deep inside an op (a helper that cannot know
+            # the node): same class, but naming the node.
+            raise type(e)(f"{node.describe()} (opset {step.opset}): {e}") from e
         except Onnx2JaxError:
             raise
-        except Exception as e:
+        except Exception as e:  # every other failure of an op is a NodeError naming the node
             raise NodeError(
                 f"{node.describe()} (opset {step.opset}) failed on inputs "
                 f"{_describe_args(node.inputs, args)}: {type(e).__name__}: {e}"
             ) from e
         outs = result if isinstance(result, tuple) else (result,)
+        if len(outs) < len(node.outputs):
+            lacking = [o for o in node.outputs[len(outs) :] if o in plan.used]
+            if lacking:
+                raise NodeError(
+                    f"{node.describe()} (opset {step.opset}) declares {len(node.outputs)} "
+                    f"outputs, but the op gives {len(outs)} here, so {lacking} never get a "
+                    "value though the graph reads them. Fix the node's output list."
+                )
         for name, value in zip(node.outputs, outs, strict=False):
             if name:
                 env[name] = value

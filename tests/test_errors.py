@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import onnx
@@ -174,3 +175,329 @@ def test_no_interpreter_crash_on_empty_file(tmp_path):
     with pytest.raises(ModelLoadError):
         onnx2jax.load(path)
     assert os.path.exists(path)
+
+
+# -- malformed models and inputs found by mutation fuzzing (tests/fuzz_models.py) -------------
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (None, "'x' is None"),
+        ("hello", "'x': cannot make a float32 array of the str"),
+        (object(), "'x': cannot make a float32 array of the object"),
+        ([[1.0, 2.0], [3.0]], "'x': cannot make a float32 array of the list"),
+        (np.full((3, 4), "a"), "'x' has dtype <U1"),
+    ],
+)
+def test_input_none_string_or_object(model, bad, match):
+    with pytest.raises(InputError, match=match):
+        model(x=bad)
+    with pytest.raises(InputError, match=match):
+        model.apply(model.params, bad)
+
+
+def test_untyped_input_fed_strings():
+    graph = oh.make_graph(
+        [oh.make_node("Identity", ["x"], ["y"], name="id")],
+        "g",
+        [oh.make_empty_tensor_value_info("x")],
+        [oh.make_tensor_value_info("y", T.FLOAT, [2])],
+    )
+    m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    with pytest.raises(InputError, match="'x' holds <U1 values.*cannot enter a jitted"):
+        m(np.array(["a", "b"]))
+    with pytest.raises(InputError, match="'x' holds <U1 values"):
+        m(["a", "b"])
+    assert np.asarray(m(np.ones(2, np.float32))[0]).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_unknown_elem_type_names_the_value(where):
+    proto = affine_relu()
+    vi = proto.graph.input[0] if where == "input" else proto.graph.output[1]
+    vi.type.tensor_type.elem_type = 99
+    with pytest.raises(ModelLoadError, match=f"{where} '{vi.name}' declares element type 99"):
+        onnx2jax.load(proto)
+
+
+def _sparse_model(indices, dims=(4, 3), values=(1.0, 2.0, 3.0)):
+    sparse = oh.make_sparse_tensor(
+        onnx.numpy_helper.from_array(np.array(values, np.float32), "sw"),
+        onnx.numpy_helper.from_array(np.asarray(indices), "sw_idx"),
+        list(dims),
+    )
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "sw"], ["y"], name="matmul")],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2, 4])],
+        [oh.make_tensor_value_info("y", T.FLOAT, [2, 3])],
+        sparse_initializer=[sparse],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_sparse_initializer_loads():
+    m = onnx2jax.load(_sparse_model(np.array([[0, 1], [2, 0], [3, 2]], np.int64)))
+    w = np.zeros((4, 3), np.float32)
+    w[0, 1], w[2, 0], w[3, 2] = 1, 2, 3
+    np.testing.assert_allclose(m(np.ones((2, 4), np.float32))[0], np.ones((2, 4)) @ w)
+
+
+@pytest.mark.parametrize(
+    "indices, dims, match",
+    [
+        (np.array([[0, 1], [2, 0], [4, 2]]), (4, 3), "index on axis 0 lies outside \\[0, 4\\)"),
+        (np.array([[0, 1], [2, -1], [3, 2]]), (4, 3), "index on axis 1 lies outside"),
+        (np.array([0, 5, 12]), (4, 3), "index on axis 0 lies outside \\[0, 12\\)"),
+        (np.array([[0, 1], [2, 0]]), (4, 3), "2 indices for 3 values"),
+        (np.array([[0, 1, 0], [2, 0, 0], [3, 2, 0]]), (4, 3), "indices have shape \\[3, 3\\]"),
+        (np.array([0.0, 1.0, 2.0]), (4, 3), "not an integer type"),
+        (np.array([0, 1, 2]), (4, -3), "negative dims"),
+    ],
+)
+def test_malformed_sparse_initializer(indices, dims, match):
+    with pytest.raises(ModelLoadError, match=f"sparse tensor 'sw'.*{match}"):
+        onnx2jax.load(_sparse_model(indices, dims))
+
+
+def _external_model(tmp_path, **entry):
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    (tmp_path / "w.bin").write_bytes(w.tobytes())
+    t = onnx.TensorProto(name="w", data_type=T.FLOAT, dims=w.shape)
+    t.data_location = T.EXTERNAL
+    fields = {"location": "w.bin", "offset": "0", "length": str(w.nbytes), **entry}
+    for k, v in fields.items():
+        t.external_data.add(key=k, value=v)
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "w"], ["y"], name="matmul")],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+        [oh.make_tensor_value_info("y", T.FLOAT, [2, 4])],
+        [t],
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(oh.make_model(graph).SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize(
+    "entry, match",
+    [
+        ({"location": "w.bin\x00.txt"}, "NUL byte"),
+        ({"length": "abc"}, "'length' is 'abc', not a non-negative integer"),
+        ({"length": "-4"}, "'length' is '-4'"),
+        ({"offset": "0x10"}, "'offset' is '0x10'"),
+        ({"offset": "99999999999999999999999"}, "reach past the end"),
+        ({"offset": "40", "length": "48"}, "reach past the end"),
+    ],
+)
+def test_malformed_external_data_entry(tmp_path, entry, match):
+    with pytest.raises(onnx2jax.ExternalDataError, match=f"tensor 'w'.*{match}"):
+        onnx2jax.load(_external_model(tmp_path, **entry))
+
+
+def test_external_data_entry_without_length_reads_to_the_end(tmp_path):
+    path = _external_model(tmp_path)
+    assert onnx2jax.load(path).params["w"].shape == (3, 4)
+
+
+def _loop_model(body_attr, m_value=3):
+    body = oh.make_graph(
+        [oh.make_node("Identity", ["c"], ["c_out"]), oh.make_node("Identity", ["v"], ["v_out"])],
+        "body",
+        [
+            oh.make_tensor_value_info("i", T.INT64, []),
+            oh.make_tensor_value_info("c", T.BOOL, []),
+            oh.make_tensor_value_info("v", T.FLOAT, [2]),
+        ],
+        [
+            oh.make_tensor_value_info("c_out", T.BOOL, []),
+            oh.make_tensor_value_info("v_out", T.FLOAT, [2]),
+        ],
+    )
+    attrs = {"body": body} if body_attr == "graph" else {}
+    if body_attr == "string":
+        attrs = {"body": "not a graph"}
+    node = oh.make_node("Loop", ["M", "cond", "x"], ["y"], name="loop", **attrs)
+    graph = oh.make_graph(
+        [node],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2])],
+        [oh.make_tensor_value_info("y", T.FLOAT, [2])],
+        [
+            onnx.numpy_helper.from_array(np.array(m_value, np.int64), "M"),
+            onnx.numpy_helper.from_array(np.array(True), "cond"),
+        ],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_loop_without_body():
+    with pytest.raises(ModelLoadError, match="'loop'.*lacks its required attribute.*'body'"):
+        onnx2jax.load(_loop_model("missing"))
+
+
+def test_loop_with_a_string_body():
+    with pytest.raises(ModelLoadError, match="'loop'.*'body' is a STRING.*wants GRAPH"):
+        onnx2jax.load(_loop_model("string"))
+
+
+def test_attribute_of_the_wrong_type_or_missing():
+    bad_type = _graph_model([oh.make_node("Softmax", ["x"], ["y"], name="sm", axis=1.5)])
+    with pytest.raises(ModelLoadError, match="'sm'.*'axis' is a FLOAT.*wants INT"):
+        onnx2jax.load(bad_type)
+    missing = _graph_model([oh.make_node("Cast", ["x"], ["y"], name="cast")])
+    with pytest.raises(ModelLoadError, match="'cast'.*required attribute.*'to'"):
+        onnx2jax.load(missing)
+
+
+def test_malformed_attribute_value_names_the_node():
+    m = onnx2jax.load(_graph_model([oh.make_node("Cast", ["x"], ["y"], name="cast", to=99)]))
+    with pytest.raises(onnx2jax.NodeError, match="'cast'.*element type code 99"):
+        m(np.zeros(2, np.float32))
+
+
+def test_node_declaring_more_outputs_than_its_op_gives():
+    model = _graph_model(
+        [
+            oh.make_node("Relu", ["x"], ["y0", "extra"], name="r"),
+            oh.make_node("Identity", ["extra"], ["y"], name="id"),
+        ]
+    )
+    m = onnx2jax.load(model)
+    with pytest.raises(onnx2jax.NodeError, match="'r'.*declares 2 outputs.*gives 1.*'extra'"):
+        m(np.zeros(2, np.float32))
+
+
+def test_unused_or_absent_extra_outputs_are_fine():
+    """Optional trailing outputs nobody reads need no value (ops may return fewer)."""
+    for outs in (["y", "unused"], ["y", ""]):
+        m = onnx2jax.load(_graph_model([oh.make_node("Relu", ["x"], outs, name="r")]))
+        assert np.asarray(m(-np.ones(2, np.float32))[0]).tolist() == [0.0, 0.0]
+
+
+def test_loop_with_a_huge_cast_trip_count_fails_fast():
+    """A concrete loop whose trip count is Cast(1e10): fails at once, not after 1e10 iterations.
+
+    (Cast(inf) to int64 is undefined: numpy gives -2**63 on x86, no iteration, elsewhere 2**63-1.)
+    """
+    body = oh.make_graph(
+        [
+            oh.make_node("Identity", ["c"], ["c_out"]),
+            oh.make_node("Mul", ["v", "two"], ["v_out"]),
+        ],
+        "body",
+        [
+            oh.make_tensor_value_info("i", T.INT64, []),
+            oh.make_tensor_value_info("c", T.BOOL, []),
+            oh.make_tensor_value_info("v", T.INT64, []),
+        ],
+        [
+            oh.make_tensor_value_info("c_out", T.BOOL, []),
+            oh.make_tensor_value_info("v_out", T.INT64, []),
+        ],
+        [onnx.numpy_helper.from_array(np.array(2, np.int64), "two")],
+    )
+    graph = oh.make_graph(
+        [
+            oh.make_node("Cast", ["inf"], ["M"], name="trip", to=T.INT64),
+            oh.make_node("Loop", ["M", "cond", "v0"], ["v"], name="loop", body=body),
+            oh.make_node("Cast", ["v"], ["vf"], name="tofloat", to=T.FLOAT),
+            oh.make_node("Mul", ["x", "vf"], ["y"], name="scale"),
+        ],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2])],
+        [oh.make_tensor_value_info("y", T.FLOAT, [2])],
+        [
+            onnx.numpy_helper.from_array(np.array(1e10, np.float32), "inf"),
+            onnx.numpy_helper.from_array(np.array(True), "cond"),
+            onnx.numpy_helper.from_array(np.array(1, np.int64), "v0"),
+        ],
+    )
+    m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    t0 = time.monotonic()
+    with pytest.raises(onnx2jax.NodeError, match="'loop'.*M=10000000000 iterations"):
+        m(np.ones(2, np.float32))
+    assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("carried", ["param", "int_constant"])
+def test_loop_without_trip_count_that_never_ends(carried):
+    """The body passes its condition on: true for ever (the carried value is a param, traced;
+    or an int constant, known at trace time)."""
+    model = _loop_model("graph")
+    model.graph.node[0].input[0] = ""
+    model.graph.node[0].input[2] = "v0"
+    v0 = np.ones(2, np.float32 if carried == "param" else np.int64)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(v0, "v0"))
+    body = model.graph.node[0].attribute[0].g
+    for vi in (body.input[2], body.output[1]):
+        vi.type.tensor_type.elem_type = T.FLOAT if carried == "param" else T.INT64
+    m = onnx2jax.load(model)
+    with pytest.raises(onnx2jax.NodeError, match="'loop'.*never ends"):
+        m(np.ones(2, np.float32))
+
+
+def test_concrete_loop_that_runs_long_without_trip_count():
+    """Known values, no M, a condition from data: folded, then compiled with a bound."""
+    body = oh.make_graph(
+        [
+            oh.make_node("Add", ["v", "one"], ["v_out"]),
+            oh.make_node("Less", ["v_out", "stop"], ["c_out"]),
+        ],
+        "body",
+        [
+            oh.make_tensor_value_info("i", T.INT64, []),
+            oh.make_tensor_value_info("c", T.BOOL, []),
+            oh.make_tensor_value_info("v", T.INT64, []),
+        ],
+        [
+            oh.make_tensor_value_info("c_out", T.BOOL, []),
+            oh.make_tensor_value_info("v_out", T.INT64, []),
+        ],
+        [onnx.numpy_helper.from_array(np.array(1, np.int64), "one")],
+    )
+    graph = oh.make_graph(
+        [
+            oh.make_node("Loop", ["", "", "v0"], ["v"], name="loop", body=body),
+            oh.make_node("Cast", ["v"], ["y"], name="cast", to=T.FLOAT),
+        ],
+        "g",
+        [],
+        [oh.make_tensor_value_info("y", T.FLOAT, [])],
+        [
+            onnx.numpy_helper.from_array(np.array(0, np.int64), "v0"),
+            onnx.numpy_helper.from_array(np.array(6000, np.int64), "stop"),
+        ],
+    )
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    assert float(onnx2jax.load(proto)()[0]) == 6000.0
+    with pytest.raises(onnx2jax.NodeError, match="'loop'.*ran 5000 iterations"):
+        onnx2jax.load(proto, max_loop_iterations=5000)()
+
+
+def test_long_concrete_loop_is_compiled_not_folded():
+    """Beyond MAX_UNROLL iterations a loop on known values runs as lax.scan: same result."""
+    m = onnx2jax.load(_loop_model("graph", m_value=20_000))
+    assert np.asarray(m(np.full(2, 3.0, np.float32))[0]).tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("trip", [2**63 - 1, 101])
+def test_loop_on_runtime_values_with_huge_trip_count_fails_fast(trip):
+    """The carried value is a graph input: lax.scan would run ``trip`` iterations."""
+    m = onnx2jax.load(_loop_model("graph", m_value=trip), max_loop_iterations=100)
+    with pytest.raises(onnx2jax.NodeError, match=f"'loop'.*runs M={trip} iterations"):
+        m(np.ones(2, np.float32))
+
+
+def test_max_loop_iterations_is_an_option():
+    x = np.ones(2, np.float32)
+    assert onnx2jax.load(_loop_model("graph", m_value=100), max_loop_iterations=100)(x)
+    with pytest.raises(Onnx2JaxError, match="max_loop_iterations must be an int"):
+        onnx2jax.load(_loop_model("graph"), max_loop_iterations="many")
+
+
+def test_negative_trip_count_runs_no_iteration():
+    m = onnx2jax.load(_loop_model("graph", m_value=-5))
+    assert np.asarray(m(np.full(2, 7.0, np.float32))[0]).tolist() == [7.0, 7.0]

@@ -10,22 +10,31 @@ constants or tracers, which JAX lifts into the loop.
 - **Loop** tries these lowerings in order and uses the first that fits:
 
   1. every input known at trace time: run the body in Python at trace time (constant folding),
-     as long as everything it produces stays static;
+     as long as everything it produces stays static, for at most ``MAX_UNROLL`` iterations
+     (a longer loop is compiled by the next lowerings instead);
   2. static trip count, condition true throughout: ``lax.scan`` (scan outputs stacked);
   3. condition decided at trace time each iteration: unroll in Python with a static iteration
      number (needed when the body slices by the iteration number or grows a sequence; at most
-     ``MAX_UNROLL`` iterations once traced values are involved);
+     ``MAX_UNROLL`` iterations);
   4. otherwise ``lax.while_loop``: only without scan outputs, since their length would then be
      data-dependent, and with loop-carried values of fixed shapes.
 
   The trip count ``M`` is in ``STATIC_INPUTS``: scan outputs have ``M`` rows, so a graph input
-  feeding it is specialised on its value (one compile per value).
+  feeding it is specialised on its value (one compile per value). ``M <= 0`` runs no iteration.
+
+  Where the condition stays true, so that ``M`` alone decides the length (``lax.scan``, or a
+  ``lax.while_loop`` whose condition is a constant), a Loop may run at most
+  ``load(max_loop_iterations=...)`` iterations (default 1,000,000); a longer one, or one
+  without ``M`` that would never end, raises NodeError at once instead of running for hours
+  (a malformed trip count such as Cast(inf) is 2**63 - 1). A loop whose condition is computed
+  at run time is not limited.
 - **Scan** (opset 8 with a batch axis, 9+ with axes and directions) is ``lax.scan``; when the
   body needs static values and the inputs are static it is unrolled at trace time instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,17 +45,21 @@ from jax import lax
 
 from .._errors import NodeError, StaticValueError
 from .._registry import register
-from .._tracer import is_static
+from .._tracer import _static_eval, is_static
 from ._common import axis as norm_axis
 from ._common import ints, xp
 
-# Most iterations unrolled at trace time once traced values are involved: beyond this the
-# jaxpr (and compile time) grows too large to be a sensible lowering.
+# Most iterations unrolled (or folded on concrete values) at trace time: beyond this the
+# jaxpr and compile time, or the time spent in Python, grow too large to be sensible.
 MAX_UNROLL = 4096
 
 
 class _Fallback(Exception):
     """This lowering does not fit the loop; the next one is tried (the message says why)."""
+
+
+class _TooLong(Exception):
+    """The loop provably runs more than ``max_loop_iterations``: no lowering is tried."""
 
 
 def _where(ctx) -> str:
@@ -141,6 +154,18 @@ def if_(cond, *, then_branch, else_branch, ctx):
 @register("Loop")
 def loop(M=None, cond=None, *v_initial, body, ctx):
     """https://onnx.ai/onnx/operators/onnx__Loop.html (lowerings: see the module docstring)."""
+    try:
+        return _lower_loop(M, cond, v_initial, body, ctx)
+    except _TooLong as e:
+        raise NodeError(
+            f"{_where(ctx)}: {e}, more than max_loop_iterations="
+            f"{ctx.plan.max_loop_iterations}. Check the trip count M (a malformed one, e.g. "
+            "Cast(inf), is 2**63 - 1) and the condition, or load with a larger "
+            "onnx2jax.load(..., max_loop_iterations=N)."
+        ) from None
+
+
+def _lower_loop(M, cond, v_initial: Sequence[Any], body, ctx) -> tuple:
     n = len(v_initial)
     k = len(body.outputs) - 1 - n
     if k < 0 or len(body.inputs) != n + 2:
@@ -148,7 +173,10 @@ def loop(M=None, cond=None, *v_initial, body, ctx):
             f"the body takes {len(body.inputs)} inputs and gives {len(body.outputs)} outputs, "
             f"which does not fit {n} loop-carried value(s)"
         )
-    trip = None if M is None else ints(M)[0]
+    trips = None if M is None else ints(M)
+    if trips is not None and len(trips) != 1:
+        raise ValueError(f"the trip count M must have one element, got {len(trips)}")
+    trip = None if trips is None else trips[0]
     lp = _Loop(ctx, body, trip, list(v_initial), k)
     if cond is not None and not is_static(cond):
         if k:
@@ -167,7 +195,7 @@ def loop(M=None, cond=None, *v_initial, body, ctx):
                 "jax.lax.while_loop, where the iteration number and loop-carried values are "
                 f"traced; but the body needs one of them known at trace time: {e}"
             ) from e
-    if (cond is not None and not _truth(cond)) or trip == 0:
+    if (cond is not None and not _truth(cond)) or (trip is not None and trip <= 0):
         return lp.no_iterations()
     attempts: list[tuple[str, Callable[[], tuple]]] = []
     if is_static(list(v_initial)):
@@ -176,7 +204,7 @@ def loop(M=None, cond=None, *v_initial, body, ctx):
         attempts.append(("lax.scan", lp.scan))
     attempts.append(("unrolling at trace time", lambda: lp.unrolled(static_only=False)))
     if k == 0:
-        attempts.append(("lax.while_loop", lambda: lp.while_loop(jnp.asarray(True))))
+        attempts.append(("lax.while_loop", lambda: lp.while_loop(True, lp.concrete)))
     reasons = []
     for name, attempt in attempts:
         try:
@@ -192,6 +220,17 @@ class _Loop:
     def __init__(self, ctx, body, trip: int | None, v_initial: list, k: int):
         self.ctx, self.body, self.trip, self.v, self.k = ctx, body, trip, v_initial, k
         self.n = len(v_initial)
+        self.limit = ctx.plan.max_loop_iterations
+        # Set when folding gave up only for the number of iterations: every value the loop
+        # reads is known at trace time, so it can run compiled, right now, with a bound.
+        self.concrete = False
+
+    def check_trip(self) -> None:
+        """For a condition that stays true: the trip count alone decides the length."""
+        if self.trip is None:
+            raise _TooLong("its condition stays true and it has no trip count M: it never ends")
+        if self.trip > self.limit:
+            raise _TooLong(f"its condition stays true, so it runs M={self.trip} iterations")
 
     def step(self, i: Any, cond: Any, vs: Sequence[Any]) -> tuple[Any, list, list]:
         outs = self.ctx.run_subgraph(self.body, i, cond, *vs)
@@ -205,6 +244,8 @@ class _Loop:
         return (*self.v, *(xp(y).zeros((0, *y.shape), y.dtype) for y in ys))
 
     def unrolled(self, *, static_only: bool) -> tuple:
+        if self.concrete:
+            raise _Fallback("folding already went past the limit")
         i, go, vs, ys, traced = 0, True, self.v, [], False
         while go and (self.trip is None or i < self.trip):
             c, vs, y = self.step(np.asarray(i, np.int64), np.asarray(True), vs)
@@ -214,7 +255,8 @@ class _Loop:
                 if static_only:
                     raise _Fallback("the body reads runtime data")
                 traced = True
-            if traced and i >= MAX_UNROLL:
+            if i >= MAX_UNROLL:
+                self.concrete = not traced
                 raise _Fallback(f"it would unroll more than {MAX_UNROLL} iterations")
             go = _truth(c)
             ys.append(y)
@@ -233,6 +275,7 @@ class _Loop:
                 raise _Fallback("the condition depends on runtime data")
             if not _truth(c):
                 raise _Fallback("the condition turns false")
+            self.check_trip()  # a condition static inside the scan body is the same every time
             vs = _canon(vs)
             if _signature(vs) != sig0:
                 raise _Fallback(
@@ -250,19 +293,30 @@ class _Loop:
             raise _Fallback(f"the body fails with a traced iteration number ({e})") from e
         return (*vs, *ys)
 
-    def while_loop(self, go: jax.Array) -> tuple:
+    def while_loop(self, go: Any, concrete: bool = False) -> tuple:
+        """``lax.while_loop``; on a ``concrete`` loop it runs at once, at most ``limit`` times."""
+        with _static_eval() if concrete else contextlib.nullcontext():
+            return self._while_loop(go, concrete)
+
+    def _while_loop(self, go: Any, concrete: bool) -> tuple:
         v0 = _canon(self.v)
         sig0 = _signature(v0)
         idt = _index_dtype()
         trip = self.trip if self.trip is not None and self.trip <= np.iinfo(idt).max else None
+        bound = self.limit if concrete else None
 
         def cond_fn(state):
             i, c, _ = state
-            return c if trip is None else c & (i < trip)
+            go = c if trip is None else c & (i < trip)
+            return go if bound is None else go & (i < bound)
 
         def body_fn(state):
-            i, c, vs = state
-            c, vs, _ = self.step(i, c, vs)
+            i, _, vs = state
+            # The body runs only while the condition holds, so its condition input is True:
+            # a static True lets a body that passes it on show a condition that never ends.
+            c, vs, _ = self.step(i, np.asarray(True), vs)
+            if is_static(c) and _truth(c):
+                self.check_trip()  # a constant true condition: M alone decides the length
             vs = _canon(vs)
             if _signature(vs) != sig0:
                 raise NodeError(
@@ -273,7 +327,11 @@ class _Loop:
                 )
             return i + 1, _pred(c), vs
 
-        _, _, vs = lax.while_loop(cond_fn, body_fn, (jnp.asarray(0, idt), _pred(go), v0))
+        i, c, vs = lax.while_loop(cond_fn, body_fn, (jnp.asarray(0, idt), _pred(go), v0))
+        if bound is not None:
+            if bool(c) and int(i) >= bound and (self.trip is None or self.trip > bound):
+                raise _TooLong(f"it ran {bound} iterations on values known at trace time")
+            return tuple(np.asarray(v) for v in vs)
         return tuple(vs)
 
 
