@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     llm,
     loss,
     ml,
+    nhwc,
     normalization,
     pool,
     quant,

@@ -385,3 +385,82 @@ def _conv_transpose_xla(x, w, strides, pads, dilations, groups, output_padding):
         dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp),
         preferred_element_type=acc_dtype(x.dtype),
     )
+
+
+# -- channels-last (the layout pass's NhwcConv) ------------------------------------------------
+
+
+def conv_nhwc(
+    x,
+    w,
+    b=None,
+    *,
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilations: Sequence[int],
+    groups: int,
+):
+    """2-D grouped convolution, channels last: x (N, H, W, C), w (KH, KW, C/groups, O), b (O,).
+
+    The weight arrives already in HWIO (the layout pass transposes it once, outside the
+    per-call path). Strategies as for NCHW, in the layout where each is natural: a 1x1 conv is
+    one matmul over the trailing channel axis; depthwise taps broadcast along channels.
+    """
+    dtype = x.dtype
+    w = w.astype(dtype)
+    acc = acc_dtype(dtype)
+    kh, kw, cg, o = w.shape
+    if kh == kw == 1 and groups == 1:
+        xp = _pad_hw(x, pads)
+        if any(s != 1 for s in strides):
+            xp = xp[:, :: strides[0], :: strides[1], :]
+        y = jnp.einsum("nhwc,co->nhwo", xp, w[0, 0], preferred_element_type=acc)
+    elif groups > 1 and cg == 1 and kh * kw <= _MAX_TAPS:
+        y = _conv_nhwc_depthwise(x, w, strides, pads, dilations, groups)
+    else:
+        y = lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=tuple(strides),
+            padding=list(pads),
+            rhs_dilation=tuple(dilations),
+            feature_group_count=groups,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=acc,
+        )
+    if b is not None:
+        y = y + b.astype(y.dtype)
+    return y.astype(dtype)
+
+
+def _pad_hw(x, pads):
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return x
+    cfg = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
+    return lax.pad(x, jnp.zeros((), x.dtype), cfg)
+
+
+def _conv_nhwc_depthwise(x, w, strides, pads, dilations, groups):
+    # One multiply-add per tap over the whole output, channels in the vector lanes.
+    kh, kw, _, o = w.shape
+    mult = o // groups
+    acc = acc_dtype(x.dtype)
+    xp = _pad_hw(x, pads)
+    if mult > 1:
+        xp = jnp.repeat(xp, mult, axis=3)
+    n, hp, wp, _ = xp.shape
+    ho = (hp - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    wo = (wp - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            sl = lax.slice(
+                xp,
+                (0, r0, c0, 0),
+                (n, r0 + (ho - 1) * strides[0] + 1, c0 + (wo - 1) * strides[1] + 1, o),
+                (1, strides[0], strides[1], 1),
+            )
+            term = sl.astype(acc) * w[i, j, 0].astype(acc)
+            y = term if y is None else y + term
+    return y

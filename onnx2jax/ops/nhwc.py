@@ -1,0 +1,115 @@
+"""Channels-last ops that the layout pass (passes/layout.py) introduces, domain ai.onnx2jax.
+
+Each has the attributes of its ONNX counterpart and takes and returns NHWC tensors; a conv's
+weight arrives as HWIO. `onnx2jax optimize` writes a standard-ONNX function body for each
+(transposes around the ONNX op), so other runtimes run optimized files too.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from .._registry import register
+from . import _conv_lowering as lowering
+from . import pool
+from ._common import ints
+
+DOMAIN = "ai.onnx2jax"
+_TO_NCHW = (0, 3, 1, 2)
+_TO_NHWC = (0, 2, 3, 1)
+
+
+@register("NhwcConv", domain=DOMAIN)
+def nhwc_conv(
+    x,
+    w,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    """Conv (https://onnx.ai/onnx/operators/onnx__Conv.html) on x NHWC, w HWIO; y NHWC."""
+    kernel = list(w.shape[:2])
+    if kernel_shape and ints(kernel_shape) != kernel:
+        raise ValueError(f"kernel_shape {ints(kernel_shape)} does not match the weight {kernel}")
+    strides = ints(strides) if strides else [1, 1]
+    dilations = ints(dilations) if dilations else [1, 1]
+    pad = lowering.conv_pads(auto_pad, x.shape[1:3], kernel, strides, dilations, pads)
+    return lowering.conv_nhwc(
+        x, w, b, strides=strides, pads=pad, dilations=dilations, groups=int(group)
+    )
+
+
+def _via_nchw(fn, x, **attrs):
+    # Small windows fuse into one loop either way; XLA folds these transposes into its indexing.
+    return fn(x.transpose(_TO_NCHW), **attrs).transpose(_TO_NHWC)
+
+
+@register("NhwcMaxPool", domain=DOMAIN)
+def nhwc_max_pool(
+    x,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    storage_order=0,
+    strides=None,
+):
+    """MaxPool (https://onnx.ai/onnx/operators/onnx__MaxPool.html) on NHWC, one output."""
+    return _via_nchw(
+        pool.max_pool,
+        x,
+        auto_pad=auto_pad,
+        ceil_mode=ceil_mode,
+        dilations=dilations,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        storage_order=storage_order,
+        strides=strides,
+    )
+
+
+@register("NhwcAveragePool", domain=DOMAIN)
+def nhwc_average_pool(
+    x,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    count_include_pad=0,
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    """AveragePool (https://onnx.ai/onnx/operators/onnx__AveragePool.html) on NHWC."""
+    return _via_nchw(
+        pool.average_pool,
+        x,
+        auto_pad=auto_pad,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        dilations=dilations,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+    )
+
+
+@register("NhwcGlobalAveragePool", domain=DOMAIN)
+def nhwc_global_average_pool(x):
+    """GlobalAveragePool on NHWC: the mean over H and W, kept as size-1 axes."""
+    return jnp.mean(x, axis=(1, 2), keepdims=True, dtype=lowering.acc_dtype(x.dtype)).astype(
+        x.dtype
+    )
+
+
+@register("NhwcGlobalMaxPool", domain=DOMAIN)
+def nhwc_global_max_pool(x):
+    """GlobalMaxPool on NHWC."""
+    return jnp.max(x, axis=(1, 2), keepdims=True)

@@ -1,0 +1,65 @@
+"""Small graph helpers shared by the passes (on onnx-ir; no JAX here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+# The domain of the ops that passes introduce; onnx2jax implements them natively
+# (onnx2jax/ops/fused.py) and `onnx2jax optimize` writes a function body for each, in standard
+# ONNX, so that other runtimes (onnxruntime) run the optimized file too.
+DOMAIN = "ai.onnx2jax"
+
+
+def count_nodes(graph: ir.Graph) -> int:
+    return sum(1 for _ in graph.all_nodes())
+
+
+def attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def only_user(value: ir.Value) -> ir.Node | None:
+    """The single node that reads ``value`` (None if several, none, or a graph output)."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def is_param(value: ir.Value | None) -> bool:
+    """A value fixed for the model's life: an initializer (a weight or a constant)."""
+    return value is not None and value.is_initializer() and not value.is_graph_input()
+
+
+def rank(value: ir.Value) -> int | None:
+    shape = value.shape
+    if shape is None:
+        tensor = value.const_value
+        return None if tensor is None else len(tensor.shape)
+    return len(shape)
+
+
+def constant(tape: ir.tape.Tape, array: np.ndarray | Sequence[int]) -> ir.Value:
+    """A small constant (a shape, a perm, an epsilon) as a Constant node on ``tape``."""
+    array = np.asarray(array)
+    if array.dtype.kind == "i":
+        array = array.astype(np.int64)
+    return tape.op("Constant", [], attributes={"value": ir.tensor(array)})
+
+
+def replace(
+    graph: ir.Graph,
+    old: Sequence[ir.Node],
+    tape: ir.tape.Tape,
+    old_values: Sequence[ir.Value],
+    new_values: Sequence[ir.Value],
+) -> None:
+    """Insert ``tape``'s nodes after ``old[0]``, rewire ``old_values`` to ``new_values`` (names,
+    types and graph outputs carry over), and drop ``old``."""
+    ir.convenience.replace_nodes_and_values(
+        graph, old[0], list(old), list(tape.nodes), list(old_values), list(new_values)
+    )

@@ -1,0 +1,74 @@
+"""Standard-ONNX function bodies for the ``ai.onnx2jax`` ops, so optimized files run anywhere.
+
+onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py). ``onnx2jax optimize`` writes the file
+with one model-local function per op used, whose body is the plain ONNX op between transposes:
+onnxruntime (or any runtime) inlines it, while a reader still sees ``NhwcConv`` in the graph.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from ._util import DOMAIN
+
+_INTS, _INT, _STR = ir.AttributeType.INTS, ir.AttributeType.INT, ir.AttributeType.STRING
+_TO_NCHW, _TO_NHWC, _HWIO_TO_OIHW = [0, 3, 1, 2], [0, 2, 3, 1], [3, 2, 0, 1]
+
+# op -> (ONNX op, its inputs, attribute types, input perms; None: passed as is)
+_SPECS = {
+    "NhwcConv": (
+        "Conv",
+        ["x", "w", "b"],
+        {"auto_pad": _STR, "dilations": _INTS, "group": _INT, "kernel_shape": _INTS,
+         "pads": _INTS, "strides": _INTS},
+        [_TO_NCHW, _HWIO_TO_OIHW, None],
+    ),
+    "NhwcMaxPool": (
+        "MaxPool",
+        ["x"],
+        {"auto_pad": _STR, "ceil_mode": _INT, "dilations": _INTS, "kernel_shape": _INTS,
+         "pads": _INTS, "storage_order": _INT, "strides": _INTS},
+        [_TO_NCHW],
+    ),
+    "NhwcAveragePool": (
+        "AveragePool",
+        ["x"],
+        {"auto_pad": _STR, "ceil_mode": _INT, "count_include_pad": _INT, "dilations": _INTS,
+         "kernel_shape": _INTS, "pads": _INTS, "strides": _INTS},
+        [_TO_NCHW],
+    ),
+    "NhwcGlobalAveragePool": ("GlobalAveragePool", ["x"], {}, [_TO_NCHW]),
+    "NhwcGlobalMaxPool": ("GlobalMaxPool", ["x"], {}, [_TO_NCHW]),
+}  # fmt: skip
+
+
+def function(op_type: str, opset: int) -> ir.Function:
+    """The function body of ``ai.onnx2jax::op_type`` in ONNX ``opset``."""
+    onnx_op, names, attr_types, perms = _SPECS[op_type]
+    inputs = [ir.Value(name=n) for n in names]
+    nodes, args = [], []
+    for value, perm in zip(inputs, perms, strict=True):
+        if perm is None:
+            args.append(value)
+            continue
+        t = ir.Node("", "Transpose", [value], [ir.AttrInt64s("perm", perm)])
+        nodes.append(t)
+        args.append(t.outputs[0])
+    refs = [ir.RefAttr(name, name, kind) for name, kind in attr_types.items()]
+    core = ir.Node("", onnx_op, args, refs)
+    back = ir.Node("", "Transpose", core.outputs, [ir.AttrInt64s("perm", _TO_NHWC)])
+    nodes += [core, back]
+    back.outputs[0].name = "y"
+    graph = ir.Graph(inputs, back.outputs, nodes=nodes, opset_imports={"": opset})
+    declared = [ir.Attr(name, kind, None) for name, kind in attr_types.items()]
+    return ir.Function(DOMAIN, op_type, graph=graph, attributes=declared)
+
+
+def add_functions(model: ir.Model) -> list[str]:
+    """Add a function for every ``ai.onnx2jax`` op the model uses; returns their names."""
+    used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == DOMAIN})
+    opset = model.opset_imports.get("", 17)
+    for op in used:
+        fn = function(op, opset)
+        model.functions[fn.identifier()] = fn
+    return used
