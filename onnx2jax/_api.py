@@ -379,23 +379,34 @@ def _check_input(spec: TensorSpec, value: Any, dims: dict[str, tuple[str, int]])
         spec.kind == "unknown" and value is not None and not isinstance(value, (list, tuple))
     ):
         return _check_tensor(spec, value, dims)
-    # Sequences, optionals, maps (and untyped inputs given a list or None): their element types
-    # are not declared here, but every leaf must still be an array.
+    if spec.kind == "sequence":
+        if not isinstance(value, (list, tuple)):
+            raise InputError(
+                f"input {spec.name!r} is a sequence: pass a list of arrays, not a "
+                f"{type(value).__name__}"
+            )
+        return [
+            _as_array(spec, v, None, f"element {i} of input {spec.name!r}")
+            for i, v in enumerate(value)
+        ]
+    # Optionals, maps (and untyped inputs given a list or None): their element types are not
+    # declared here, but every leaf must still be an array.
     return jax.tree.map(lambda v: _as_array(spec, v, None), value)
 
 
-def _as_array(spec: TensorSpec, value: Any, dtype: np.dtype | None) -> Any:
+def _as_array(spec: TensorSpec, value: Any, dtype: np.dtype | None, what: str = "") -> Any:
     """``value`` as something with a dtype and a shape (numpy, jax or a tracer)."""
     if hasattr(value, "dtype") and hasattr(value, "shape"):
         return value
+    what = what or f"input {spec.name!r}"
     if value is None:
-        raise InputError(f"input {spec.name!r} is None, but the model needs a tensor: {spec}")
+        raise InputError(f"{what} is None, but the model needs a tensor: {spec}")
     try:
         return np.asarray(value, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as e:
         want = f"a {dtype} array" if dtype is not None else "an array"
         raise InputError(
-            f"input {spec.name!r}: cannot make {want} of the {type(value).__name__} given "
+            f"{what}: cannot make {want} of the {type(value).__name__} given "
             f"({e}); pass a numpy or jax array: {spec}"
         ) from None
 

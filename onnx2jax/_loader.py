@@ -125,8 +125,11 @@ def _to_array(tensor: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
         tensor = _read_external(tensor, base_dir)
     try:
         return numpy_helper.to_array(tensor)
-    except Exception as e:
-        raise ModelLoadError(f"cannot decode tensor {tensor.name!r}: {e}") from None
+    except Exception as e:  # onnx raises KeyError, ValueError, TypeError, ... on corrupt data
+        raise ModelLoadError(
+            f"cannot decode tensor {tensor.name!r} (data_type {tensor.data_type}, dims "
+            f"{list(tensor.dims)}): {type(e).__name__}: {e}. The tensor is corrupt; re-export it"
+        ) from None
 
 
 def _spec(vi: onnx.ValueInfoProto, where: str) -> TensorSpec:
@@ -198,12 +201,19 @@ class _Converter:
         self.base_dir = base_dir
         self.opsets = opsets or {}
 
-    def attr(self, a: onnx.AttributeProto, outer: frozenset[str]) -> Any:
+    def attr(self, a: onnx.AttributeProto, outer: frozenset[str], where: str) -> Any:
+        """An attribute's value as plain Python (``where`` names its node, for errors)."""
+        try:
+            return self._attr(a, outer)
+        except ModelLoadError as e:
+            if where in str(e):  # a node inside a subgraph attribute already named itself
+                raise
+            raise type(e)(f"{where}, attribute {a.name!r}: {e}") from None
+
+    def _attr(self, a: onnx.AttributeProto, outer: frozenset[str]) -> Any:
         A = onnx.AttributeProto
         if a.ref_attr_name:
-            raise ModelLoadError(
-                f"attribute {a.name!r} refers to a function attribute; unsupported"
-            )
+            raise ModelLoadError("it refers to a function attribute; unsupported")
         if a.type == A.FLOAT:
             return float(a.f)
         if a.type == A.INT:
@@ -228,7 +238,7 @@ class _Converter:
             return [self.graph(g, outer) for g in a.graphs]
         if a.type == A.TYPE_PROTO:
             return a.tp
-        raise ModelLoadError(f"attribute {a.name!r} has unsupported type {a.type}")
+        raise ModelLoadError(f"its type {a.type} is no ONNX attribute type")
 
     def sparse(self, sp: onnx.SparseTensorProto) -> np.ndarray:
         """The dense array of a sparse tensor (COO: linear ``[NNZ]`` or ``[NNZ, rank]`` indices)."""
@@ -285,16 +295,13 @@ class _Converter:
         scope = frozenset(outer | defined)
         nodes, deps = [], []
         for i, n in enumerate(g.node):
-            attrs = {a.name: self.attr(a, scope) for a in n.attribute}
-            node = Node(
-                n.op_type,
-                n.domain if n.domain != "ai.onnx" else "",
-                n.name or f"{n.op_type}_{i}",
-                tuple(n.input),
-                tuple(n.output),
-                attrs,
-            )
-            _check_attrs(n, node, self.opsets.get(node.domain, 1))
+            domain = n.domain if n.domain != "ai.onnx" else ""
+            name = n.name or f"{n.op_type}_{i}"
+            node = Node(n.op_type, domain, name, tuple(n.input), tuple(n.output))
+            _check_attrs(n, node, self.opsets.get(domain, 1))
+            where = f"graph {g.name!r}: {node.describe()}"
+            attrs = {a.name: self.attr(a, scope, where) for a in n.attribute}
+            node = Node(n.op_type, domain, name, tuple(n.input), tuple(n.output), attrs)
             # A node also depends on the outer-scope names its subgraphs read.
             free = set()
             for v in attrs.values():

@@ -366,7 +366,7 @@ def test_node_declaring_more_outputs_than_its_op_gives():
         ]
     )
     m = onnx2jax.load(model)
-    with pytest.raises(onnx2jax.NodeError, match="'r'.*declares 2 outputs.*gives 1.*'extra'"):
+    with pytest.raises(onnx2jax.NodeError, match="'r'.*declares 2 outputs.*gives 1"):
         m(np.zeros(2, np.float32))
 
 
@@ -501,3 +501,18 @@ def test_max_loop_iterations_is_an_option():
 def test_negative_trip_count_runs_no_iteration():
     m = onnx2jax.load(_loop_model("graph", m_value=-5))
     assert np.asarray(m(np.full(2, 7.0, np.float32))[0]).tolist() == [7.0, 7.0]
+
+
+def test_corrupt_attribute_names_the_node():
+    node = oh.make_node("Cast", ["x"], ["y"], name="cast", to=T.FLOAT)
+    node.attribute[0].type = onnx.AttributeProto.UNDEFINED
+    with pytest.raises(ModelLoadError, match="'cast'.*'to' is a UNDEFINED.*wants INT"):
+        onnx2jax.load(_graph_model([node]))
+    node = oh.make_node("Op", ["x"], ["y"], name="custom", domain="com.example", alpha=1)
+    node.attribute[0].type = onnx.AttributeProto.UNDEFINED  # no schema to compare with
+    with pytest.raises(ModelLoadError, match="'custom'.*attribute 'alpha'.*type 0 is no ONNX"):
+        onnx2jax.load(_graph_model([node]))
+    node = oh.make_node("Constant", [], ["y"], name="const", value=onnx.TensorProto(dims=[2]))
+    node.attribute[0].t.data_type = 99
+    with pytest.raises(ModelLoadError, match="'const'.*attribute 'value'.*data_type 99"):
+        onnx2jax.load(_graph_model([node], inputs=()))
