@@ -516,3 +516,21 @@ def test_corrupt_attribute_names_the_node():
     node.attribute[0].t.data_type = 99
     with pytest.raises(ModelLoadError, match="'const'.*attribute 'value'.*data_type 99"):
         onnx2jax.load(_graph_model([node], inputs=()))
+
+
+def test_sequence_input_must_be_a_list_of_arrays():
+    graph = oh.make_graph(
+        [oh.make_node("ConcatFromSequence", ["xs"], ["y"], name="concat", axis=0)],
+        "g",
+        [oh.make_tensor_sequence_value_info("xs", T.FLOAT, [2])],
+        [oh.make_tensor_value_info("y", T.FLOAT, [None])],
+    )
+    m = onnx2jax.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    for bad in (None, "abc", np.ones((2, 2), np.float32)):
+        with pytest.raises(InputError, match="'xs' is a sequence: pass a list of arrays"):
+            m(bad)
+    with pytest.raises(InputError, match="element 1 of input 'xs' is None"):
+        m([np.ones(2, np.float32), None])
+    with pytest.raises(InputError, match="'xs' holds <U1 values"):
+        m(["a", "b"])
+    assert m((np.ones(2, np.float32), np.zeros(2, np.float32)))[0].shape == (4,)
