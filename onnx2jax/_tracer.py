@@ -213,7 +213,7 @@ def run_steps(plan: Plan, steps: Sequence[Step], env: dict[str, Any]) -> None:
             else:
                 result = step.impl.fn(*args, **kwargs)
         except (NodeError, StaticValueError) as e:
-            if node.name in str(e):
+            if node.describe() in str(e):
                 raise
             # An error of the hierarchy raised deep inside an op (a helper that cannot know
             # the node): same class, but naming the node.

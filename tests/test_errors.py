@@ -534,3 +534,32 @@ def test_sequence_input_must_be_a_list_of_arrays():
     with pytest.raises(InputError, match="'xs' holds <U1 values"):
         m(["a", "b"])
     assert m((np.ones(2, np.float32), np.zeros(2, np.float32)))[0].shape == (4,)
+
+
+def test_hierarchy_error_from_deep_inside_an_op_names_the_node():
+    """LabelEncoder's helper raises StaticValueError without knowing the node: the tracer adds it."""
+    import jax
+
+    graph = oh.make_graph(
+        [
+            oh.make_node("Cast", ["x"], ["xi"], name="cast", to=T.INT64),
+            oh.make_node(
+                "LabelEncoder",
+                ["xi"],
+                ["y"],
+                name="enc",
+                domain="ai.onnx.ml",
+                keys_int64s=[1, 2],
+                values_strings=["a", "b"],
+                default_string="z",
+            ),
+        ],
+        "g",
+        [oh.make_tensor_value_info("x", T.FLOAT, [2])],
+        [oh.make_tensor_value_info("y", T.STRING, [2])],
+    )
+    opsets = [oh.make_opsetid("", 17), oh.make_opsetid("ai.onnx.ml", 2)]
+    m = onnx2jax.load(oh.make_model(graph, opset_imports=opsets))
+    assert m(np.ones(2, np.float32))[0].tolist() == ["a", "a"]
+    with pytest.raises(onnx2jax.StaticValueError, match=r"^node 'enc' \(ai.onnx.ml::LabelEncoder"):
+        jax.jit(lambda x: m.apply(m.params, x))(np.ones(2, np.float32))
