@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOps
 from ._ir import Model as IRModel
 from ._ir import TensorSpec
 from ._loader import ModelSource, load_model
+from ._prepare import Prep, find_prep
 from ._segments import Break, Breaks, Stage, find_breaks, partition
 
 Params = dict[str, jax.Array]
@@ -43,6 +44,10 @@ class Program:
     breaks: tuple[Break, ...] = ()
     # With graph breaks: the jitted segments and host steps, in order (None: one jit).
     stages: tuple[Stage, ...] | None = None
+    # Param-only steps the model object runs once per params object (_prepare.py).
+    prep: Prep = Prep()
+    # Lazily built jitted functions ("main", "prep", "stages"), shared by every Model of it.
+    compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def output_names(self) -> list[str]:
@@ -103,6 +108,7 @@ class Model:
     def __init__(self, program: Program, params: Params):
         self._program = program
         self.params = params
+        self._prepared: tuple[tuple[int, ...], dict[str, Any]] | None = None
 
     # -- pytree: params are leaves, the program is static ------------------------------------
     def tree_flatten(self):
@@ -199,7 +205,23 @@ class Model:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
                 # inside still dispatch to XLA one by one).
                 return _run(prog, self.params, dynamic, {k: f.value for k, f in static})
-            return _jitted(self._program)(self.params, dynamic, static)
+            return _jitted(prog)(self.params, self._prepared_values(), dynamic, static)
+
+    @property
+    def pass_report(self):
+        """What the graph passes did at load (``onnx2jax.passes.Report``), or None."""
+        return self._program.ir.pass_report
+
+    def _prepared_values(self) -> dict[str, Any]:
+        """The param-only values (laid-out and folded weights) for ``self.params``, computed
+        once per params object: replacing ``model.params`` or one of its arrays recomputes."""
+        prep = self._program.prep
+        if not prep:
+            return {}
+        key = (id(self.params), *(id(v) for v in self.params.values()))
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, _prep_fn(self._program)(self.params))
+        return self._prepared[1]
 
 
 def _traced(params: Mapping[str, Any], bound: Mapping[str, Any]) -> bool:
@@ -224,15 +246,42 @@ def _apply_whole(
 
 
 def _jitted(prog: Program):
-    """One ``jax.jit`` per program, stored on it so every Model sharing the program shares it."""
-    fn = getattr(prog, "_jit", None)
+    """One ``jax.jit`` per program, stored on it so every Model sharing the program shares it.
+
+    It takes the prepared param-only values and skips the steps that computed them.
+    """
+    fn = prog.compiled.get("main")
     if fn is None:
+        skip = frozenset(prog.prep.steps)
 
-        def run_static(params, dynamic, static):
-            return _run(prog, params, dynamic, {k: f.value for k, f in static})
+        def run_static(params, prepared, dynamic, static):
+            env = dict(prepared)
+            env.update(dynamic)
+            return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
 
-        fn = jax.jit(run_static, static_argnums=2)
-        object.__setattr__(prog, "_jit", fn)
+        fn = prog.compiled["main"] = jax.jit(run_static, static_argnums=3)
+    return fn
+
+
+def _prep_fn(prog: Program):
+    """``params -> {name: value}`` of the param-only steps, jitted once per program."""
+    fn = prog.compiled.get("prep")
+    if fn is None:
+        steps = [prog.plan.steps[i] for i in prog.prep.steps]
+
+        def prepare(params):
+            env: dict[str, Any] = dict(prog.constants)
+            env.update(params)
+            _tracer.run_steps(prog.plan, steps, env)
+            return {k: env[k] for k in prog.prep.outputs}
+
+        jitted = jax.jit(prepare)
+
+        def run_prepare(params):
+            with prog.context():
+                return jitted(params)
+
+        fn = prog.compiled["prep"] = run_prepare
     return fn
 
 
@@ -241,13 +290,14 @@ def _run(
     params: Mapping[str, Any],
     dynamic: Mapping[str, Any],
     static: Mapping[str, np.ndarray],
+    skip: frozenset[int] = frozenset(),
 ) -> tuple[Any, ...]:
     _check_params(prog, params)
     env: dict[str, Any] = dict(prog.constants)
     env.update(params)
     env.update(static)
     env.update(dynamic)
-    outs = _tracer.run(prog.plan, env, prog.output_names)
+    outs = _tracer.run(prog.plan, env, prog.output_names, skip)
     return tuple(_as_output(o) for o in outs)
 
 
@@ -293,10 +343,9 @@ class _Staged:
 
 
 def _staged(prog: Program) -> _Staged:
-    staged = getattr(prog, "_jit", None)
+    staged = prog.compiled.get("stages")
     if staged is None:
-        staged = _Staged(prog)
-        object.__setattr__(prog, "_jit", staged)
+        staged = prog.compiled["stages"] = _Staged(prog)
     return staged
 
 
@@ -469,6 +518,7 @@ def load(
     max_sizes: Mapping[str, int] | None = None,
     dynamic_bound: int | None = None,
     max_loop_iterations: int = _tracer.MAX_LOOP_ITERATIONS,
+    passes: str | Sequence[str] | None = "default",
 ) -> Model:
     """Load an ONNX model as a :class:`Model`.
 
@@ -505,6 +555,11 @@ def load(
             trip count such as Cast(inf). Loops whose condition is computed at run time are
             not limited.
 
+        passes: the graph passes to run before tracing (``onnx2jax.passes``): ``"default"``
+            (all of them), ``None`` (the graph as written) or a list of pass names such as
+            ``["fold_batchnorm", "nhwc"]``. ``model.pass_report`` (and ``onnx2jax info``) says
+            what each did. Params keep their ONNX names and values whatever the passes do.
+
     Raises:
         ModelLoadError: unreadable, corrupt or malformed model (cycle, dangling input).
         ExternalDataError: missing or unsafe external data.
@@ -513,7 +568,7 @@ def load(
     """
     if isinstance(max_loop_iterations, bool) or not isinstance(max_loop_iterations, int):
         raise Onnx2JaxError(f"max_loop_iterations must be an int, got {max_loop_iterations!r}")
-    ir = load_model(source, base_dir)
+    ir = load_model(source, base_dir, _pass_names(passes))
     missing: list[str] = []
     plan = _tracer.build_plan(ir.graph, ir.opsets, missing, max_loop_iterations=max_loop_iterations)
     if missing:
@@ -541,6 +596,11 @@ def load(
         nodes = [step.node for step in plan.steps]
         outs = [o.name for o in graph.outputs] + [c.name for c in counts]
         stages = partition(nodes, found, frozenset(params), frozenset(constants), outs)
+    prep = Prep()
+    if stages is None:
+        nodes = [step.node for step in plan.steps]
+        outs = [o.name for o in graph.outputs] + [c.name for c in counts]
+        prep = find_prep(nodes, frozenset(params), frozenset(constants), found.needed, outs)
     prog = Program(
         ir,
         plan,
@@ -551,8 +611,18 @@ def load(
         x64,
         found.breaks,
         stages,
+        prep,
     )
     return Model(prog, params)
+
+
+def _pass_names(passes: str | Sequence[str] | None) -> tuple[str, ...]:
+    from .passes import resolve
+
+    try:
+        return resolve(passes)
+    except ValueError as e:
+        raise Onnx2JaxError(str(e)) from None
 
 
 def _mark_breaks(plan: _tracer.Plan, found: Breaks) -> tuple[_tracer.Plan, tuple[TensorSpec, ...]]:

@@ -32,6 +32,7 @@ class ModelReport:
     symbolic_dims: list[str]  # one compile per distinct size
     breaks: list[Break] = field(default_factory=list)  # where the graph leaves jit
     segments: int = 1  # jitted segments the main graph runs as
+    passes: object = None  # onnx2jax.passes.Report of the default pipeline, or None
 
     def format(self) -> str:
         lines = [
@@ -73,6 +74,10 @@ class ModelReport:
             lines += [f"  {b}" for b in self.breaks]
         else:
             lines.append("graph breaks: none (one XLA program)")
+        if self.passes is not None:
+            lines.append(
+                f"graph passes (load's default; passes=None turns them off): {self.passes}"
+            )
         return "\n".join(lines)
 
 
@@ -115,7 +120,19 @@ def inspect_model(source: ModelSource) -> ModelReport:
         sym,
         list(found.breaks),
         sum(not s.host for s in stages),
+        _pass_report(source, missing),
     )
+
+
+def _pass_report(source: ModelSource, missing: list[str]):
+    """What the default passes do to this model (None if it cannot load)."""
+    if missing:
+        return None
+    from .passes import DEFAULT
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return load_model(source, passes=DEFAULT).pass_report
 
 
 def symbolic_dims(specs: list[TensorSpec]) -> list[str]:

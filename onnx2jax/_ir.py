@@ -80,3 +80,5 @@ class Model:
     ir_version: int
     producer: str = ""
     base_dir: str | None = None
+    # What the graph passes did (onnx2jax.passes.Report), or None when none ran.
+    pass_report: Any = None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import heapq
 import os
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -380,9 +381,49 @@ def convert(proto: onnx.ModelProto, base_dir: str | None = None) -> Model:
     return Model(graph, opsets, int(proto.ir_version), proto.producer_name, base_dir)
 
 
-def load_model(source: ModelSource, base_dir: str | None = None) -> Model:
+def load_model(
+    source: ModelSource, base_dir: str | None = None, passes: Sequence[str] = ()
+) -> Model:
+    """Read ``source``, run the graph ``passes`` (names from ``onnx2jax.passes``), convert to IR."""
     proto, found_dir = read_proto(source)
-    return convert(proto, base_dir if base_dir is not None else found_dir)
+    report = None
+    if passes:
+        proto, report = optimize_proto(proto, passes)
+    model = convert(proto, base_dir if base_dir is not None else found_dir)
+    model.pass_report = report
+    return model
+
+
+def optimize_proto(
+    proto: onnx.ModelProto, passes: Sequence[str], *, portable: bool = False
+) -> tuple[onnx.ModelProto, Any]:
+    """Run the graph passes on ``proto`` through onnx-ir; the proto is returned as is when
+    nothing changed. ``portable`` adds standard-ONNX bodies for the ops the passes introduced
+    (what ``onnx2jax optimize`` writes). External data stays external (onnx-ir keeps the
+    references), so the loader's own checks still read it."""
+    import onnx_ir
+
+    from .passes import optimize
+    from .passes.functions import add_functions
+
+    try:
+        model = onnx_ir.serde.deserialize_model(proto)
+    except Exception:  # a malformed graph: the converter names the problem better
+        return proto, None
+    try:
+        report = optimize(model, passes)
+    except Exception as e:  # a pass that fails is a bug of ours: run the graph as written
+        warnings.warn(
+            f"graph passes skipped ({type(e).__name__}: {e}); running the graph as written. "
+            "Please report this with the model; load(..., passes=None) silences it.",
+            stacklevel=3,
+        )
+        return proto, None
+    if portable:
+        add_functions(model)
+    elif not report.modified:
+        return proto, report
+    return onnx_ir.serde.serialize_model(model), report
 
 
 __all__ = ["ModelSource", "read_proto", "convert", "load_model"]

@@ -151,12 +151,19 @@ class NodeContext:
         return run(self.plan.subplans[id(graph)], env)
 
 
-def run(plan: Plan, env: dict[str, Any], outputs: Sequence[str] | None = None) -> list[Any]:
+def run(
+    plan: Plan,
+    env: dict[str, Any],
+    outputs: Sequence[str] | None = None,
+    skip: frozenset[int] = frozenset(),
+) -> list[Any]:
     """Execute ``plan`` on ``env`` (graph inputs, params and constants by name); returns outputs.
 
-    ``outputs`` names the values to return (default: the graph's outputs).
+    ``outputs`` names the values to return (default: the graph's outputs); steps whose index is
+    in ``skip`` are not run (their outputs are in ``env`` already: prepared weights).
     """
-    run_steps(plan, plan.steps, env)
+    steps = plan.steps if not skip else [s for i, s in enumerate(plan.steps) if i not in skip]
+    run_steps(plan, steps, env)
     names = [o.name for o in plan.graph.outputs] if outputs is None else outputs
     try:
         return [env[name] for name in names]

@@ -100,6 +100,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    import onnx
+
+    from ._api import _pass_names
+    from ._loader import optimize_proto, read_proto
+
+    proto, _ = read_proto(args.model)
+    optimized, report = optimize_proto(proto, _pass_names(_passes(args.passes)), portable=True)
+    big = optimized.ByteSize() > 1_900_000_000 if report is not None else False
+    onnx.save(optimized, args.output, save_as_external_data=big)
+    print(report if report is not None else "graph passes could not run on this model")
+    print(f"wrote {args.output}" + (" (weights as external data beside it)" if big else ""))
+    return 0
+
+
+def _passes(text: str) -> str | list[str]:
+    return text if text in ("default", "all", "none") else [t for t in text.split(",") if t]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import jax
 
@@ -112,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, path in parse_pairs(args.input, "--input", "NAME=FILE.npy").items()
     }
     t0 = time.perf_counter()
-    model = load(args.model, x64=args.x64)
+    model = load(args.model, x64=args.x64, passes=_passes(args.passes))
     load_s = time.perf_counter() - t0
     unknown = set(inputs) - set(model.input_names)
     if unknown:
@@ -297,6 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--rtol", type=float, default=1e-4)
     p_run.add_argument("--atol", type=float, default=1e-5)
     p_run.set_defaults(func=cmd_run)
+    p_run.add_argument(
+        "--passes", default="default", help="graph passes: default, none, or a,b,... by name"
+    )
+    p_opt = sub.add_parser(
+        "optimize",
+        help="write the graph after onnx2jax's passes as an ONNX file (onnxruntime runs it too)",
+    )
+    p_opt.add_argument("model")
+    p_opt.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    p_opt.add_argument(
+        "--passes", default="default", help="graph passes: default, or a,b,... by name"
+    )
+    p_opt.set_defaults(func=cmd_optimize)
     _add_bench(sub)
     args = parser.parse_args(argv)
     try:

@@ -54,6 +54,8 @@ def function(op_type: str, opset: int) -> ir.Function:
         t = ir.Node("", "Transpose", [value], [ir.AttrInt64s("perm", perm)])
         nodes.append(t)
         args.append(t.outputs[0])
+    known = _schema_attributes(onnx_op, opset)
+    attr_types = {k: v for k, v in attr_types.items() if k in known}  # e.g. dilations: opset 19+
     refs = [ir.RefAttr(name, name, kind) for name, kind in attr_types.items()]
     core = ir.Node("", onnx_op, args, refs)
     back = ir.Node("", "Transpose", core.outputs, [ir.AttrInt64s("perm", _TO_NHWC)])
@@ -62,6 +64,12 @@ def function(op_type: str, opset: int) -> ir.Function:
     graph = ir.Graph(inputs, back.outputs, nodes=nodes, opset_imports={"": opset})
     declared = [ir.Attr(name, kind, None) for name, kind in attr_types.items()]
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=declared)
+
+
+def _schema_attributes(op_type: str, opset: int) -> set[str]:
+    import onnx.defs  # the operator schemas (not protobuf)
+
+    return set(onnx.defs.get_schema(op_type, opset).attributes)
 
 
 def add_functions(model: ir.Model) -> list[str]:

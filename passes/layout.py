@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 from ._util import DOMAIN, attr, constant, is_param, rank, replace
 
@@ -127,6 +128,8 @@ class ChannelsLast(ir.passes.InPlacePass):
                 if node.graph is None:
                     continue  # removed earlier in this sweep
                 changed |= self._sink(graph, node)
+        # Sinking leaves the transposes it moved past without readers.
+        common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, bool(self.matches))
 
     # -- step 1: channels-last ops ---------------------------------------------------------

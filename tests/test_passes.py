@@ -1,0 +1,232 @@
+"""Graph passes (passes/, onnx2jax.passes): each rewrite keeps the model's outputs.
+
+Every pass is checked on graphs built here and on the real torch exports in tests/models
+(legacy and dynamo exporters): onnx2jax with the pass against the graph as written (the ONNX
+reference evaluator, onnxruntime, and onnx2jax without passes), jitted and eagerly; the
+optimized file that ``onnx2jax optimize`` writes runs in onnxruntime with the same outputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import onnx2jax
+from onnx2jax import passes as onnx2jax_passes
+from onnx2jax._loader import optimize_proto
+
+ort = pytest.importorskip("onnxruntime")
+MODELS = os.path.join(os.path.dirname(__file__), "models")
+RNG = np.random.default_rng(0)
+
+
+def _init(name, shape, scale=0.5, positive=False):
+    a = RNG.standard_normal(shape).astype(np.float32) * scale
+    return numpy_helper.from_array(np.abs(a) + 0.1 if positive else a, name)
+
+
+def _model(nodes, inits, x_shape, y_shape=None, opset=17):
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
+    graph = oh.make_graph(nodes, "g", [x], [y], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+def _bn(inp, out, c, prefix="bn"):
+    inits = [
+        _init(f"{prefix}_g", [c], positive=True),
+        _init(f"{prefix}_b", [c]),
+        _init(f"{prefix}_m", [c]),
+        _init(f"{prefix}_v", [c], positive=True),
+    ]
+    node = oh.make_node("BatchNormalization", [inp] + [i.name for i in inits], [out], epsilon=1e-3)
+    return node, inits
+
+
+def _ort(model: onnx.ModelProto, feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def check_pass(model: onnx.ModelProto, feeds, passes, *, rtol=1e-5, atol=1e-5):
+    """The model with ``passes`` gives the outputs of the graph as written; returns the report."""
+    want = ReferenceEvaluator(model).run(None, feeds)
+    m = onnx2jax.load(model, passes=passes)
+    plain = onnx2jax.load(model, passes=None)
+    for how, got in (
+        ("jit", m(**feeds)),
+        ("eager", m.apply(m.params, **feeds)),
+        ("no passes", plain(**feeds)),
+    ):
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=atol, err_msg=how)
+    optimized, report = optimize_proto(model, onnx2jax_passes.resolve(passes), portable=True)
+    onnx.checker.check_model(optimized)
+    for w, g in zip(_ort(model, feeds), _ort(optimized, feeds), strict=True):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg="onnxruntime, optimized")
+    return m.pass_report
+
+
+# -- BatchNormalization folding -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fold_batchnorm_into_conv(with_bias):
+    inits = [_init("w", [8, 3, 3, 3])] + ([_init("b", [8])] if with_bias else [])
+    conv = oh.make_node("Conv", ["x", "w"] + (["b"] if with_bias else []), ["c"], pads=[1] * 4)
+    bn, bn_inits = _bn("c", "y", 8)
+    model = _model([conv, bn], inits + bn_inits, [2, 3, 9, 9])
+    report = check_pass(
+        model, {"x": RNG.standard_normal((2, 3, 9, 9), np.float32)}, ["fold_batchnorm"]
+    )
+    assert report.passes[0].matches == {"Conv+BatchNormalization": 1}
+    assert "BatchNormalization" not in _op_types(model, ["fold_batchnorm"])
+
+
+def test_fold_batchnorm_into_conv_transpose_and_gemm():
+    w = _init("w", [4, 6, 3, 3])
+    ct = oh.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2])
+    bn, bn_inits = _bn("c", "y", 6)
+    model = _model([ct, bn], [w] + bn_inits, [1, 4, 5, 5])
+    check_pass(model, {"x": RNG.standard_normal((1, 4, 5, 5), np.float32)}, ["fold_batchnorm"])
+
+    for trans_b in (0, 1):
+        w = _init("w", [5, 7] if trans_b else [7, 5])
+        gemm = oh.make_node("Gemm", ["x", "w", "c0"], ["c"], transB=trans_b, beta=0.5)
+        bn, bn_inits = _bn("c", "y", 5)
+        model = _model([gemm, bn], [w, _init("c0", [5])] + bn_inits, [3, 7])
+        report = check_pass(
+            model, {"x": RNG.standard_normal((3, 7), np.float32)}, ["fold_batchnorm"]
+        )
+        assert report.passes[0].matches == {"Gemm+BatchNormalization": 1}
+
+
+def test_fold_batchnorm_leaves_shared_conv_output_alone():
+    conv = oh.make_node("Conv", ["x", "w"], ["c"])
+    bn, bn_inits = _bn("c", "d", 4)
+    add = oh.make_node("Add", ["c", "d"], ["y"])  # the conv output is read twice
+    model = _model([conv, bn, add], [_init("w", [4, 2, 1, 1])] + bn_inits, [1, 2, 3, 3])
+    report = check_pass(
+        model, {"x": RNG.standard_normal((1, 2, 3, 3), np.float32)}, ["fold_batchnorm"]
+    )
+    assert not report.modified
+
+
+def test_grad_with_respect_to_original_params_through_folded_batchnorm():
+    """Params keep their ONNX names; jax.grad through the passes equals the plain graph's."""
+    conv = oh.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4)
+    bn, bn_inits = _bn("c", "y", 4)
+    model = _model([conv, bn], [_init("w", [4, 3, 3, 3]), _init("b", [4])] + bn_inits, [1, 3, 6, 6])
+    x = RNG.standard_normal((1, 3, 6, 6), np.float32)
+    grads = []
+    for passes in ("default", None):
+        m = onnx2jax.load(model, passes=passes)
+        assert sorted(m.params) == ["b", "bn_b", "bn_g", "bn_m", "bn_v", "w"]
+        loss = lambda p, m=m: jnp.sum(jnp.tanh(m.apply(p, x)[0]))  # noqa: E731
+        grads.append(jax.jit(jax.grad(loss))(m.params))
+    assert onnx2jax.load(model).pass_report.modified
+    for k in grads[1]:
+        np.testing.assert_allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# -- channels-last layout -------------------------------------------------------------------
+
+
+def _small_cnn():
+    """conv -> relu -> maxpool -> [conv -> clip] + residual -> depthwise -> GAP -> gemm."""
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        oh.make_node("Relu", ["c1"], ["r1"]),
+        oh.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], pads=[1] * 4, strides=[2, 2]),
+        oh.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1] * 4),
+        oh.make_node("Clip", ["c2", "lo", "hi"], ["k2"]),
+        oh.make_node("Mul", ["k2", "scale"], ["s2"]),  # a per-channel [C, 1, 1] operand
+        oh.make_node("Add", ["s2", "p1"], ["a2"]),
+        oh.make_node("Conv", ["a2", "dw"], ["c3"], pads=[1] * 4, group=8),
+        oh.make_node("AveragePool", ["c3"], ["p3"], kernel_shape=[2, 2], strides=[1, 1]),
+        oh.make_node("GlobalAveragePool", ["p3"], ["g"]),
+        oh.make_node("Flatten", ["g"], ["f"]),
+        oh.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
+    ]
+    inits = [
+        _init("w1", [8, 3, 3, 3]), _init("b1", [8]), _init("w2", [8, 8, 3, 3]),
+        numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(1.5), "hi"),
+        _init("scale", [8, 1, 1]), _init("dw", [8, 1, 3, 3]), _init("fc", [5, 8]), _init("fcb", [5]),
+    ]  # fmt: skip
+    return _model(nodes, inits, ["batch", 3, 16, 16], ["batch", 5])
+
+
+def _op_types(model, passes):
+    optimized, _ = optimize_proto(model, onnx2jax_passes.resolve(passes))
+    return [n.op_type for n in optimized.graph.node]
+
+
+def _activation_transposes(model, passes) -> int:
+    """Transposes that move activations (not the ones that lay out weights)."""
+    optimized, _ = optimize_proto(model, onnx2jax_passes.resolve(passes))
+    fixed = {i.name for i in optimized.graph.initializer}
+    for n in optimized.graph.node:  # values computed from weights and constants alone
+        if all(i in fixed for i in n.input if i):
+            fixed.update(n.output)
+    return sum(n.op_type == "Transpose" and n.input[0] not in fixed for n in optimized.graph.node)
+
+
+def test_nhwc_small_cnn_changes_layout_only_at_the_boundary():
+    model = _small_cnn()
+    x = RNG.standard_normal((2, 3, 16, 16), np.float32)
+    report = check_pass(model, {"x": x}, ["nhwc"], rtol=1e-4, atol=1e-5)
+    assert report.passes[0].matches["Conv"] == 3
+    ops = _op_types(model, ["nhwc"])
+    assert "Conv" not in ops and ops.count("NhwcConv") == 3
+    assert _activation_transposes(model, ["nhwc"]) == 2  # in, and out before Flatten
+
+
+def test_prepared_weights_follow_the_params():
+    """model(...) computes the laid-out weights once per params object, and anew for new ones."""
+    model = onnx2jax.load(_small_cnn())
+    assert model._program.prep  # the weight transposes are param-only steps
+    x = RNG.standard_normal((1, 3, 16, 16), np.float32)
+    first = np.asarray(model(x)[0])
+    model.params = {k: v * 2 if k == "fc" else v for k, v in model.params.items()}
+    second = np.asarray(model(x)[0])
+    np.testing.assert_allclose(second, np.asarray(model.apply(model.params, x)[0]), rtol=1e-5)
+    assert not np.allclose(first, second)
+
+
+# -- real exports ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet_torchscript", "resnet_dynamo"])
+def test_real_resnet_exports(name):
+    model = onnx.load(os.path.join(MODELS, f"{name}.onnx"))
+    x = RNG.standard_normal((2, 3, 40, 48), np.float32)
+    feeds = {model.graph.input[0].name: x}
+    want = _ort(model, feeds)[0]
+    m = onnx2jax.load(model)
+    assert m.pass_report.passes[-1].matches.get("Conv", 0) > 0
+    scale = np.abs(want).max()
+    for got in (m(**feeds)[0], m.apply(m.params, **feeds)[0]):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5 * scale)
+    optimized, _ = optimize_proto(model, onnx2jax_passes.DEFAULT, portable=True)
+    np.testing.assert_allclose(_ort(optimized, feeds)[0], want, rtol=1e-4, atol=1e-5 * scale)
+
+
+# -- selection and reporting ----------------------------------------------------------------
+
+
+def test_pass_selection_and_errors():
+    model = _small_cnn()
+    assert onnx2jax.load(model, passes=None).pass_report is None
+    report = onnx2jax.load(model, passes=["fold_batchnorm"]).pass_report
+    assert [p.name for p in report.passes] == ["fold_batchnorm"] and not report.modified
+    with pytest.raises(onnx2jax.Onnx2JaxError, match="unknown pass"):
+        onnx2jax.load(model, passes=["fold_batchnrom"])
+    assert "nhwc" in str(onnx2jax.load(model).pass_report)
