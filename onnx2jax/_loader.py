@@ -386,10 +386,21 @@ def load_model(
 ) -> Model:
     """Read ``source``, run the graph ``passes`` (names from ``onnx2jax.passes``), convert to IR."""
     proto, found_dir = read_proto(source)
-    report = None
-    if passes:
-        proto, report = optimize_proto(proto, passes)
-    model = convert(proto, base_dir if base_dir is not None else found_dir)
+    folder = base_dir if base_dir is not None else found_dir
+    if not passes:
+        return convert(proto, folder)
+    try:
+        optimized, report = optimize_proto(proto, passes)
+    except Exception as e:
+        model = convert(proto, folder)  # a malformed model raises its ModelLoadError here
+        # A well-formed model the passes fail on is a bug of ours: run the graph as written.
+        warnings.warn(
+            f"graph passes skipped ({type(e).__name__}: {e}); running the graph as written. "
+            "Please report this with the model; load(..., passes=None) silences it.",
+            stacklevel=3,
+        )
+        return model
+    model = convert(optimized, folder)
     model.pass_report = report
     return model
 
@@ -406,19 +417,8 @@ def optimize_proto(
     from .passes import optimize
     from .passes.functions import add_functions
 
-    try:
-        model = onnx_ir.serde.deserialize_model(proto)
-    except Exception:  # a malformed graph: the converter names the problem better
-        return proto, None
-    try:
-        report = optimize(model, passes)
-    except Exception as e:  # a pass that fails is a bug of ours: run the graph as written
-        warnings.warn(
-            f"graph passes skipped ({type(e).__name__}: {e}); running the graph as written. "
-            "Please report this with the model; load(..., passes=None) silences it.",
-            stacklevel=3,
-        )
-        return proto, None
+    model = onnx_ir.serde.deserialize_model(proto)
+    report = optimize(model, passes)
     if portable:
         add_functions(model)
     elif not report.modified:

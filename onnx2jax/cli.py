@@ -103,14 +103,15 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_optimize(args: argparse.Namespace) -> int:
     import onnx
 
-    from ._api import _pass_names
+    from ._api import _pass_names, load
     from ._loader import optimize_proto, read_proto
 
+    load(args.model, passes=None)  # a malformed or unsupported model fails here, clearly
     proto, _ = read_proto(args.model)
     optimized, report = optimize_proto(proto, _pass_names(_passes(args.passes)), portable=True)
-    big = optimized.ByteSize() > 1_900_000_000 if report is not None else False
+    big = optimized.ByteSize() > 1_900_000_000
     onnx.save(optimized, args.output, save_as_external_data=big)
-    print(report if report is not None else "graph passes could not run on this model")
+    print(report)
     print(f"wrote {args.output}" + (" (weights as external data beside it)" if big else ""))
     return 0
 
