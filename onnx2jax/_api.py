@@ -16,6 +16,7 @@ import numpy as np
 from . import _tracer
 from ._analysis import is_param
 from ._bounded import bounded_step, count_name
+from ._cache import enable_default_cache
 from ._dtypes import canonical, is_numeric
 from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
@@ -568,6 +569,7 @@ def load(
     """
     if isinstance(max_loop_iterations, bool) or not isinstance(max_loop_iterations, int):
         raise Onnx2JaxError(f"max_loop_iterations must be an int, got {max_loop_iterations!r}")
+    enable_default_cache()
     ir = load_model(source, base_dir, _pass_names(passes))
     missing: list[str] = []
     plan = _tracer.build_plan(ir.graph, ir.opsets, missing, max_loop_iterations=max_loop_iterations)
