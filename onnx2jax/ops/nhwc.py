@@ -7,7 +7,10 @@ weight arrives as HWIO. `onnx2jax optimize` writes a standard-ONNX function body
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax.numpy as jnp
+from jax import lax
 
 from .._registry import register
 from . import _conv_lowering as lowering
@@ -61,18 +64,30 @@ def nhwc_max_pool(
     storage_order=0,
     strides=None,
 ):
-    """MaxPool (https://onnx.ai/onnx/operators/onnx__MaxPool.html) on NHWC, one output."""
-    return _via_nchw(
-        pool.max_pool,
-        x,
-        auto_pad=auto_pad,
-        ceil_mode=ceil_mode,
-        dilations=dilations,
-        kernel_shape=kernel_shape,
-        pads=pads,
-        storage_order=storage_order,
-        strides=strides,
+    """MaxPool (https://onnx.ai/onnx/operators/onnx__MaxPool.html) on NHWC, one output.
+
+    A max over shifted strided slices along H and W (channels stay in the vector lanes); a
+    transposed round trip through the NCHW op would cost two copies of the activation.
+    """
+    n, h, w_, c = x.shape
+    shape = SimpleNamespace(ndim=4, shape=(n, c, h, w_))  # _geometry reads NCHW sizes only
+    kernel, strides, dilations, out, _, cover = pool._geometry(
+        shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     )
+    lowest = jnp.asarray(pool._lowest(x.dtype), x.dtype)
+    xp = lax.pad(x, lowest, [(0, 0, 0), (*cover[0], 0), (*cover[1], 0), (0, 0, 0)])
+    y = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            sl = lax.slice(
+                xp,
+                (0, r0, c0, 0),
+                (n, r0 + (out[0] - 1) * strides[0] + 1, c0 + (out[1] - 1) * strides[1] + 1, c),
+                (1, strides[0], strides[1], 1),
+            )
+            y = sl if y is None else jnp.maximum(y, sl)
+    return y
 
 
 @register("NhwcAveragePool", domain=DOMAIN)
