@@ -12,9 +12,17 @@ Three groups:
   ``python -m pytest -m slow tests/test_zoo.py``. Uses (and builds if missing)
   ``benchmarks/zoo/cache/full``.
 
-Every model runs at shapes other than its export-time ones (``ZooModel.test_dims``). The
-reference is onnxruntime with graph optimizations disabled (each node its own kernel) and one
-intra-op thread (its LSTM quantizes each thread's share of the batch on its own otherwise).
+Every model runs at shapes other than its export-time ones (``ZooModel.test_dims``).
+
+The reference. Float models: onnxruntime with graph optimizations disabled (each node its own
+kernel) and one intra-op thread (its LSTM quantizes each thread's share of the batch on its own
+otherwise). INT8 models: the same kernels, run node by node (``reference_values``), except the
+nodes where onnxruntime departs from the ONNX spec on this CPU: uint8 x int8 products on x86
+without VNNI, whose int16 pair sums saturate (``int8_reference.node_follows_spec``,
+docs/int8.md). Those nodes run on the exact reference (``tests/int8_reference.py``: numpy int64
+products), and the test output says how many there were. On a CPU with VNNI every node runs on
+onnxruntime. Node by node equals the whole-graph run bit for bit when no node is replaced
+(checked by ``test_reference_values_equal_onnxruntime``).
 
 What is asserted:
 
@@ -22,21 +30,31 @@ What is asserted:
   elementwise relative bound means nothing). Checked against a float64 run of the same graph,
   the largest gap (ResNet-50, 2.2e-5 of the output range) is float32 rounding that onnxruntime
   shows as much as onnx2jax does.
-- INT8 models, node by node: every node with an integer output, fed onnxruntime's own inputs,
-  reproduces onnxruntime's output exactly (``replay_integer_nodes``). This is the integer
-  semantics check: QuantizeLinear/DynamicQuantizeLinear of the same float values, every
-  QLinear*/Integer op, and the com.microsoft contrib ops.
-- INT8 models, end to end: integer outputs exactly. A float output that is the DequantizeLinear
-  of an all-integer path (no other DequantizeLinear in the graph) is within one quantization
-  step of onnxruntime's. Where float ops sit between quantizers (QDQ graphs run Conv/Gemm in
-  float, dynamic graphs requantize LayerNorm/GELU outputs, some QOperator graphs keep a float
-  ReduceMean or LayerNorm), XLA and onnxruntime round those floats differently in the last
-  ulp; a value next to a rounding tie then quantizes one step apart, and in a deep network the
-  difference spreads like independent quantization noise. onnxruntime shows the same against
-  itself (its ORT_ENABLE_ALL fusions vs ORT_DISABLE_ALL differ by 0.25-0.5 of the INT8-vs-float32
-  error on the zoo's ViT, BERT and ResNet-50 INT8 models). Those outputs are held to: mean
-  |onnx2jax - onnxruntime| below mean |onnxruntime INT8 - onnxruntime float32| (``MAX_RATIO``),
-  i.e. onnx2jax's INT8 model is closer to onnxruntime's than INT8 is to float.
+- INT8 models, node by node: every node with an integer output, fed the reference's inputs,
+  reproduces the reference's output exactly (``replay_integer_nodes``, eager). This is the
+  integer semantics check: QuantizeLinear/DynamicQuantizeLinear of the same float values, every
+  QLinear*/Integer op, and the com.microsoft contrib ops. For the checked-in models the same
+  holds in the jitted model with every value exposed, for each integer node whose inputs there
+  equal the reference's bit for bit (``check_jitted_intermediates``).
+- INT8 models, end to end, jitted (``model(...)``): integer outputs exactly. A float output
+  that is the DequantizeLinear of an all-integer path (no other DequantizeLinear in the graph)
+  is within one quantization step of the reference's. Where float ops sit between quantizers
+  (QDQ graphs run Conv/Gemm in float, dynamic graphs requantize LayerNorm/GELU outputs, some
+  QOperator graphs keep a float ReduceMean or LayerNorm), XLA and onnxruntime round those
+  floats differently in the last ulp; a value next to a rounding tie then quantizes one step
+  apart (a *flip*), and the flip travels on through the network. A flip changes one element of
+  one activation by one step, while the INT8 model's own error against float32 is the sum of
+  every element's rounding error (up to half a step each) at every quantizer; so a handful of
+  flips moves an output by much less than the INT8 error. Those outputs are held, per output,
+  to the **largest** difference (not a mean, which would hide outliers):
+
+  * max |onnx2jax - reference| <= ``MAX_RATIO`` x max |reference INT8 - onnxruntime float32|;
+  * where the output is a DequantizeLinear (its step known): max <= ``MAX_STEPS`` steps. A
+    flip upstream moves the value before the final quantizer by less than a step, so the output
+    lands on the same or the adjacent step; two steps leave room for two flips adding up.
+
+  Seen on an AVX2 CPU: at most 1 step (ResNet-50 INT8, small zoo) and at most 0.24 x the INT8
+  error (GPT-2 dynamic, small zoo; below 0.05 everywhere else, mostly float32 ulps).
 """
 
 from __future__ import annotations
@@ -50,8 +68,10 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
+from int8_reference import node_follows_spec, reference_evaluator
 
 import onnx2jax
+from onnx2jax._dtypes import to_onnx_dtype
 from onnx2jax._loader import load_model
 from onnx2jax._registry import lookup
 
@@ -75,9 +95,9 @@ zoo = _load_zoo()
 
 RTOL = 1e-4
 NORM_TOL = 1e-4  # atol = NORM_TOL * max |expected|
-MAX_RATIO = (
-    1.0  # mean |ours - ort| / mean |ort INT8 - ort float32|, where floats sit between quantizers
-)
+# Float outputs with float ops between quantizers (see the module docstring):
+MAX_RATIO = 0.5  # max |ours - reference| / max |reference INT8 - onnxruntime float32|
+MAX_STEPS = 2  # max |ours - reference| in quantization steps, for DequantizeLinear outputs
 
 
 def reference_session(model) -> ort.InferenceSession:
@@ -95,32 +115,94 @@ def _loaded(path: str) -> tuple[onnx2jax.Model, ort.InferenceSession, onnx.Model
     return onnx2jax.load(proto), reference_session(proto), proto
 
 
+def _node_model(
+    node: onnx.NodeProto, values: dict, initializers: set[str], proto: onnx.ModelProto
+) -> onnx.ModelProto:
+    """``node`` alone: inputs that are initializers in ``proto`` stay initializers (kernels may
+    need them constant), the others become graph inputs."""
+    graph_inputs, inits = [], []
+    for name in dict.fromkeys(i for i in node.input if i):
+        v = np.asarray(values[name])
+        if name in initializers:
+            inits.append(onnx.numpy_helper.from_array(v, name))
+        else:
+            graph_inputs.append(oh.make_tensor_value_info(name, to_onnx_dtype(v.dtype), v.shape))
+    outputs = [oh.make_value_info(o, onnx.TypeProto()) for o in node.output if o]
+    graph = oh.make_graph([node], "node", graph_inputs, outputs, inits)
+    return oh.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+
+
+def reference_values(
+    proto: onnx.ModelProto, feeds: dict[str, np.ndarray], *, replace: bool = True
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every value of the graph, computed node by node (in graph order): onnxruntime runs each
+    node on its own, except (with ``replace``) the nodes whose integer product onnxruntime
+    computes against the spec on this CPU (uint8 x int8 without VNNI), which the exact reference
+    (``int8_reference``) runs. Returns the values and the names of the replaced nodes."""
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    values = {**initializers, **feeds}
+    replaced = []
+    for node in proto.graph.node:
+        single = _node_model(node, values, set(initializers), proto)
+        inputs = {i.name: values[i.name] for i in single.graph.input}
+        dtypes = [np.asarray(values[i]).dtype if i else None for i in node.input]
+        if not replace or node_follows_spec(node.op_type, dtypes):
+            out = reference_session(single).run(None, inputs)
+        else:
+            out = reference_evaluator(single).run(None, inputs)
+            replaced.append(node.name or node.op_type)
+        values.update(zip([o for o in node.output if o], out, strict=True))
+    return values, replaced
+
+
+def _dequantize_steps(proto: onnx.ModelProto) -> dict[str, float]:
+    """Graph outputs computed by a DequantizeLinear with a constant scale: their (largest)
+    quantization step."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    return {
+        n.output[0]: float(np.max(inits[n.input[1]]))
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.output[0] in outputs and n.input[1] in inits
+    }
+
+
 def closed_output_steps(proto: onnx.ModelProto) -> dict[str, float]:
     """Graph outputs computed by an all-integer path, with their quantization step: outputs of
     a DequantizeLinear, in a graph whose every DequantizeLinear is such a final one."""
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     outputs = {o.name for o in proto.graph.output}
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
     dynamic = any(n.op_type == "DynamicQuantizeLinear" for n in proto.graph.node)
     if dynamic or not dq or any(n.output[0] not in outputs for n in dq):
         return {}
-    return {n.output[0]: float(np.max(inits[n.input[1]])) for n in dq if n.input[1] in inits}
+    return _dequantize_steps(proto)
 
 
 def check_end_to_end(
-    path: str, feeds: dict[str, np.ndarray], kind: str, float_path: str | None = None
+    path: str,
+    feeds: dict[str, np.ndarray],
+    kind: str,
+    float_path: str | None = None,
+    values: dict[str, np.ndarray] | None = None,
 ) -> dict[str, str]:
-    """Run onnx2jax (jitted) and onnxruntime on ``feeds`` and assert the bounds above.
+    """Run onnx2jax jitted (``model(...)``) on ``feeds`` and assert the bounds of the module
+    docstring against onnxruntime (float models) or ``values`` (INT8 models: the
+    ``reference_values`` of the same feeds).
 
     ``float_path`` is the float32 model an INT8 one was made from (for the INT8 error scale).
     Returns a short summary per output (max abs / rel error) for reports.
     """
     model, sess, proto = _loaded(path)
-    expected = sess.run(None, feeds)
+    names = [o.name for o in proto.graph.output]
+    if kind == "float":
+        expected = sess.run(None, feeds)
+    else:
+        assert values is not None, f"{path}: INT8 models are checked against reference_values"
+        expected = [values[n] for n in names]
     got = model(**feeds)
-    names = [o.name for o in sess.get_outputs()]
     assert len(got) == len(expected)
-    steps = closed_output_steps(proto) if kind != "float" else {}
+    closed = closed_output_steps(proto) if kind != "float" else {}
+    steps = _dequantize_steps(proto) if kind != "float" else {}
     reference = None
     summary = {}
     for i, (name, e, g) in enumerate(zip(names, expected, got, strict=True)):
@@ -137,21 +219,29 @@ def check_end_to_end(
         summary[name] = f"max abs {diff.max():.2e} ({diff.max() / max(norm, 1e-30):.1e} of max|y|)"
         if kind == "float":
             np.testing.assert_allclose(g, e, rtol=RTOL, atol=NORM_TOL * norm, err_msg=where)
-        elif name in steps:
-            n = diff.max() / steps[name]
+        elif name in closed:
+            n = diff.max() / closed[name]
             summary[name] += f", {n:.0f} quantization steps"
             assert n <= 1 + 1e-3, f"{where}: {n:.2f} quantization steps apart (all-integer path)"
         else:
             assert float_path is not None, f"{where}: needs the float model for its error scale"
             if reference is None:
                 reference = reference_session(onnx.load(float_path)).run(None, feeds)
-            q = float(np.abs(e - reference[i]).mean())
-            ratio = float(diff.mean()) / q
-            summary[name] += f", mean {diff.mean():.1e} = {ratio:.2f} x INT8 error"
-            assert ratio < MAX_RATIO, (
-                f"{where}: mean error {diff.mean():.3g} vs onnxruntime is {ratio:.2f} x the INT8 "
-                f"model's own error vs float32 ({q:.3g})"
+            q = float(np.abs(e.astype(np.float64) - reference[i]).max())
+            ratio = float(diff.max()) / max(q, 1e-30)
+            summary[name] += f", {ratio:.2f} x INT8 error"
+            assert ratio <= MAX_RATIO, (
+                f"{where}: max error {diff.max():.3g} vs the reference is {ratio:.2f} x the INT8 "
+                f"model's own max error vs float32 ({q:.3g}); bound {MAX_RATIO}"
             )
+            if name in steps:
+                n = diff.max() / steps[name]
+                summary[name] += f", {n:.0f} quantization steps"
+                big = int(np.sum(diff > (MAX_STEPS + 1e-3) * steps[name]))
+                assert not big, (
+                    f"{where}: {big} of {diff.size} values more than {MAX_STEPS} quantization "
+                    f"steps from the reference (max {n:.2f})"
+                )
     return summary
 
 
@@ -168,21 +258,34 @@ def with_all_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def replay_integer_nodes(path: str, feeds: dict[str, np.ndarray]) -> int:
-    """Every node with an integer output, fed onnxruntime's inputs, must give onnxruntime's
-    output exactly. Returns how many nodes were checked."""
-    proto = with_all_outputs(onnx.load(path))
-    sess = reference_session(proto)
-    values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
-    values.update(feeds)
-    ir = load_model(proto)
-    values.update(ir.graph.initializers)
+def _is_int(v) -> bool:
+    return np.asarray(v).dtype.kind in "iub"
+
+
+def _assert_same_ints(where: str, got, want) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{where}: shape {got.shape} != {want.shape}"
+    bad = np.argwhere(got.astype(np.int64) != want.astype(np.int64))
+    assert not len(bad), (
+        f"{where}: {len(bad)} of {want.size} values differ from the reference's, first at "
+        f"{bad[0].tolist()}: {got[tuple(bad[0])]} != {want[tuple(bad[0])]}"
+    )
+
+
+def replay_integer_nodes(path: str, values: dict[str, np.ndarray]) -> int:
+    """Every node with an integer output, fed the reference's inputs (``values``, from
+    ``reference_values``), gives the reference's output exactly (eager). Returns how many
+    nodes were checked."""
+    ir = load_model(onnx.load(path))
+    values = {**values, **ir.graph.initializers}
     checked = 0
     for node in ir.graph.nodes:
         outs = [o for o in node.outputs if o]
-        if not outs or any(o not in values for o in outs):
-            continue
-        if not any(np.asarray(values[o]).dtype.kind in "iub" for o in outs):
+        if (
+            not outs
+            or any(o not in values for o in outs)
+            or not any(_is_int(values[o]) for o in outs)
+        ):
             continue
         opset = ir.opsets.get(node.domain, 1)
         impl = lookup(node.domain, node.op_type, opset)
@@ -193,19 +296,44 @@ def replay_integer_nodes(path: str, feeds: dict[str, np.ndarray]) -> int:
             result = impl.fn(*args, **node.attrs)
         result = result if isinstance(result, tuple) else (result,)
         for o, r in zip(node.outputs, result, strict=False):
-            if not o:
-                continue
-            e, r = np.asarray(values[o]), np.asarray(r)
-            where = f"{os.path.basename(path)}: {node.describe()} output {o!r}"
-            assert r.shape == e.shape, f"{where}: shape {r.shape} != {e.shape}"
-            if e.dtype.kind in "iub":
-                bad = np.argwhere(r.astype(np.int64) != e.astype(np.int64))
-                assert not len(bad), (
-                    f"{where}: {len(bad)} of {e.size} values differ from onnxruntime's, first at "
-                    f"{bad[0].tolist()}: {r[tuple(bad[0])]} != {e[tuple(bad[0])]}"
-                )
+            if o and _is_int(values[o]):
+                where = f"{os.path.basename(path)}: {node.describe()} output {o!r}"
+                _assert_same_ints(where, r, values[o])
         checked += 1
     return checked
+
+
+def check_jitted_intermediates(
+    path: str, feeds: dict[str, np.ndarray], values: dict[str, np.ndarray]
+) -> tuple[int, int]:
+    """The jitted model with every value exposed as an output: each node with an integer
+    output whose inputs equal the reference's bit for bit gives the reference's output exactly.
+    A node whose input differs (a float op upstream rounded differently in the last ulp) is
+    skipped: its arithmetic is covered by ``replay_integer_nodes``. Returns (checked, skipped)."""
+    proto = with_all_outputs(onnx.load(path))
+    got = dict(zip([o.name for o in proto.graph.output], onnx2jax.load(proto)(**feeds)))
+    checked = skipped = 0
+    for node in proto.graph.node:
+        outs = [o for o in node.output if o]
+        if not outs or not any(_is_int(values[o]) for o in outs):
+            continue
+        same = True
+        for i in (i for i in node.input if i in got):
+            g, v = np.asarray(got[i]), np.asarray(values[i])
+            same &= g.shape == v.shape and np.array_equal(
+                g.astype(v.dtype), v, equal_nan=v.dtype.kind == "f"
+            )
+        if not same:
+            skipped += 1
+            continue
+        for o in outs:
+            if _is_int(values[o]):
+                where = (
+                    f"{os.path.basename(path)}: jitted {node.op_type} {node.name!r} output {o!r}"
+                )
+                _assert_same_ints(where, got[o], values[o])
+        checked += 1
+    return checked, skipped
 
 
 # -- checked-in INT8 models (CI: onnxruntime only) ----------------------------------------------
@@ -240,14 +368,51 @@ CHECKED_IN = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CHECKED_IN))
-def test_checked_in_int8_model(name):
+@functools.lru_cache(maxsize=1)
+def _checked_in(name: str):
+    """path, kind, float model path, feeds and reference values of a checked-in INT8 model."""
     path = os.path.join(MODELS, f"{name}.onnx")
     assert os.path.isfile(path), f"{path} is missing: run tests/models/make_quantized.py"
     kind, base, make = CHECKED_IN[name]
     feeds = make()
-    check_end_to_end(path, feeds, kind, os.path.join(MODELS, f"{base}.onnx"))
-    assert replay_integer_nodes(path, feeds) > 0
+    values, replaced = reference_values(onnx.load(path), feeds)
+    return path, kind, os.path.join(MODELS, f"{base}.onnx"), feeds, values, replaced
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_IN))
+def test_checked_in_int8_model(name, record_property):
+    """End to end (jitted) and every integer node replayed (eager) against
+    ``reference_values``: onnxruntime, with its uint8 x int8 nodes replaced by the exact
+    reference on CPUs without VNNI (``record_property`` notes how many)."""
+    path, kind, float_path, feeds, values, replaced = _checked_in(name)
+    record_property("nodes on the exact reference", len(replaced))
+    check_end_to_end(path, feeds, kind, float_path, values)
+    assert replay_integer_nodes(path, values) > 0
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_IN))
+def test_checked_in_int8_jitted_intermediates(name, record_property):
+    """The integer nodes inside the jitted model (``check_jitted_intermediates``): the
+    end-to-end bounds tolerate a stray step where float ops sit between quantizers, this does
+    not. Costs one more compile per model (every value an output)."""
+    path, _, _, feeds, values, _ = _checked_in(name)
+    checked, skipped = check_jitted_intermediates(path, feeds, values)
+    record_property("jitted integer nodes checked, skipped", (checked, skipped))
+    assert checked > 0, f"{name}: no integer node of the jitted model had the reference's inputs"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_IN))
+def test_reference_values_equal_onnxruntime(name):
+    """``reference_values`` with no node replaced is onnxruntime's whole-graph run, bit for
+    bit: running the nodes one by one changes nothing (each is its own kernel either way)."""
+    path = os.path.join(MODELS, f"{name}.onnx")
+    proto = onnx.load(path)
+    feeds = CHECKED_IN[name][2]()
+    values, replaced = reference_values(proto, feeds, replace=False)
+    assert not replaced
+    whole = reference_session(proto).run(None, feeds)
+    for o, want in zip(proto.graph.output, whole, strict=True):
+        np.testing.assert_array_equal(values[o.name], want, err_msg=f"{name} output {o.name!r}")
 
 
 # -- the zoo ---------------------------------------------------------------------------------------
@@ -273,11 +438,14 @@ def small_zoo(tmp_path_factory):
 def _check_zoo_model(m) -> None:
     assert os.path.isfile(m.path), f"{m.name} was not built: see build_log.json in its folder"
     float_path = os.path.join(os.path.dirname(m.path), f"{m.base}.onnx")
-    for dims in m.test_dims:
+    for k, dims in enumerate(m.test_dims):
         feeds = m.make_inputs(seed=7, **dims)
-        check_end_to_end(m.path, feeds, m.kind, float_path)
-    if m.kind != "float":
-        assert replay_integer_nodes(m.path, m.make_inputs(seed=7, **m.test_dims[0])) > 0
+        values = None
+        if m.kind != "float":
+            values, _ = reference_values(onnx.load(m.path), feeds)
+        check_end_to_end(m.path, feeds, m.kind, float_path, values)
+        if m.kind != "float" and k == 0:
+            assert replay_integer_nodes(m.path, values) > 0
 
 
 SMALL = [m.name for m in zoo.models(small=True)]
