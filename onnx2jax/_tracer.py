@@ -7,19 +7,16 @@ XLA and every op input that decides a shape is a concrete value. Everything else
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import jax
-import numpy as np
-
 from ._analysis import subgraphs
 from ._errors import NodeError, Onnx2JaxError, StaticValueError
 from ._ir import Graph, Node
 from ._registry import OpImpl, lookup
+from .ops._common import is_static, static_eval, to_static
 
 # Debug knob (read once, never mutated): ONNX2JAX_TRACE=1 prints every node as it is traced.
 _TRACE_NODES = os.environ.get("ONNX2JAX_TRACE", "") not in ("", "0")
@@ -69,8 +66,6 @@ def build_plan(
 
     All plans of one model share one ``subplans`` dict, so any level can find any subgraph.
     """
-    from . import ops  # noqa: F401  (registers every op)
-
     shared: dict[int, Plan] = {} if _shared is None else _shared
     steps = []
     for node in graph.nodes:
@@ -103,30 +98,6 @@ def build_plan(
             used |= g.outer_names
     used.discard("")
     return Plan(graph, steps, shared, frozenset(used), max_loop_iterations)
-
-
-def is_static(v: Any) -> bool:
-    """True for values known at trace time: numpy arrays, or sequences of them."""
-    if isinstance(v, np.ndarray):
-        return True
-    if isinstance(v, list):
-        return all(is_static(x) for x in v)
-    return v is None
-
-
-def _to_static(v: Any) -> Any:
-    if isinstance(v, list):
-        return [_to_static(x) for x in v]
-    if v is None:
-        return None
-    return np.asarray(v)
-
-
-@contextlib.contextmanager
-def _static_eval():
-    """Evaluate eagerly even inside a jit trace, in 64 bits so shape arithmetic stays exact."""
-    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
-        yield
 
 
 @dataclass
@@ -210,12 +181,12 @@ def run_steps(plan: Plan, steps: Sequence[Step], env: dict[str, Any]) -> None:
         fold = not step.has_subgraphs and all(is_static(a) for a in args)
         try:
             if fold:
-                with _static_eval():
+                with static_eval():
                     result = step.impl.fn(*args, **kwargs)
                     result = (
-                        _to_static(result)
+                        to_static(result)
                         if not isinstance(result, tuple)
-                        else tuple(_to_static(r) for r in result)
+                        else tuple(to_static(r) for r in result)
                     )
             else:
                 result = step.impl.fn(*args, **kwargs)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,3 +48,30 @@ def astype(x: Any, dtype: np.dtype) -> Any:
     if isinstance(x, (np.ndarray, np.generic)):
         return np.asarray(x).astype(dtype)
     return x.astype(dtype)
+
+
+# -- trace-time values (the tracer and control flow share these) -------------------------------
+
+
+def is_static(v: Any) -> bool:
+    """True for values known at trace time: numpy arrays, or sequences of them."""
+    if isinstance(v, np.ndarray):
+        return True
+    if isinstance(v, list):
+        return all(is_static(x) for x in v)
+    return v is None
+
+
+def to_static(v: Any) -> Any:
+    if isinstance(v, list):
+        return [to_static(x) for x in v]
+    if v is None:
+        return None
+    return np.asarray(v)
+
+
+@contextlib.contextmanager
+def static_eval():
+    """Evaluate eagerly even inside a jit trace, in 64 bits so shape arithmetic stays exact."""
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+        yield

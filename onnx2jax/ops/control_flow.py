@@ -45,9 +45,8 @@ from jax import lax
 
 from .._errors import NodeError, StaticValueError
 from .._registry import register
-from .._tracer import _static_eval, is_static
 from ._common import axis as norm_axis
-from ._common import ints, xp
+from ._common import ints, is_static, static_eval, xp
 
 # Most iterations unrolled (or folded on concrete values) at trace time: beyond this the
 # jaxpr and compile time, or the time spent in Python, grow too large to be sensible.
@@ -295,7 +294,7 @@ class _Loop:
 
     def while_loop(self, go: Any, concrete: bool = False) -> tuple:
         """``lax.while_loop``; on a ``concrete`` loop it runs at once, at most ``limit`` times."""
-        with _static_eval() if concrete else contextlib.nullcontext():
+        with static_eval() if concrete else contextlib.nullcontext():
             return self._while_loop(go, concrete)
 
     def _while_loop(self, go: Any, concrete: bool) -> tuple:
