@@ -7,8 +7,8 @@
     python benchmarks/run.py --files a.onnx b.onnx    # any ONNX files instead of the zoo
     python benchmarks/run.py --render                 # only regenerate RESULTS.md and the chart
 
-Each model goes through ``onnx2jax._bench.bench_model`` (every engine in its own process, runs
-interleaved; see benchmarks/README.md). Results: one ``benchmarks/results/<model>.json`` per
+Each model goes through ``onnx2jax.bench.bench_model`` (every engine in its own process, runs
+interleaved, after waiting for a quiet machine; see benchmarks/README.md). Results: one ``benchmarks/results/<model>.json`` per
 model plus ``results/run.json`` (machine, matmul peak, options), then ``benchmarks/RESULTS.md``
 and ``benchmarks/results/ratios.png`` are regenerated from all the JSON files there.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -26,7 +27,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-PEERS = ("jaxonnxruntime", "tract")
+PEERS = ("openvino", "jaxonnxruntime", "tract")
+# Rows measured on a busy machine carry this mark in RESULTS.md and stay out of the means.
+BUSY = "\u2020"
 # Sizes of the zoo's other symbolic axes (batch comes from --batch).
 FULL_DIMS = {"sequence": 128, "past": 128}
 SMALL_DIMS = {"sequence": 32, "past": 16}
@@ -48,7 +51,7 @@ def _peers_available() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from onnx2jax import _bench
+    from onnx2jax import bench
 
     os.makedirs(RESULTS, exist_ok=True)
     batches = tuple(int(b) for b in args.batch.split(","))
@@ -64,14 +67,14 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit("no zoo models found; build them with benchmarks/zoo/build.py")
     peers = _peers_available() if args.peers != "none" else []
     missing_peers = [p for p in PEERS if p not in peers] if args.peers != "none" else []
-    threads = args.threads or _bench.default_threads()
+    threads = args.threads or bench.default_threads()
     t_start = time.perf_counter()
     print(
         f"{len(entries)} models, batches {batches}, {threads} threads; peers: "
         f"{', '.join(peers) or 'none'}; measuring the matmul peak ...",
         flush=True,
     )
-    peak_start = _bench.measure_peak(threads)
+    peak_start = bench.measure_peak(threads)
     print(
         f"peak: XLA {peak_start.get('xla_gflops', 0):.1f} GFLOP/s, onnxruntime "
         f"{peak_start.get('onnxruntime_gflops', 0):.1f}",
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> None:
         use_peers = (
             peers if (args.peers == "all" or (args.peers == "float" and kind == "float")) else []
         )
-        opts = _bench.BenchOptions(
+        opts = bench.BenchOptions(
             batches=batches,
             engines=("onnx2jax", "onnxruntime", *use_peers),
             runs=args.runs,
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> None:
             threads=threads,
             peak=False,
             timeout_s=args.timeout,
+            max_load=args.max_load,
+            quiet_wait=args.quiet_wait,
         )
         inputs_for = None
         if zm is not None:
@@ -100,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
 
         t0 = time.perf_counter()
         try:
-            rec = _bench.bench_model(
+            rec = bench.bench_model(
                 path,
                 opts,
                 name=name,
@@ -110,11 +115,11 @@ def run(args: argparse.Namespace) -> None:
             )
         except Exception as e:  # keep going; the table says what is missing
             rec = {
-                "schema": _bench.SCHEMA,
+                "schema": bench.SCHEMA,
                 "model": name,
                 "path": path,
                 "error": f"{type(e).__name__}: {e}",
-                "machine": _bench.machine_info(),
+                "machine": bench.machine_info(),
                 "batches": [],
             }
         rec["zoo"] = (
@@ -138,15 +143,17 @@ def run(args: argparse.Namespace) -> None:
             flush=True,
         )
         for b in rec["batches"]:
-            q = b.get("ratios", {}).get("onnx2jax/onnxruntime") or {}
-            if q.get("median"):
-                print(
-                    f"   batch {b['batch']}: onnx2jax/onnxruntime latency {q['median']:.2f}x",
-                    flush=True,
-                )
-    peak_end = _bench.measure_peak(threads)
+            said = [
+                f"onnx2jax/{e} latency {q['median']:.2f}x"
+                for e in ("onnxruntime", "openvino")
+                if (q := b.get("ratios", {}).get(f"onnx2jax/{e}") or {}).get("median")
+            ]
+            if said:
+                busy = "" if (b.get("load") or {}).get("quiet") else " (busy machine)"
+                print(f"   batch {b['batch']}: {', '.join(said)}{busy}", flush=True)
+    peak_end = bench.measure_peak(threads)
     info = {
-        "machine": _bench.machine_info(),
+        "machine": bench.machine_info(),
         "threads": threads,
         "batches": list(batches),
         "peak_start": peak_start,
@@ -166,6 +173,8 @@ def run(args: argparse.Namespace) -> None:
             "min_runs": args.min_runs,
             "dims": None if args.files else (SMALL_DIMS if args.small else FULL_DIMS),
             "peers": args.peers,
+            "max_load": args.max_load or bench.default_max_load(),
+            "quiet_wait": args.quiet_wait,
         },
         "wall_s": time.perf_counter() - t_start,
     }
@@ -189,13 +198,13 @@ def run(args: argparse.Namespace) -> None:
 # -- RESULTS.md and the chart ---------------------------------------------------------------------
 
 
-def _load_results() -> tuple[dict, list[dict]]:
+def _load_results(results: str = RESULTS) -> tuple[dict, list[dict]]:
     info = {}
-    if os.path.exists(os.path.join(RESULTS, "run.json")):
-        with open(os.path.join(RESULTS, "run.json")) as f:
+    if os.path.exists(os.path.join(results, "run.json")):
+        with open(os.path.join(results, "run.json")) as f:
             info = json.load(f)
     recs = []
-    for path in sorted(glob.glob(os.path.join(RESULTS, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(results, "*.json"))):
         if os.path.basename(path) == "run.json":
             continue
         with open(path) as f:
@@ -218,24 +227,86 @@ def _short_error(r: dict) -> str:
     return err[:110] + ("..." if len(err) > 110 else "")
 
 
-def render() -> str:
-    """Write RESULTS.md and results/ratios.png from the JSON files; returns the markdown."""
-    info, recs = _load_results()
+def _geomean(v: list[float]) -> float:
+    return math.exp(sum(map(math.log, v)) / len(v))
+
+
+def _quiet(rec: dict, b: dict) -> bool:
+    """Whether this batch was measured on a quiet machine (``load.quiet``, the harness's verdict).
+    Records from before the harness kept a per-batch load (schema 1) have only the load average
+    at the model's start: quiet when it was below 0.25 per logical core."""
+    load = b.get("load") or {}
+    if "quiet" in load:
+        return bool(load["quiet"])
+    m = rec.get("machine") or {}
+    la = m.get("load_average")
+    return bool(la) and la[0] < 0.25 * (m.get("logical_cores") or 1)
+
+
+def _load_cell(rec: dict, b: dict) -> str:
+    """The 1-minute load average before the timed runs, marked when the machine was busy."""
+    load = b.get("load") or {}
+    la = load.get("load_1m_before")
+    if la is None and "quiet" not in load:  # schema 1: the load at the model's start
+        la = ((rec.get("machine") or {}).get("load_average") or [None])[0]
+    return _f(la, ".2f") + ("" if _quiet(rec, b) else f" {BUSY}")
+
+
+def _busy_rule(info: dict, max_load: float) -> str:
+    """The paragraph that says what a busy row is and why it is not to be trusted."""
+    wait = (info.get("options") or {}).get("quiet_wait")
+    rule = (
+        f"before each batch's timed runs the harness waited up to {wait:.0f} s for the 1-minute "
+        f"load average to fall below {max_load:.2f} (0.25 per logical core) and measured the CPU "
+        "other processes took during the runs; a row is busy when the load average stayed above "
+        f"the threshold, or other processes (plus steal time) used {max_load:.2f} cores or more "
+        "during its timed runs"
+        if wait is not None
+        else "these records predate the per-batch load record; a row is busy when the 1-minute "
+        f"load average as its model started was {max_load:.2f} (0.25 per logical core) or more"
+    )
+    return (
+        f"**Busy rows ({BUSY})**: {rule}. Ratios from a busy machine are unreliable: "
+        "onnxruntime's spinning thread pool loses up to 4x under contention (ResNet-18, batch 1: "
+        "100 ms in a run at a load average of 1.6-7.2 on 2 cores, 27 ms on a quiet machine) "
+        "while XLA's barely moves (113 ms in both), so a busy machine flatters onnx2jax. Busy "
+        "rows are kept out of the summary's means."
+    )
+
+
+def _kind(rec: dict) -> str:
+    return "float" if (rec.get("zoo") or {}).get("kind", "float") == "float" else "INT8"
+
+
+def render(results: str = RESULTS, out_dir: str = HERE) -> str:
+    """Write RESULTS.md (in ``out_dir``) and ratios.png (in ``results``) from the JSON files in
+    ``results``; returns the markdown."""
+    info, recs = _load_results(results)
     machine = info.get("machine") or (recs[0]["machine"] if recs else {})
     v = machine.get("versions", {})
     peak = info.get("peak_gflops") or ((recs[0].get("peak") or {}).get("gflops") if recs else None)
+    flags = machine.get("cpu_flags") or []
+    max_load = (info.get("options") or {}).get("max_load") or 0.25 * (
+        machine.get("logical_cores") or 1
+    )
+    has_ov = any("openvino" in b.get("engines", {}) for r in recs for b in r.get("batches", []))
     lines = [
         "# Benchmark results",
         "",
         "Generated by `python benchmarks/run.py` (methodology: [README.md](README.md)); do not edit "
-        "by hand. Every ratio is **onnx2jax / onnxruntime**: below 1 onnx2jax is faster (or "
-        "smaller), above 1 slower. One shared machine, other jobs running: single numbers drift, "
-        "engines were interleaved so the ratios are the trustworthy part.",
+        "by hand. Every ratio is **onnx2jax / other engine** (onnxruntime unless said otherwise"
+        + (", and OpenVINO beside it" if has_ov else "")
+        + "): below 1 onnx2jax is faster (or smaller), above 1 slower. Engines were interleaved "
+        "in short rounds, so the ratios are the trustworthy part; single numbers drift.",
+        "",
+        _busy_rule(info, max_load),
         "",
         "## Machine",
         "",
-        f"- CPU: {machine.get('cpu', '?')} ({', '.join(machine.get('cpu_flags', [])) or 'flags ?'}), "
-        f"{machine.get('logical_cores', '?')} logical cores; every engine ran on "
+        f"- CPU: {machine.get('cpu', '?')} ({', '.join(flags) or 'flags ?'}; "
+        + ("AVX-512" if "avx512f" in flags else "no AVX-512")
+        + (", VNNI" if {"avx512_vnni", "avx_vnni"} & set(flags) else ", no VNNI")
+        + f"), {machine.get('logical_cores', '?')} logical cores; every engine ran on "
         f"{info.get('threads') or (recs[0].get('threads') if recs else '?')} threads "
         "(tract: 1, its Python bindings are single-threaded)",
         f"- jax {v.get('jax', '?')}, jaxlib {v.get('jaxlib', '?')}, onnxruntime "
@@ -254,17 +325,20 @@ def render() -> str:
             else ""
         ),
     ]
-    loads = [
-        r["machine"]["load_average"][0]
-        for r in recs
-        if (r.get("machine") or {}).get("load_average")
-    ]
-    if loads:
+    rows = [(r, b) for r in recs for b in r.get("batches", []) if not b.get("skipped")]
+    if rows:
+        busy = sum(not _quiet(r, b) for r, b in rows)
+        loads = [
+            la for r, b in rows if (la := (b.get("load") or {}).get("load_1m_before")) is not None
+        ]
         lines.append(
-            f"- Load average (1 min) as each model started: {min(loads):.1f} to "
-            f"{max(loads):.1f} on {machine.get('logical_cores', '?')} cores (other jobs "
-            "shared the machine), so absolute times from different models are not "
-            "comparable; the ratios come from interleaved runs"
+            f"- {len(rows) - busy} of {len(rows)} model/batch rows measured on a quiet machine"
+            + (
+                f"; 1-minute load average before the timed runs {min(loads):.2f} to "
+                f"{max(loads):.2f}"
+                if loads
+                else "; only the load average at each model's start was recorded (older records)"
+            )
         )
     for rr in info.get("reruns", []):
         lines.append(
@@ -281,21 +355,24 @@ def render() -> str:
             else f"- Small zoo; dims {info['options']['dims']}"
         )
     lines += _summary(recs)
+    ov_head = " OpenVINO ms | **vs OpenVINO** |" if has_ov else ""
     lines += [
         "",
         "![onnx2jax / onnxruntime latency](results/ratios.png)",
         "",
         "## Latency and throughput",
         "",
-        "Median latency per batch (host numpy in, outputs ready); GFLOP/s counts 2 x "
-        "multiply-adds of Conv/MatMul/Gemm and their integer forms (the shapes as traced), "
-        "% of the float32 matmul peak in brackets. For INT8 models these are integer "
-        "operations: with AVX-512 VNNI an engine can pass the float32 peak.",
+        "Median latency per batch (host numpy in, outputs ready); **vs** columns are onnx2jax's "
+        "median over the other engine's. Load: the 1-minute load average right before the "
+        f"timed runs ({BUSY}: busy machine, see above). GFLOP/s counts 2 x multiply-adds of "
+        "Conv/MatMul/Gemm and their integer forms (the shapes as traced), % of the float32 "
+        "matmul peak in brackets. For INT8 models these are integer operations: with AVX-512 "
+        "VNNI an engine can pass the float32 peak.",
         "",
-        "| model | batch | GFLOP | onnx2jax ms | onnxruntime ms | **ratio** | p90 ratio | "
-        "onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | onnxruntime GFLOP/s | "
-        "max abs diff | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | load | GFLOP | onnx2jax ms | onnxruntime ms | **vs onnxruntime** | "
+        f"p90 ratio |{ov_head} onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | "
+        "onnxruntime GFLOP/s | max abs diff | runs |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if has_ov else "") + "---|" * 6,
     ]
     problems: list[str] = []
     for rec in recs:
@@ -328,11 +405,19 @@ def render() -> str:
                     else f"{r['gflops']:.1f}"
                 )
 
+            ov_cells = ""
+            if has_ov:
+                ov = _engine(b, "openvino")
+                qv = b.get("ratios", {}).get("onnx2jax/openvino") or {}
+                ov_cells = (
+                    f" {_f(ov.get('median_ms'), '.3g')} | **{_f(qv.get('median'), '.2f')}** |"
+                )
             diff = (a.get("vs_onnxruntime") or {}).get("max_abs_diff")
             lines.append(
-                f"| {rec['model']} | {b['batch']} | {_f(fl / 1e9 if fl else None, '.3g')} | "
+                f"| {rec['model']} | {b['batch']} | {_load_cell(rec, b)} | "
+                f"{_f(fl / 1e9 if fl else None, '.3g')} | "
                 f"{_f(a.get('median_ms'), '.3g')} | {_f(o.get('median_ms'), '.3g')} | "
-                f"**{_f(q.get('median'), '.2f')}** | {_f(q.get('p90'), '.2f')} | "
+                f"**{_f(q.get('median'), '.2f')}** | {_f(q.get('p90'), '.2f')} |{ov_cells} "
                 f"{_f(a.get('items_per_s'), '.1f')} | {_f(o.get('items_per_s'), '.1f')} | {gf(a)} | "
                 f"{gf(o)} | {_f(diff, '.1e')} | {a.get('runs', '-')}/{o.get('runs', '-')} |"
             )
@@ -372,34 +457,67 @@ def render() -> str:
         "- nothing: every model ran in onnx2jax and onnxruntime at every batch size"
     ]
     md = "\n".join(lines) + "\n"
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+    with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
         f.write(md)
-    _chart(recs)
+    _chart(recs, results)
     return md
 
 
 def _summary(recs: list[dict]) -> list[str]:
-    """Geometric means of the latency ratio, float and INT8 models apart, per batch size."""
-    import math
-
-    groups: dict[tuple[str, int], list[float]] = {}
+    """Geometric means of onnx2jax's latency ratios to onnxruntime and to OpenVINO, float and
+    INT8 models apart, per batch size, over the rows measured on a quiet machine; the busy rows
+    are listed apart."""
+    groups: dict[tuple[str, int], dict[str, list[float]]] = {}
+    busy: dict[tuple[str, int], dict[str, list[float]]] = {}
+    busy_rows: dict[str, list[tuple[int, str]]] = {}
     for rec in recs:
-        kind = "float" if (rec.get("zoo") or {}).get("kind", "float") == "float" else "INT8"
         for b in rec.get("batches", []):
-            q = (b.get("ratios") or {}).get("onnx2jax/onnxruntime") or {}
-            if q.get("median"):
-                groups.setdefault((kind, b["batch"]), []).append(q["median"])
-    if not groups:
+            rs = b.get("ratios") or {}
+            if not (rs.get("onnx2jax/onnxruntime") or {}).get("median"):
+                continue
+            quiet = _quiet(rec, b)
+            g = (groups if quiet else busy).setdefault((_kind(rec), b["batch"]), {})
+            for e in ("onnxruntime", "openvino"):
+                if (x := (rs.get(f"onnx2jax/{e}") or {}).get("median")) is not None:
+                    g.setdefault(e, []).append(x)
+            if not quiet:
+                busy_rows.setdefault(rec["model"], []).append(
+                    (b["batch"], _load_cell(rec, b).rstrip(BUSY).strip())
+                )
+    if not groups and not busy:
         return []
+
+    def means(gs: dict) -> str:
+        parts = []
+        for (kind, batch), g in sorted(gs.items()):
+            ort = g.get("onnxruntime") or []
+            ov = g.get("openvino") or []
+            parts.append(
+                f"{kind} models, batch {batch}: **{_geomean(ort):.2f}x** onnxruntime "
+                f"({len(ort)} models)"
+                + (f", **{_geomean(ov):.2f}x** OpenVINO ({len(ov)} models)" if ov else "")
+            )
+        return "; ".join(parts)
+
     out = [
         "",
-        "**Summary** (geometric mean of onnx2jax / onnxruntime median latency): "
-        + "; ".join(
-            f"{kind} models, batch {batch}: **{math.exp(sum(map(math.log, v)) / len(v)):.2f}x**"
-            f" ({len(v)} models)"
-            for (kind, batch), v in sorted(groups.items())
-        ),
+        "**Summary** (geometric mean of onnx2jax's median latency over the other engine's, "
+        "rows measured on a quiet machine only): "
+        + (means(groups) if groups else "no row was measured on a quiet machine"),
     ]
+    if busy:
+        out += [
+            "",
+            f"Measured on a busy machine ({BUSY}; batch sizes, and the 1-minute load average in "
+            "brackets), not in the means above: "
+            + ", ".join(
+                f"{model} b{'/'.join(str(b) for b, _ in rows)} "
+                f"({'/'.join(dict.fromkeys(la for _, la in rows))})"
+                for model, rows in busy_rows.items()
+            )
+            + ". Their geometric means, unreliable (see above): "
+            + means(busy),
+        ]
     return out
 
 
@@ -426,17 +544,20 @@ def _peer_section(info: dict, recs: list[dict]) -> list[str]:
         return out + ["- no peer engine was run"]
     out += [
         "Median latency in ms, and in brackets the ratio to onnxruntime at the same batch "
-        "(interleaved in the same rounds). jaxonnxruntime: `call_onnx_model`, then the whole "
+        "(interleaved in the same rounds). OpenVINO: `read_model` on the ONNX file, inputs "
+        "reshaped to the benchmark's shapes, `compile_model` on the CPU plugin with "
+        "`INFERENCE_NUM_THREADS` = the same thread count, one stream, latency hint, float32 "
+        "inference precision. jaxonnxruntime: `call_onnx_model`, then the whole "
         "function under one `jax.jit` (same cores as onnx2jax). tract: concrete input facts "
         "(or, where that fails, the model's symbolic facts with the symbols bound), "
         "`into_runnable()`, one thread, under an 8 GiB address-space cap (uncapped, its "
         "analysis of GPT-2 grew past 18 GiB and was OOM-killed). Run on the float models "
         'only; a peer that fails at batch 1 is not retried at batch 8 ("not run").',
         "",
-        "| model | batch | onnxruntime ms | onnx2jax ms | "
+        "| model | batch | load | onnxruntime ms | onnx2jax ms | "
         + " | ".join(f"{p} ms" for p in used)
         + " |",
-        "|---|---|---|---|" + "---|" * len(used),
+        "|---|---|---|---|---|" + "---|" * len(used),
     ]
     failures = []
     for rec in recs:
@@ -461,16 +582,15 @@ def _peer_section(info: dict, recs: list[dict]) -> list[str]:
                     ratio = r["median_ms"] / o["median_ms"] if o.get("median_ms") else None
                     cells.append(f"{r['median_ms']:.3g} ({_f(ratio, '.2f')}x)")
             out.append(
-                f"| {rec['model']} | {b['batch']} | {_f(o.get('median_ms'), '.3g')} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {rec['model']} | {b['batch']} | {_load_cell(rec, b)} | "
+                f"{_f(o.get('median_ms'), '.3g')} | " + " | ".join(cells) + " |"
             )
     if failures:
         out += ["", "Where a peer could not run a model:", "", *failures]
     return out
 
 
-def _chart(recs: list[dict]) -> None:
+def _chart(recs: list[dict], results: str = RESULTS) -> None:
     try:
         import matplotlib
 
@@ -490,7 +610,12 @@ def _chart(recs: list[dict]) -> None:
             if any(p in b.get("engines", {}) for r in recs for b in r.get("batches", []))
         ],
     ]
-    colors = {"onnx2jax": "#1f77b4", "jaxonnxruntime": "#ff7f0e", "tract": "#2ca02c"}
+    colors = {
+        "onnx2jax": "#1f77b4",
+        "openvino": "#9467bd",
+        "jaxonnxruntime": "#ff7f0e",
+        "tract": "#2ca02c",
+    }
     fig, axes = plt.subplots(
         1,
         len(batches),
@@ -502,8 +627,10 @@ def _chart(recs: list[dict]) -> None:
     every: list[float] = []
     for ax, batch in zip(axes[0], batches, strict=True):
         bars: dict[str, tuple[list[float], list[float]]] = {e: ([], []) for e in engines}
+        labels = []
         for i, rec in enumerate(recs):
             b = next((b for b in rec.get("batches", []) if b["batch"] == batch), None)
+            labels.append(rec["model"] + ("" if b is None or _quiet(rec, b) else f" {BUSY}"))
             o = _engine(b, "onnxruntime") if b else {}
             present = [
                 e for e in engines if b and _engine(b, e).get("median_ms") and o.get("median_ms")
@@ -523,15 +650,15 @@ def _chart(recs: list[dict]) -> None:
         ax.set_xlim(lo, hi)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.set_title(f"batch {batch}: latency / onnxruntime (< 1: faster)")
+        ax.set_title(f"batch {batch}: latency / onnxruntime (< 1: faster; {BUSY} busy)")
         ax.set_yticks(range(len(names)))
-        ax.set_yticklabels(names, fontsize=8)
+        ax.set_yticklabels(labels, fontsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, zoo order from the top
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(engines), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(os.path.join(RESULTS, "ratios.png"), dpi=110)
+    fig.savefig(os.path.join(results, "ratios.png"), dpi=110)
     plt.close(fig)
 
 
@@ -551,8 +678,8 @@ def main(argv: list[str] | None = None) -> None:
         "--peers",
         choices=["float", "all", "none"],
         default="float",
-        help="run jaxonnxruntime and tract (if installed) on float models (default), "
-        "on all, or not at all",
+        help="run openvino, jaxonnxruntime and tract (those installed) on float models "
+        "(default), on all, or not at all",
     )
     ap.add_argument(
         "--seconds",
@@ -564,6 +691,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, help="exactly this many timed runs (overrides --seconds)")
     ap.add_argument("--threads", type=int, help="cores per engine (default: all usable)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per worker request, seconds")
+    ap.add_argument(
+        "--max-load",
+        type=float,
+        help="quiet below this 1-minute load average (default 0.25 per logical core); rows "
+        "measured above it are marked busy and left out of the summary's means",
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="before each batch's timed runs, wait up to this many seconds for the load "
+        "average to fall below --max-load (default 120; 0: only record it)",
+    )
     ap.add_argument(
         "--render", action="store_true", help="only regenerate RESULTS.md and the chart"
     )

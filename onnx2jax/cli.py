@@ -227,7 +227,7 @@ def _positive_int(text: str) -> int:
 
 
 def _engines(text: str) -> str:
-    from ._bench import ENGINES
+    from .bench import ENGINES
 
     unknown = [e for e in text.split(",") if e and e not in ENGINES]
     if unknown:
@@ -244,9 +244,29 @@ def _new_file(path: str) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import main as bench_main
+    from .bench import main as bench_main
 
     return bench_main(args)
+
+
+def _load(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return x
+
+
+def _seconds(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return x
 
 
 def _add_bench(sub) -> None:
@@ -270,7 +290,7 @@ def _add_bench(sub) -> None:
         default=[],
         type=_engines,
         metavar="ENGINE[,ENGINE]",
-        help="also time onnxruntime, jaxonnxruntime and/or tract",
+        help="also time onnxruntime, openvino, jaxonnxruntime and/or tract",
     )
     p.add_argument(
         "--runs", type=_positive_int, help="timed runs per engine and batch (default: ~--seconds)"
@@ -285,6 +305,20 @@ def _add_bench(sub) -> None:
         "--threads", type=_positive_int, help="cores for every engine (default: all usable)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-load",
+        type=_load,
+        help="the machine counts as quiet below this 1-minute load average "
+        "(default 0.25 per logical core); rows measured above it are marked busy",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=_seconds,
+        default=120.0,
+        metavar="SECONDS",
+        help="before each batch's timed runs, wait up to this long for the load average to fall "
+        "below --max-load (default 120; 0: do not wait, only record)",
+    )
     p.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     p.add_argument(
         "--json", type=_new_file, metavar="OUT.json", help="write the full record as JSON"
