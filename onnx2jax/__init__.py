@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._api import Model as Model
 from ._api import load as load
+from ._compiler import compiler_options as compiler_options
 from ._errors import ExternalDataError as ExternalDataError
 from ._errors import InputError as InputError
 from ._errors import ModelLoadError as ModelLoadError
@@ -25,5 +26,6 @@ __all__ = [
     "StaticValueError",
     "TensorSpec",
     "UnsupportedOpsError",
+    "compiler_options",
     "load",
 ]

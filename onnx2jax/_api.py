@@ -17,6 +17,7 @@ from . import _tracer
 from ._analysis import is_param
 from ._bounded import bounded_step, count_name
 from ._cache import enable_default_cache
+from ._compiler import compiler_options
 from ._dtypes import canonical, is_numeric
 from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
@@ -194,9 +195,11 @@ class Model:
                 _check_jittable(
                     prog, {k: v for k, v in bound.items() if k not in prog.value_inputs}
                 )
+            if _traced(self.params, bound):
+                # Inside the caller's own transformation: trace the graph into it (a nested
+                # jit could not take our compiler options, and would add nothing).
+                return _apply_whole(prog, self.params, bound)
             if prog.stages is not None:
-                if _traced(self.params, bound):  # inside the caller's own transformation
-                    return _apply_whole(prog, self.params, bound)
                 return _run_stages(prog, self.params, bound, jit=not prog.string_outputs)
             static = tuple(
                 sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs)
@@ -260,7 +263,9 @@ def _jitted(prog: Program):
             env.update(dynamic)
             return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
 
-        fn = prog.compiled["main"] = jax.jit(run_static, static_argnums=3)
+        fn = prog.compiled["main"] = jax.jit(
+            run_static, static_argnums=3, compiler_options=compiler_options()
+        )
     return fn
 
 
@@ -276,7 +281,7 @@ def _prep_fn(prog: Program):
             _tracer.run_steps(prog.plan, steps, env)
             return {k: env[k] for k in prog.prep.outputs}
 
-        jitted = jax.jit(prepare)
+        jitted = jax.jit(prepare, compiler_options=compiler_options())
 
         def run_prepare(params):
             with prog.context():
@@ -335,7 +340,16 @@ class _Staged:
         for stage in prog.stages:
             fn = None if stage.host else _segment_fn(prog, stage)
             dynamic = tuple(k for k in stage.inputs if k not in stage.static)
-            self.calls.append((stage, fn, jax.jit(fn, static_argnums=2) if fn else None, dynamic))
+            self.calls.append(
+                (
+                    stage,
+                    fn,
+                    jax.jit(fn, static_argnums=2, compiler_options=compiler_options())
+                    if fn
+                    else None,
+                    dynamic,
+                )
+            )
 
     @property
     def segments(self) -> list:

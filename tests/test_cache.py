@@ -1,4 +1,5 @@
-"""The persistent compilation cache onnx2jax turns on (onnx2jax/_cache.py), in fresh processes."""
+"""Process-wide XLA settings onnx2jax chooses (the persistent compilation cache of _cache.py, the
+compiler options of _compiler.py), each checked in a fresh process."""
 
 from __future__ import annotations
 
@@ -46,3 +47,18 @@ def test_a_folder_the_user_chose_is_kept(tmp_path):
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == mine
+
+
+def test_compiler_options_switch():
+    """onnx2jax.compiler_options(): YNNPACK for convs/dots on CPU, off by environment."""
+    probe = "import onnx2jax; print(sorted(onnx2jax.compiler_options()))"
+    env = dict(os.environ)
+    on = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    env["ONNX2JAX_XLA_LIBRARY"] = "off"
+    off = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert off.stdout.strip() == "[]"
+    assert on.stdout.strip() in ("[]", "['xla_cpu_experimental_ynn_fusion_type']")

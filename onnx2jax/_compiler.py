@@ -1,0 +1,39 @@
+"""XLA compiler options onnx2jax passes to its own ``jax.jit`` calls.
+
+On CPU, XLA can hand convolutions and matmuls to YNNPACK (XNNPACK's successor) instead of its
+own Eigen kernels. With the weights prepared once in the layout the kernels want (passes/,
+_prepare.py) this measured 1.1-2x faster on the zoo's CNNs and GPT-2 (benchmarks/NOTES.md,
+entry 3); it changes nothing on other backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns it off; a
+jaxlib that does not know the option runs without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+_CPU = {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def compiler_options() -> dict[str, Any]:
+    """The options for this process's default backend (empty when none apply).
+
+    Use them for your own ``jax.jit`` of ``model.apply``:
+    ``jax.jit(model.apply, compiler_options=onnx2jax.compiler_options())``.
+    """
+    import jax
+
+    if os.environ.get("ONNX2JAX_XLA_LIBRARY", "").strip().lower() in ("0", "off", "none", "no"):
+        return {}
+    if jax.default_backend() != "cpu":
+        return {}
+    try:  # an older or newer jaxlib may not know the option
+        jax.jit(lambda a: a @ a, compiler_options=_CPU).lower(
+            jax.ShapeDtypeStruct((8, 8), "float32")
+        ).compile()
+    except Exception:
+        return {}
+    return dict(_CPU)
