@@ -211,6 +211,28 @@ class Model:
                 return _run(prog, self.params, dynamic, {k: f.value for k, f in static})
             return _jitted(prog)(self.params, self._prepared_values(), dynamic, static)
 
+    def lower(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[Any, ...]]:
+        """Ahead-of-time form of ``model(*args, **kwargs)``: ``(lowered, call_args)``.
+
+        ``lowered`` is the ``jax.stages.Lowered`` of the program ``model(...)`` runs (with
+        this model's prepared weights); ``lowered.compile()(*call_args)`` gives what the call
+        gives. For graphs without breaks or string outputs (others raise ``Onnx2JaxError``).
+        """
+        prog = self._program
+        if prog.stages is not None or prog.string_outputs:
+            raise Onnx2JaxError(
+                "lower(): this model runs as several programs (graph breaks or string "
+                "outputs); call the model instead"
+            )
+        with prog.context():
+            bound = _bind(prog, args, kwargs)
+            static = tuple(
+                sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs)
+            )
+            dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+            call_args = (self.params, self._prepared_values(), dynamic)
+            return _jitted(prog).lower(*call_args, static), call_args
+
     @property
     def pass_report(self):
         """What the graph passes did at load (``onnx2jax.passes.Report``), or None."""

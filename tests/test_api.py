@@ -171,3 +171,9 @@ def test_sequence_input_specialised_on_value():
     assert m(x, [np.array([2, 3]), np.array([6])])[0].shape == (2, 3)
     assert m(x, [np.array([3, 2]), np.array([6])])[0].shape == (3, 2)
     assert m.apply(m.params, x, [np.array([6]), np.array([1, 6])])[0].shape == (6,)
+
+
+def test_lower_is_the_call_ahead_of_time(model):
+    lowered, call_args = model.lower(X)
+    got = lowered.compile()(*call_args)
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(model(X)[0]))
