@@ -325,6 +325,19 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
             else ""
         ),
     ]
+    cpus: dict[tuple, list[str]] = {}
+    for r in recs:  # records from reruns may come from another machine of this pool
+        m = r.get("machine") or {}
+        key = (m.get("cpu", "?"), tuple(m.get("cpu_flags") or ()))
+        cpus.setdefault(key, []).append(r.get("model", "?"))
+    if len(cpus) > 1:
+        lines[lines.index(next(x for x in lines if x.startswith("- CPU: ")))] = (
+            "- CPUs (records from several runs; the flags decide INT8 and speed ratios): "
+            + "; ".join(
+                f"{cpu} ({', '.join(fl) or 'flags ?'}) for {', '.join(sorted(set(models)))}"
+                for (cpu, fl), models in cpus.items()
+            )
+        )
     rows = [(r, b) for r in recs for b in r.get("batches", []) if not b.get("skipped")]
     if rows:
         busy = sum(not _quiet(r, b) for r, b in rows)
