@@ -8,6 +8,10 @@ import os
 
 # Must be set before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# YNNPACK (onnx2jax/_compiler.py) adds ~0.1 s to every compile that holds a dot or conv; the
+# suite compiles thousands of tiny programs, so it runs without it, except where a test asks
+# for it (tests/test_passes.py::test_real_resnet_exports_with_ynnpack).
+os.environ.setdefault("ONNX2JAX_XLA_LIBRARY", "off")
 
 import sys  # noqa: E402
 

@@ -230,3 +230,18 @@ def test_pass_selection_and_errors():
     with pytest.raises(onnx2jax.Onnx2JaxError, match="unknown pass"):
         onnx2jax.load(model, passes=["fold_batchnrom"])
     assert "nhwc" in str(onnx2jax.load(model).pass_report)
+
+
+def test_real_resnet_exports_with_ynnpack():
+    """The CPU compiler options model(...) uses by default (the suite turns them off for speed)."""
+    from onnx2jax._compiler import _CPU
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("YNNPACK options are for the CPU backend")
+    model = onnx.load(os.path.join(MODELS, "resnet_dynamo.onnx"))
+    x = RNG.standard_normal((2, 3, 40, 48), np.float32)
+    feeds = {model.graph.input[0].name: x}
+    want = _ort(model, feeds)[0]
+    m = onnx2jax.load(model)
+    got = jax.jit(lambda p, x: m.apply(p, x), compiler_options=_CPU)(m.params, x)[0]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
