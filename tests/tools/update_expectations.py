@@ -38,7 +38,9 @@ TESTS = os.path.dirname(HERE)
 ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 # As tests/conftest.py does, so results (and compilation cache entries) match the pytest run.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+)
 
 import test_onnx_model_suite as model_suite  # noqa: E402
 import test_onnx_node_suite as node_suite  # noqa: E402
