@@ -55,6 +55,7 @@ def test_grid_sample_3d(mode, padding_mode, align_corners):
     check_node("GridSample", {"X": x, "grid": grid}, attrs, opset=20, atol=1e-5)
 
 
+@pytest.mark.slow  # over 5 s of CPU (many small compiles); `-m slow` runs it
 def test_grid_sample_3d_cubic_and_1d():
     attrs = {"mode": "cubic", "padding_mode": "reflection"}
     check_node(
@@ -96,6 +97,7 @@ def test_grid_sample_16_names(mode):
         )
 
 
+@pytest.mark.slow  # over 5 s of CPU (many small compiles); `-m slow` runs it
 def test_grid_sample_float64_and_constant_grid():
     x, grid = f32(1, 2, 4, 5).astype(np.float64), f32(1, 3, 3, 2).astype(np.float64)
     check_node(
@@ -157,7 +159,8 @@ ROIS = np.array(
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("ctm", ["half_pixel", "output_half_pixel"])
-@pytest.mark.parametrize("sampling_ratio", [0, 2])
+# sampling_ratio 0 (samples per bin from the rois) takes 10-17 s per case: under `-m slow`
+@pytest.mark.parametrize("sampling_ratio", [pytest.param(0, marks=pytest.mark.slow), 2])
 def test_roi_align(mode, ctm, sampling_ratio):
     x = f32(2, 3, 10, 10)
     bi = np.array([0, 1, 0, 1, 0, 1, 1], np.int64)
@@ -188,6 +191,7 @@ def test_roi_align(mode, ctm, sampling_ratio):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
+@pytest.mark.slow  # over 5 s of CPU (many small compiles); `-m slow` runs it
 def test_roi_align_spatial_scale_and_opset_10():
     x = f32(1, 4, 8, 12)
     rois = np.array([[0, 0, 20, 14], [4.5, 2, 17, 9], [10, 1, 11, 2]], np.float32)
