@@ -201,10 +201,7 @@ class Model:
                 return _apply_whole(prog, self.params, bound)
             if prog.stages is not None:
                 return _run_stages(prog, self.params, bound, jit=not prog.string_outputs)
-            static = tuple(
-                sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs)
-            )
-            dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+            static, dynamic = _split(prog, bound)
             if prog.string_outputs:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
                 # inside still dispatch to XLA one by one).
@@ -226,10 +223,7 @@ class Model:
             )
         with prog.context():
             bound = _bind(prog, args, kwargs)
-            static = tuple(
-                sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs)
-            )
-            dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+            static, dynamic = _split(prog, bound)
             call_args = (self.params, self._prepared_values(), dynamic)
             return _jitted(prog).lower(*call_args, static), call_args
 
@@ -248,6 +242,13 @@ class Model:
         if self._prepared is None or self._prepared[0] != key:
             self._prepared = (key, _prep_fn(self._program)(self.params))
         return self._prepared[1]
+
+
+def _split(prog: Program, bound: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Bound inputs as (value-specialised ones, frozen for a static jit argument; the rest)."""
+    static = tuple(sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs))
+    dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
+    return static, dynamic
 
 
 def _traced(params: Mapping[str, Any], bound: Mapping[str, Any]) -> bool:
