@@ -50,6 +50,9 @@ class Program:
     prep: Prep = Prep()
     # Lazily built jitted functions ("main", "prep", "stages"), shared by every Model of it.
     compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # jax.default_matmul_precision for every trace of this program (None: JAX's default);
+    # resolved from load(precision=...) by _matmul_precision.
+    precision: str | None = None
 
     @property
     def output_names(self) -> list[str]:
@@ -60,7 +63,13 @@ class Program:
         return any(o.dtype is not None and o.dtype.kind in "OSU" for o in self.outputs)
 
     def context(self):
-        return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.x64:
+            stack.enter_context(jax.enable_x64(True))
+        if self.precision is not None:
+            # Read when a dot is traced, so it is baked into every jit (and user trace) of apply.
+            stack.enter_context(jax.default_matmul_precision(self.precision))
+        return stack
 
 
 def _concrete(value: Any) -> Any:
@@ -557,6 +566,7 @@ def load(
     dynamic_bound: int | None = None,
     max_loop_iterations: int = _tracer.MAX_LOOP_ITERATIONS,
     passes: str | Sequence[str] | None = "default",
+    precision: str = "auto",
 ) -> Model:
     """Load an ONNX model as a :class:`Model`.
 
@@ -597,6 +607,12 @@ def load(
             (all of them), ``None`` (the graph as written) or a list of pass names such as
             ``["fold_batchnorm", "nhwc"]``. ``model.pass_report`` (and ``onnx2jax info``) says
             what each did. Params keep their ONNX names and values whatever the passes do.
+        precision: float32 matmul/conv precision (``jax.default_matmul_precision`` around
+            every trace of the model). ``"auto"`` (default): ``"highest"`` on GPU/TPU, whose
+            own default (TF32 / bfloat16 passes) departs from onnxruntime by ~1e-3, nothing
+            changed on CPU; ``"highest"``; ``"fast"`` (the backend's default: TF32 on recent
+            NVIDIA GPUs, bfloat16 passes on TPU); or a ``jax.default_matmul_precision`` name
+            (``"bfloat16"``, ``"tensorfloat32"``, ``"float32"``). docs/jax.md compares them.
 
     Raises:
         ModelLoadError: unreadable, corrupt or malformed model (cycle, dangling input).
@@ -606,6 +622,7 @@ def load(
     """
     if isinstance(max_loop_iterations, bool) or not isinstance(max_loop_iterations, int):
         raise Onnx2JaxError(f"max_loop_iterations must be an int, got {max_loop_iterations!r}")
+    matmul_precision = _matmul_precision(precision)
     enable_default_cache()
     ir = load_model(source, base_dir, _pass_names(passes))
     missing: list[str] = []
@@ -651,8 +668,25 @@ def load(
         found.breaks,
         stages,
         prep,
+        precision=matmul_precision,
     )
     return Model(prog, params)
+
+
+_PRECISIONS = ("auto", "highest", "fast", "bfloat16", "tensorfloat32", "float32")
+
+
+def _matmul_precision(precision: str) -> str | None:
+    """``load(precision=...)`` as a ``jax.default_matmul_precision`` value (None: leave JAX's)."""
+    if precision not in _PRECISIONS:
+        raise Onnx2JaxError(
+            f"precision={precision!r} is not one of {', '.join(map(repr, _PRECISIONS))}; "
+            "use 'auto' (float32-exact on GPU/TPU) or 'fast'"
+        )
+    if precision == "auto":
+        # CPU dots are float32-exact already; accelerators default to TF32 / bfloat16 passes.
+        return None if jax.default_backend() == "cpu" else "highest"
+    return None if precision == "fast" else precision
 
 
 def _pass_names(passes: str | Sequence[str] | None) -> tuple[str, ...]:
