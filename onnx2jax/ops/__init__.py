@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     normalization,
     pool,
     quant,
+    quant4,
     random,
     reduce,
     resize,
