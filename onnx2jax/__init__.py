@@ -13,11 +13,13 @@ from ._errors import Onnx2JaxError as Onnx2JaxError
 from ._errors import StaticValueError as StaticValueError
 from ._errors import UnsupportedOpsError as UnsupportedOpsError
 from ._ir import TensorSpec as TensorSpec
+from .generate import Generator as Generator  # after the names it imports from here
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExternalDataError",
+    "Generator",
     "InputError",
     "Model",
     "ModelLoadError",

@@ -326,6 +326,45 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import Generator
+
+    try:
+        ids = np.array([[int(t) for t in args.prompt_ids.split(",") if t.strip()]])
+    except ValueError:
+        raise InputError(f"--prompt-ids must look like 1,2,3, got {args.prompt_ids!r}") from None
+    gen = Generator(args.model, prefill=args.prefill, capacity=args.capacity)
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+              eos_token_id=args.eos)  # fmt: skip
+    t0 = time.perf_counter()
+    gen.generate(ids, args.max_new_tokens, **kw)  # compiles (or reads the compile cache)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = gen.generate(ids, args.max_new_tokens, **kw)
+    took = time.perf_counter() - t0
+    print(" ".join(str(t) for t in out[0]))
+    print(
+        f"{out.size / took:,.1f} tokens/s ({out.size} tokens in {took * 1e3:.1f} ms; first call "
+        f"with compile {first:.2f} s)"
+    )
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate tokens with a decoder's KV cache, on device")
+    p.add_argument("model", help="decoder step graph with past inputs and present outputs")
+    p.add_argument("--prompt-ids", required=True, metavar="1,2,3")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--prefill", metavar="PREFILL.onnx", help="separate prompt graph (no past)")
+    p.add_argument("--capacity", type=_positive_int, help="cache positions (default: bucketed)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=_positive_int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eos", type=int, metavar="TOKEN_ID")
+    p.set_defaults(func=cmd_generate)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -365,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_opt.set_defaults(func=cmd_optimize)
     _add_bench(sub)
+    _add_generate(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     dynamic,
     elementwise,
     image,
+    kv_cache,
     linalg,
     llm,
     loss,

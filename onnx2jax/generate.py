@@ -1,0 +1,498 @@
+"""Generator: a fixed-size functional KV cache and on-device generation for exported decoders."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import InputError, Model, compiler_options, load
+from .passes import kv_cache as _kv
+
+_ROLES = ("input_ids", "attention_mask", "position_ids", "cache_position", "logits")
+DEFAULT_CAPACITY = 512
+
+
+def bucket(n: int) -> int:
+    """The capacity bucket for ``n`` positions: powers of two up to 256, then multiples of 256.
+
+    Coarse enough that prompts of different lengths share one compiled program, fine enough that
+    the masked slots beyond the sequence stay a small share of each step's attention work.
+    """
+    if n <= 256:
+        return max(16, 1 << (max(n, 1) - 1).bit_length())
+    return -(-n // 256) * 256
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which graph inputs and outputs play which role, found once at construction."""
+
+    pairs: tuple[tuple[str, str], ...]  # (past input, present output)
+    roles: dict[str, str | None]  # role -> graph name (None: the graph has no such input)
+    axis: int  # the sequence axis of the cache buffers
+    shapes: dict[str, tuple[int, ...]]  # past -> buffer shape without batch and sequence
+    dtypes: dict[str, np.dtype]  # past and role inputs -> dtype
+
+
+class Generator:
+    """On-device generation with a fixed-size, functional KV cache for an exported decoder.
+
+    The decoder is a step graph that takes the cached keys/values as *past* inputs and returns
+    the grown *present* ones. The cache is a pytree of buffers allocated once at a capacity and
+    masked past each row's length; a step writes only the new positions (a graph pass turns
+    ``present = Concat(past, new)`` into an in-place update, see ``passes/kv_cache.py``), and
+    the whole prefill + decode loop is one jitted ``lax.while_loop``.
+
+    Args:
+        decoder: path, bytes, ``onnx.ModelProto`` or :class:`onnx2jax.Model` of the decoder step.
+        prefill: optional prompt graph without past inputs (e.g. a "without past" export),
+            returning the same present outputs; default: the decoder processes the prompt.
+        capacity: cache positions; default: the prompt plus ``max_new_tokens`` rounded up to a
+            bucket (:func:`bucket`) per ``generate`` call.
+        names: overrides of the naming conventions: ``{"pairs": {past: present, ...},
+            "input_ids": ..., "attention_mask": ..., "position_ids": ..., "cache_position":
+            ..., "logits": ...}`` (a role mapped to None: the graph has no such input).
+
+    Raises:
+        InputError: the graph is not a decoder with past inputs (the message says what was
+            looked for), or ``names`` does not match it.
+    """
+
+    def __init__(self, decoder, *, prefill=None, capacity: int | None = None, names=None):
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 1):
+            raise InputError(f"Generator: capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        names = dict(names or {})
+        model = decoder if isinstance(decoder, Model) else load(decoder)
+        self._layout = _layout(model, names)
+        self._model = model
+        self.params = model.params
+        # The decode step (one token) runs the rewritten graph, which reads the fixed buffer
+        # in place; prompt chunks run the graph as written (see _append_step for why).
+        self._inplace = None if isinstance(decoder, Model) else _rewritten(decoder, self._layout)
+        if self._inplace is not None and set(self._inplace.params) == set(model.params):
+            self._inplace.params = model.params  # one copy of the weights
+        self._prefill = None
+        self.prefill_params: dict[str, Any] = {}
+        if prefill is not None:
+            self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
+            _check_prefill(self._prefill, self._layout)
+            self.prefill_params = self._prefill.params
+        self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=compiler_options())
+        self._run = jax.jit(
+            self._generate,
+            static_argnames=("n_new", "capacity", "temperature", "top_k", "top_p", "eos"),
+            compiler_options=compiler_options(),
+        )
+
+    # -- the cache and one step ----------------------------------------------------------------
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The ``(past input, present output)`` pairs, in graph order."""
+        return self._layout.pairs
+
+    @property
+    def rewritten(self) -> bool:
+        """Whether decode steps run the in-place rewritten graph (else past + Concat, sliced)."""
+        return self._inplace is not None
+
+    def init_cache(self, batch: int, capacity: int | None = None) -> dict[str, jax.Array]:
+        """Zeroed cache buffers ``{past input name: [batch, ..., capacity, ...]}``.
+
+        ``capacity`` defaults to the Generator's, else ``DEFAULT_CAPACITY`` (512).
+        """
+        cap = capacity or self.capacity or DEFAULT_CAPACITY
+        lay = self._layout
+        out = {}
+        for past, _ in lay.pairs:
+            shape = list(lay.shapes[past])
+            shape.insert(0, batch)
+            shape.insert(lay.axis, cap)
+            out[past] = jnp.zeros(shape, lay.dtypes[past])
+        return out
+
+    def _step(self, params, cache, token_ids, positions):
+        """``(logits [batch, t, vocab], cache)`` after writing ``token_ids`` at ``positions``."""
+        token_ids = jnp.asarray(token_ids)
+        positions = jnp.asarray(positions).astype(jnp.int32)
+        if token_ids.ndim != 2 or positions.shape != token_ids.shape[:1]:
+            raise InputError(
+                f"step: token_ids must be [batch, t] and positions [batch], got "
+                f"{token_ids.shape} and {positions.shape}"
+            )
+        if token_ids.shape[1] == 1 and self._inplace is not None:
+            return self._inplace_step(params, cache, token_ids, positions)
+        return self._append_step(params, cache, token_ids, positions)
+
+    def _feeds(self, token_ids, positions, key_mask, cache_position):
+        lay = self._layout
+        t = token_ids.shape[1]
+        pos = positions[:, None] + jnp.arange(t, dtype=jnp.int32)  # [batch, t]
+        feeds = {lay.roles["input_ids"]: token_ids.astype(lay.dtypes["input_ids"])}
+        if lay.roles["attention_mask"]:
+            feeds[lay.roles["attention_mask"]] = key_mask.astype(lay.dtypes["attention_mask"])
+        if lay.roles["position_ids"]:
+            ids = jnp.maximum(pos, 0).astype(lay.dtypes["position_ids"])
+            feeds[lay.roles["position_ids"]] = ids
+        if lay.roles["cache_position"]:
+            feeds[lay.roles["cache_position"]] = cache_position.astype(lay.dtypes["cache_position"])
+        return feeds, pos
+
+    def _append_step(self, params, cache, token_ids, positions):
+        # The graph as written: it attends over Concat(buffer, new), so its own causal logic
+        # (often derived from shapes, the new tokens last) stays right for chunks of any length;
+        # the buffer's unwritten slots and the prompt's left padding are masked out.
+        lay = self._layout
+        capacity = next(iter(cache.values())).shape[lay.axis]
+        t = token_ids.shape[1]
+        slots = jnp.arange(capacity, dtype=jnp.int32)[None] < positions[:, None]
+        pos = positions[:, None] + jnp.arange(t, dtype=jnp.int32)
+        key_mask = jnp.concatenate([slots, pos >= 0], axis=1)
+        feeds, pos = self._feeds(token_ids, positions, key_mask, capacity + jnp.arange(t))
+        feeds.update(cache)
+        out = self._model.outputs_dict(self._model.apply(params, **feeds))
+        new_cache = {}
+        for past, present in lay.pairs:
+            new = lax.slice_in_dim(out[present], capacity, capacity + t, axis=lay.axis)
+            new_cache[past] = _write(cache[past], new, positions, lay.axis)
+        return out[lay.roles["logits"]], new_cache
+
+    def _inplace_step(self, params, cache, token_ids, positions):
+        lay = self._layout
+        capacity = next(iter(cache.values())).shape[lay.axis]
+        key_mask = jnp.arange(capacity, dtype=jnp.int32)[None] <= positions[:, None]
+        feeds, _ = self._feeds(token_ids, positions, key_mask, positions[:1])
+        feeds.update(cache)
+        feeds[_kv.WRITE_POSITION] = positions
+        out = self._inplace.outputs_dict(self._inplace.apply(params, **feeds))
+        return out[lay.roles["logits"]], {past: out[present] for past, present in lay.pairs}
+
+    def _prefill_step(self, pparams, cache, token_ids, positions):
+        lay = self._layout
+        t = token_ids.shape[1]
+        pos = positions[:, None] + jnp.arange(t, dtype=jnp.int32)
+        feeds, _ = self._feeds(token_ids, positions, pos >= 0, jnp.arange(t))
+        names = set(self._prefill.input_names)
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        out = self._prefill.outputs_dict(self._prefill.apply(pparams, **feeds))
+        new_cache = {p: _write(cache[p], out[q], positions, lay.axis) for p, q in lay.pairs}
+        return out[lay.roles["logits"]], new_cache
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens: int,
+        *,
+        attention_mask=None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        eos_token_id: int | None = None,
+    ) -> np.ndarray:
+        """Generate ``max_new_tokens`` tokens per row, on the device, in one jitted loop.
+
+        Args:
+            input_ids: int ``[batch, prompt_len]``; rows shorter than the longest are left-padded.
+            max_new_tokens: tokens to generate per row.
+            attention_mask: ``[batch, prompt_len]``, 0 on the left padding, 1 on the prompt.
+            temperature: 0 for greedy (argmax); else logits are divided by it and sampled.
+            top_k: sample among the k most likely tokens only.
+            top_p: sample from the smallest set of most likely tokens whose probability
+                reaches ``top_p`` (nucleus sampling).
+            seed: seed of the ``jax.random`` key (sampling is reproducible per seed).
+            eos_token_id: a row stops at this token and repeats it from then on; when every
+                row has stopped, the loop ends.
+
+        Returns:
+            numpy int ``[batch, max_new_tokens]``.
+        """
+        ids, mask = _check_prompt(input_ids, attention_mask)
+        n = _positive(max_new_tokens, "max_new_tokens")
+        if top_k is not None:
+            top_k = _positive(top_k, "top_k")
+        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+            raise InputError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+        if float(temperature) < 0:
+            raise InputError(f"generate: temperature must be >= 0, got {temperature!r}")
+        # Prompts are left-padded to a bucket too, so that prompt lengths within one bucket
+        # share a compiled program; padded positions are masked and never written.
+        width = bucket(ids.shape[1])
+        ids = np.pad(ids, ((0, 0), (width - ids.shape[1], 0)))
+        mask = np.pad(mask, ((0, 0), (width - mask.shape[1], 0)))
+        need = int(mask.sum(1).max()) + n
+        capacity = self.capacity or bucket(width + n)
+        if need > capacity:
+            raise InputError(
+                f"generate: the longest prompt ({need - n} tokens) plus max_new_tokens ({n}) "
+                f"needs {need} cache positions, but the Generator's capacity is {capacity}; "
+                "create it with a larger capacity (or capacity=None to size it per call)"
+            )
+        out = self._run(
+            self.params,
+            self.prefill_params,
+            jnp.asarray(ids, jnp.int32),
+            jnp.asarray(mask, jnp.int32),
+            jax.random.PRNGKey(int(seed)),
+            n_new=n,
+            capacity=capacity,
+            temperature=float(temperature),
+            top_k=top_k,
+            top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+            eos=None if eos_token_id is None else int(eos_token_id),
+        )
+        return np.asarray(out).astype(np.int64)
+
+    def _generate(self, params, pparams, ids, mask, key, *, n_new, capacity, **sampling):
+        eos = sampling["eos"]
+        batch = ids.shape[0]
+        lengths = mask.sum(1)
+        cache = self.init_cache(batch, capacity)
+        first = lengths - ids.shape[1]  # position of column 0: minus the row's left padding
+        if self._prefill is not None:
+            logits, cache = self._prefill_step(pparams, cache, ids, first)
+        else:
+            logits, cache = self._append_step(params, cache, ids, first)
+        key, sub = jax.random.split(key)
+        token = _sample(logits[:, -1], sub, **sampling)
+        fill = 0 if eos is None else eos
+        out = jnp.full((batch, n_new), fill, jnp.int32).at[:, 0].set(token)
+        done = jnp.zeros((batch,), bool) if eos is None else token == eos
+
+        def cond(state):
+            i, _, _, _, done, _, _ = state
+            return (i < n_new) & ~jnp.all(done)
+
+        def body(state):
+            i, cache, token, pos, done, out, key = state
+            logits, cache = self._step(params, cache, token[:, None], pos)
+            key, sub = jax.random.split(key)
+            nxt = _sample(logits[:, -1], sub, **sampling)
+            if eos is not None:
+                nxt = jnp.where(done, eos, nxt)
+                done = done | (nxt == eos)
+            out = lax.dynamic_update_slice(out, nxt[:, None], (jnp.int32(0), i))
+            return i + 1, cache, nxt, pos + 1, done, out, key
+
+        state = (jnp.int32(1), cache, token, lengths.astype(jnp.int32), done, out, key)
+        return lax.while_loop(cond, body, state)[5]
+
+    def compiled_programs(self) -> int:
+        """How many programs ``generate`` has compiled (one per batch, bucket and sampling)."""
+        return self._run._cache_size()
+
+
+def _sample(logits, key, *, temperature, top_k, top_p, eos):
+    """The next token per row from ``logits [batch, vocab]``."""
+    del eos
+    logits = logits.astype(jnp.float32)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above
+        cutoff = jnp.min(jnp.where(before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _write(buffer, new, positions, axis):
+    """``new`` written into ``buffer`` at ``positions[b] + j`` along ``axis`` (pads dropped)."""
+    # The scatter of ai.onnx2jax::KvCacheUpdate (onnx2jax/ops/kv_cache.py), which the
+    # rewritten graph runs; features do not import ops, hence the copy.
+    capacity, t = buffer.shape[axis], new.shape[axis]
+    slots = positions[:, None] + jnp.arange(t, dtype=jnp.int32)
+    slots = jnp.where((slots >= 0) & (slots < capacity), slots, capacity)  # dropped
+    index = [slice(None)] * buffer.ndim
+    index[0], index[axis] = jnp.arange(buffer.shape[0], dtype=jnp.int32)[:, None], slots
+    value = jnp.moveaxis(new.astype(buffer.dtype), axis, 1)
+    return buffer.at[tuple(index)].set(value, mode="drop")
+
+
+# -- finding the decoder's roles ---------------------------------------------------------------
+
+
+def _layout(model: Model, names: dict) -> _Layout:
+    specs = {s.name: s for s in model.inputs}
+    outs = [s.name for s in model.outputs]
+    unknown = set(names) - {"pairs", *_ROLES}
+    if unknown:
+        raise InputError(f"Generator: unknown names= key(s) {sorted(unknown)}; use {_ROLES}")
+    given = names.get("pairs")
+    if given is not None:
+        pairs = list(given.items()) if isinstance(given, Mapping) else [tuple(p) for p in given]
+        for past, present in pairs:
+            if past not in specs or present not in outs:
+                raise InputError(
+                    f"Generator: names pair {past!r} -> {present!r}: the graph has no input "
+                    f"{past!r} or no output {present!r}; inputs {list(specs)}, outputs {outs}"
+                )
+    else:
+        pairs = _kv.find_pairs(specs, outs)
+    if not pairs:
+        raise InputError(
+            f"Generator: this graph is not a decoder with past inputs: looked for "
+            f"{_kv.LOOKED_FOR}; its inputs are {list(specs)} and its outputs {outs}. Export the "
+            "model with its cache (e.g. use_cache=True, a 'with past' export), or name the "
+            "pairs: Generator(model, names={'pairs': {past_input: present_output, ...}})"
+        )
+    pasts = {p for p, _ in pairs}
+    roles: dict[str, str | None] = {}
+    for role in _ROLES:
+        if role in names:
+            name = names[role]
+            if name is not None and name not in (specs if role != "logits" else outs):
+                raise InputError(f"Generator: names[{role!r}] = {name!r} is not in the graph")
+            roles[role] = name
+        elif role == "logits":
+            rest = [o for o in outs if o not in {q for _, q in pairs}]
+            roles[role] = "logits" if "logits" in outs else (rest[0] if rest else None)
+        else:
+            roles[role] = role if role in specs else None
+    if roles["input_ids"] is None:
+        ints = [n for n, s in specs.items() if n not in pasts and s.dtype and s.dtype.kind in "iu"]
+        ints = [n for n in ints if n not in roles.values()]
+        roles["input_ids"] = ints[0] if len(ints) == 1 else None
+    if roles["input_ids"] is None or roles["logits"] is None:
+        raise InputError(
+            f"Generator: cannot tell which input takes the token ids or which output is the "
+            f"logits (inputs {list(specs)}, outputs {outs}); pass names={{'input_ids': ..., "
+            "'logits': ...}}"
+        )
+    other = [n for n in specs if n not in pasts and n not in roles.values()]
+    if other:
+        raise InputError(
+            f"Generator: the decoder has input(s) {other} that are neither token ids, "
+            "attention_mask, position_ids, cache_position nor a past; map them with names=..."
+        )
+    axis, shapes = _cache_axis(specs, dict(pairs), model)
+    # What JAX computes in (int64 inputs run as int32 unless the model was loaded with x64).
+    canon = jax.dtypes.canonicalize_dtype
+    dtypes = {p: canon(specs[p].dtype or np.float32) for p in pasts}
+    for role in ("input_ids", "attention_mask", "position_ids", "cache_position"):
+        if roles[role]:
+            dtypes[role] = canon(specs[roles[role]].dtype or np.int64)
+    return _Layout(tuple(pairs), roles, axis, shapes, dtypes)
+
+
+def _cache_axis(specs, pairs: dict[str, str], model: Model):
+    """The sequence axis of the past buffers and each buffer's other (fixed) dims."""
+    outs = {s.name: s for s in model.outputs}
+    axes = set()
+    shapes = {}
+    for past, present in pairs.items():
+        shape = specs[past].shape
+        if shape is None or len(shape) < 3:
+            raise InputError(f"Generator: past input {past!r} needs a declared shape of rank >= 3")
+        out_shape = outs[present].shape
+        symbolic = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
+        differ = [
+            i
+            for i in symbolic
+            if out_shape is not None and len(out_shape) == len(shape) and out_shape[i] != shape[i]
+        ]
+        named = [i for i in symbolic if re.search(r"seq|past|len|cache", str(shape[i]), re.I)]
+        axis = (differ or named or symbolic or [len(shape) - 2])[0]
+        if len(symbolic) > 1 and not (differ or named):
+            axis = len(shape) - 2  # [batch, heads, seq, head_dim], the common layout
+        rest = [d for i, d in enumerate(shape) if i not in (0, axis)]
+        if not all(isinstance(d, int) for d in rest):
+            raise InputError(
+                f"Generator: past input {past!r} has shape {shape}: besides batch and the "
+                f"sequence axis ({axis}) its dims must be fixed numbers"
+            )
+        axes.add(axis)
+        shapes[past] = tuple(rest)
+    if len(axes) != 1:
+        raise InputError(f"Generator: the past inputs disagree on the sequence axis ({axes})")
+    return axes.pop(), shapes
+
+
+def _check_prefill(prefill: Model, lay: _Layout) -> None:
+    outs = set(prefill.output_names)
+    missing = [q for _, q in lay.pairs if q not in outs]
+    if missing or lay.roles["logits"] not in outs:
+        raise InputError(
+            f"Generator: the prefill graph must return the decoder's present outputs and "
+            f"logits; it lacks {missing or [lay.roles['logits']]} (its outputs: {sorted(outs)})"
+        )
+    known = {v for k, v in lay.roles.items() if v and k != "logits"}
+    other = [n for n in prefill.input_names if n not in known]
+    if other:
+        raise InputError(
+            f"Generator: the prefill graph has input(s) {other} besides the token ids, "
+            "attention_mask, position_ids and cache_position; it should take no past"
+        )
+
+
+def _rewritten(source, lay: _Layout) -> Model | None:
+    """The decoder with ``present = Concat(past, new)`` rewritten in place, or None where the
+    graph computes a present otherwise (the decode step then runs the graph as written)."""
+    import onnx_ir as ir
+
+    if lay.roles["cache_position"]:
+        return None  # one cache_position for all rows cannot say where ragged rows write
+    base_dir = None
+    if isinstance(source, (str, os.PathLike)):
+        model = ir.load(source)
+        base_dir = os.path.dirname(os.path.abspath(source))
+    elif isinstance(source, (bytes, bytearray)):
+        with tempfile.TemporaryDirectory() as tmp:  # onnx-ir reads files, not bytes
+            path = os.path.join(tmp, "decoder.onnx")
+            with open(path, "wb") as f:
+                f.write(source)
+            model = ir.load(path)
+    elif hasattr(source, "SerializeToString"):
+        model = ir.from_proto(source)
+    else:
+        return None  # a file object: let load() read it once, as written
+    rewrite = _kv.FixedKvCache(lay.pairs)
+    if not rewrite(model).modified or any(a != lay.axis for a in rewrite.axes.values()):
+        return None
+    return load(ir.to_proto(model), base_dir=base_dir)
+
+
+def _check_prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
+        raise InputError(
+            f"generate: input_ids must be a non-empty int array [batch, prompt_len], got "
+            f"{ids.dtype} {list(ids.shape)}"
+        )
+    if attention_mask is None:
+        return ids, np.ones(ids.shape, np.int32)
+    mask = np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise InputError(
+            f"generate: attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}"
+        )
+    mask = (mask != 0).astype(np.int32)
+    lengths = mask.sum(1)
+    left_padded = (mask == (np.arange(ids.shape[1]) >= ids.shape[1] - lengths[:, None])).all()
+    if not left_padded or (lengths == 0).any():
+        raise InputError(
+            "generate: attention_mask must left-pad: per row zeros, then ones, with at least "
+            "one token (pad shorter prompts on the left)"
+        )
+    return ids, mask
+
+
+def _positive(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"generate: {what} must be a positive int, got {value!r}")
+    return int(value)

@@ -1,0 +1,380 @@
+"""onnx2jax.Generator and the kv_cache pass on a tiny GPT-2-style decoder built in onnx.helper,
+checked against onnxruntime's growing-past loop and a no-cache full recompute."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx2jax.passes.kv_cache import WRITE_POSITION, FixedKvCache, find_pairs
+
+import onnx2jax
+from onnx2jax.cli import main as cli_main
+
+VOCAB, EMBED, HEADS, LAYERS, MAX_POS = 53, 32, 4, 2, 1024
+HEAD_DIM = EMBED // HEADS
+
+
+def _decoder(
+    layers: int = LAYERS,
+    seed: int = 0,
+    past: bool = True,
+    past_name: str = "past_key_values.{i}.{kv}",
+    present_name: str = "present.{i}.{kv}",
+) -> onnx.ModelProto:
+    """A GPT-2-style decoder step: token + position embeddings, ``layers`` attention blocks with
+    ``present = Concat(past, new)`` on the sequence axis, a causal mask sliced from a
+    lower-triangular table by shapes (as torch's GPT-2 export does), the attention mask added
+    as ``(1 - mask) * min``, an MLP, a final LayerNorm and an LM head."""
+    rng = np.random.default_rng(seed)
+    inits = []
+
+    def w(name, *shape, scale=0.3):
+        inits.append(numpy_helper.from_array(rng.normal(0, scale, shape).astype(np.float32), name))
+        return name
+
+    def c(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    nodes = []
+
+    def op(op_type, ins, out, **attrs):
+        nodes.append(helper.make_node(op_type, ins, [out], name=out, **attrs))
+        return out
+
+    c("bias", np.tril(np.ones((MAX_POS, MAX_POS), bool)))
+    c("neg", np.float32(-3.4e38))
+    c("one", np.float32(1.0))
+    c("scale", np.float32(1 / np.sqrt(HEAD_DIM)))
+    c("heads_shape", np.array([0, 0, HEADS, HEAD_DIM], np.int64))
+    c("embed_shape", np.array([0, 0, EMBED], np.int64))
+    c("ax0", np.array([0], np.int64))
+    c("ax01", np.array([0, 1], np.int64))
+    c("idx2", np.array([2], np.int64))
+    c("zero", np.array([0], np.int64))
+    c("ax12", np.array([1, 2], np.int64))
+    w("wte", VOCAB, EMBED)
+    w("wpe", MAX_POS, EMBED, scale=0.1)
+    h = op(
+        "Add",
+        [op("Gather", ["wte", "input_ids"], "tok"), op("Gather", ["wpe", "position_ids"], "pos")],
+        "h0",
+    )
+    am = op("Cast", ["attention_mask"], "am_f", to=TensorProto.FLOAT)
+    am = op("Mul", [op("Sub", ["one", am], "am_inv"), "neg"], "am_add")
+    am = op("Unsqueeze", [am, "ax12"], "am4")  # [b, 1, 1, K]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])]
+    for i in range(layers):
+        p = f"l{i}."
+        w(p + "g1", EMBED, scale=0.1)
+        c(p + "b1", np.zeros(EMBED, np.float32))
+        x = op("LayerNormalization", [h, p + "g1", p + "b1"], p + "ln1", axis=-1)
+
+        def heads(name, x=x, p=p):
+            y = op("MatMul", [x, w(p + "w" + name, EMBED, EMBED)], p + name)
+            y = op("Reshape", [y, "heads_shape"], p + name + "_r")
+            return op("Transpose", [y], p + name + "_t", perm=[0, 2, 1, 3])  # [b, H, t, D]
+
+        q, k, v = heads("q"), heads("k"), heads("v")
+        kv = {}
+        for name, new in (("key", k), ("value", v)):
+            if past:
+                past_in = past_name.format(i=i, kv=name)
+                present = present_name.format(i=i, kv=name)
+                inputs.append(
+                    helper.make_tensor_value_info(
+                        past_in, TensorProto.FLOAT, ["batch", HEADS, "past_seq", HEAD_DIM]
+                    )
+                )
+                op("Concat", [past_in, new], present, axis=-2)
+            else:
+                present = present_name.format(i=i, kv=name)
+                op("Identity", [new], present)
+            outputs.append(
+                helper.make_tensor_value_info(
+                    present, TensorProto.FLOAT, ["batch", HEADS, "total_seq", HEAD_DIM]
+                )
+            )
+            kv[name] = present
+        s = op("MatMul", [q, op("Transpose", [kv["key"]], p + "kT", perm=[0, 1, 3, 2])], p + "s")
+        s = op("Mul", [s, "scale"], p + "s_scaled")
+        klen = op("Gather", [op("Shape", [kv["key"]], p + "kshape"), "idx2"], p + "klen")
+        qlen = op("Gather", [op("Shape", [q], p + "qshape"), "idx2"], p + "qlen")
+        start = op("Sub", [klen, qlen], p + "start")
+        causal = op(
+            "Slice",
+            ["bias", op("Concat", [start, "zero"], p + "starts", axis=0),
+             op("Concat", [klen, klen], p + "ends", axis=0), "ax01"],
+            p + "causal",
+        )  # fmt: skip
+        s = op("Where", [causal, s, "neg"], p + "s_causal")
+        s = op("Add", [s, am], p + "s_masked")
+        a = op("MatMul", [op("Softmax", [s], p + "probs", axis=-1), kv["value"]], p + "att")
+        a = op(
+            "Reshape",
+            [op("Transpose", [a], p + "att_t", perm=[0, 2, 1, 3]), "embed_shape"],
+            p + "att_r",
+        )
+        h = op("Add", [h, op("MatMul", [a, w(p + "wo", EMBED, EMBED)], p + "proj")], p + "h1")
+        m = op("Tanh", [op("MatMul", [h, w(p + "w1", EMBED, 2 * EMBED)], p + "fc")], p + "act")
+        h = op("Add", [h, op("MatMul", [m, w(p + "w2", 2 * EMBED, EMBED)], p + "fc2")], p + "h2")
+    w("gf", EMBED, scale=0.1)
+    c("bf", np.zeros(EMBED, np.float32))
+    h = op("LayerNormalization", [h, "gf", "bf"], "lnf", axis=-1)
+    op("MatMul", [h, w("head", EMBED, VOCAB, scale=1.0)], "logits")
+    graph = helper.make_graph(nodes, "tiny_gpt", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+class OrtDecoder:
+    """onnxruntime, run the way users run an exported decoder: numpy feeds, a growing past."""
+
+    def __init__(self, proto: onnx.ModelProto):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(proto.SerializeToString(), opts)
+        self.pasts = [i.name for i in self.sess.get_inputs() if "past" in i.name]
+
+    def run(self, ids: np.ndarray, past: list[np.ndarray] | None):
+        b, t = ids.shape
+        plen = 0 if past is None else past[0].shape[2]
+        if past is None:
+            past = [np.zeros((b, HEADS, 0, HEAD_DIM), np.float32) for _ in self.pasts]
+        feeds = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": np.ones((b, plen + t), np.int64),
+            "position_ids": np.broadcast_to(np.arange(plen, plen + t), (b, t)).astype(np.int64),
+            **dict(zip(self.pasts, past, strict=True)),
+        }
+        logits, *present = self.sess.run(None, feeds)
+        return logits, present
+
+    def check_greedy(self, prompt: np.ndarray, tokens: np.ndarray, tie: float = 1e-4) -> None:
+        """Feed prompt + tokens through the growing-past loop; each token must be onnxruntime's
+        argmax for its prefix (or within ``tie`` of the max logit)."""
+        logits, past = self.run(prompt, None)
+        for j in range(tokens.shape[1]):
+            last = logits[:, -1]
+            chosen = last[np.arange(len(last)), tokens[:, j]]
+            assert np.all(chosen >= last.max(-1) - tie), (j, tokens[:, j], last.argmax(-1))
+            logits, past = self.run(tokens[:, j : j + 1], past)
+
+    def greedy(self, prompt: np.ndarray, n: int) -> np.ndarray:
+        logits, past = self.run(prompt, None)
+        out = []
+        for _ in range(n):
+            tok = logits[:, -1].argmax(-1)
+            out.append(tok)
+            logits, past = self.run(tok[:, None], past)
+        return np.stack(out, 1)
+
+    def greedy_no_cache(self, prompt: np.ndarray, n: int) -> np.ndarray:
+        seq = prompt
+        for _ in range(n):
+            logits, _ = self.run(seq, None)
+            seq = np.concatenate([seq, logits[:, -1].argmax(-1)[:, None]], 1)
+        return seq[:, prompt.shape[1] :]
+
+
+@pytest.fixture(scope="module")
+def proto():
+    return _decoder()
+
+
+@pytest.fixture(scope="module")
+def gen(proto):
+    return onnx2jax.Generator(proto)
+
+
+@pytest.fixture(scope="module")
+def ref(proto):
+    return OrtDecoder(proto)
+
+
+PROMPT = np.array([[5, 17, 3, 44, 9], [1, 2, 3, 4, 50]])
+
+
+def test_greedy_matches_onnxruntime_loop_and_full_recompute(gen, ref):
+    assert gen.rewritten  # the decode steps run the in-place graph
+    tokens = gen.generate(PROMPT, 24)
+    assert tokens.shape == (2, 24) and tokens.dtype == np.int64
+    ref.check_greedy(PROMPT, tokens)
+    np.testing.assert_array_equal(tokens, ref.greedy(PROMPT, 24))
+    np.testing.assert_array_equal(tokens, ref.greedy_no_cache(PROMPT, 24))
+
+
+def test_ragged_left_padded_batch_matches_rows_alone(gen):
+    rows = [[7, 3, 22, 9, 1, 30, 2], [4, 8], [11, 12, 13, 14]]
+    width = max(map(len, rows))
+    ids = np.array([[0] * (width - len(r)) + r for r in rows])
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    batch = gen.generate(ids, 12, attention_mask=mask)
+    for r, row in enumerate(rows):
+        alone = gen.generate(np.array([row]), 12)
+        np.testing.assert_array_equal(batch[r], alone[0], err_msg=f"row {r}")
+
+
+def test_compiles_once_per_bucket(proto):
+    g = onnx2jax.Generator(proto)
+    for length in (3, 5, 7, 11):
+        g.generate(np.arange(1, length + 1)[None] % VOCAB, 8)
+    assert g.compiled_programs() == 1  # prompt lengths 3..11 share the 16-wide bucket
+    g.generate(np.arange(1, 20)[None], 8)  # a 32-wide prompt bucket compiles once more
+    assert g.compiled_programs() == 2
+
+
+def test_eos_rows_repeat_eos(gen, ref):
+    expected = ref.greedy(PROMPT, 16)
+    eos = int(expected[0, 3])
+    stop = [int(np.argmax(row == eos)) if (row == eos).any() else None for row in expected]
+    out = gen.generate(PROMPT, 16, eos_token_id=eos)
+    for r, s in enumerate(stop):
+        if s is None:
+            np.testing.assert_array_equal(out[r], expected[r])
+        else:
+            np.testing.assert_array_equal(out[r, : s + 1], expected[r, : s + 1])
+            assert (out[r, s:] == eos).all()
+
+
+def test_sampling_reproducible_and_top_k_1_is_greedy(gen):
+    a = gen.generate(PROMPT, 16, temperature=1.5, seed=3)
+    b = gen.generate(PROMPT, 16, temperature=1.5, seed=3)
+    c = gen.generate(PROMPT, 16, temperature=1.5, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    greedy = gen.generate(PROMPT, 16)
+    np.testing.assert_array_equal(gen.generate(PROMPT, 16, temperature=0.7, top_k=1), greedy)
+
+
+def _fixed_logits_decoder(logits: np.ndarray) -> onnx.ModelProto:
+    """A 'decoder' whose next-token logits are always ``logits``, with one past/present pair."""
+    vocab = logits.size
+    nodes = [
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Concat", ["ids_shape", "vocab"], ["out_shape"], axis=0),
+        helper.make_node("Expand", ["table", "out_shape"], ["logits"]),
+        helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["ids_f", "axes"], ["new"]),  # [b, 1, t, 1]
+        helper.make_node("Concat", ["past_key_values.0.key", "new"], ["present.0.key"], axis=2),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixed",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"]),
+            helper.make_tensor_value_info(
+                "past_key_values.0.key", TensorProto.FLOAT, ["b", 1, "p", 1]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "t", vocab]),
+            helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, ["b", 1, "n", 1]),
+        ],
+        [
+            numpy_helper.from_array(logits.astype(np.float32), "table"),
+            numpy_helper.from_array(np.array([vocab], np.int64), "vocab"),
+            numpy_helper.from_array(np.array([1, 3], np.int64), "axes"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_top_k_and_top_p_restrict_to_the_right_sets():
+    logits = np.log(np.array([0.05, 0.4, 0.02, 0.3, 0.2, 0.03]))
+    g = onnx2jax.Generator(_fixed_logits_decoder(logits))
+    ids = np.ones((64, 1), np.int64)
+    k3 = g.generate(ids, 8, temperature=1.0, top_k=3, seed=1)
+    assert set(k3.ravel()) == {1, 3, 4}  # the three most likely, each drawn at least once
+    p = g.generate(ids, 8, temperature=1.0, top_p=0.65, seed=2)
+    assert set(p.ravel()) == {1, 3}  # 0.4 + 0.3 reaches 0.65; 0.4 alone does not
+    full = g.generate(ids, 8, temperature=1.0, seed=5)
+    assert set(full.ravel()) == set(range(6))  # 512 draws: every token shows up
+
+
+def test_step_matches_onnxruntime_for_chunks_and_single_tokens(gen, ref):
+    cache = gen.init_cache(2, capacity=32)
+    logits, cache = gen.step(gen.params, cache, PROMPT[:, :3], np.zeros(2, np.int32))
+    want, past = ref.run(PROMPT[:, :3], None)
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    logits, cache = gen.step(gen.params, cache, PROMPT[:, 3:], np.full(2, 3, np.int32))
+    want, past = ref.run(PROMPT[:, 3:], past)
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    for j in range(3):
+        tok = np.array([[j + 1], [j + 7]])
+        logits, cache = gen.step(gen.params, cache, tok, np.full(2, 5 + j, np.int32))
+        want, past = ref.run(tok, past)
+        np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(cache["past_key_values.1.value"])[:, :, :8], past[3], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_loaded_model_and_a_prefill_graph(proto, ref):
+    g = onnx2jax.Generator(onnx2jax.load(proto), prefill=_decoder(past=False))
+    assert not g.rewritten  # a loaded Model runs as written: past + Concat, new slots sliced
+    np.testing.assert_array_equal(g.generate(PROMPT, 10), ref.greedy(PROMPT, 10))
+
+
+def test_names_override_and_not_a_decoder_error(proto):
+    odd = _decoder(layers=1, past_name="cache_in_{i}_{kv}", present_name="cache_out_{i}_{kv}")
+    with pytest.raises(onnx2jax.InputError, match="past_key_values.N.key.*inputs are"):
+        onnx2jax.Generator(odd)
+    pairs = {f"cache_in_0_{kv}": f"cache_out_0_{kv}" for kv in ("key", "value")}
+    g = onnx2jax.Generator(odd, names={"pairs": pairs})
+    assert g.rewritten
+    ref = OrtDecoder(odd)
+    ref.pasts = list(pairs)
+    np.testing.assert_array_equal(g.generate(PROMPT, 6), ref.greedy(PROMPT, 6))
+
+
+def test_bad_arguments_name_the_field(gen):
+    with pytest.raises(onnx2jax.InputError, match="max_new_tokens"):
+        gen.generate(PROMPT, 0)
+    with pytest.raises(onnx2jax.InputError, match="left-pad"):
+        gen.generate(PROMPT, 2, attention_mask=[[1, 1, 1, 1, 0], [1] * 5])
+    with pytest.raises(onnx2jax.InputError, match="capacity"):
+        onnx2jax.Generator(_decoder(layers=1), capacity=8).generate(PROMPT, 8)
+
+
+def test_kv_cache_pass_rewrites_every_concat(proto):
+    model = ir.from_proto(proto)
+    names = ([v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs])
+    pairs = find_pairs(*names)
+    assert pairs == [(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}")
+                     for i in range(LAYERS) for kv in ("key", "value")]  # fmt: skip
+    p = FixedKvCache()
+    assert p(model).modified
+    assert p.matches == {"Concat(past, new) -> KvCacheUpdate": 4} and set(p.axes.values()) == {2}
+    assert model.graph.inputs[-1].name == WRITE_POSITION
+    outs = {v.name: v for v in model.graph.outputs}
+    for past, present in pairs:
+        node = outs[present].producer()
+        assert (node.domain, node.op_type, node.inputs[0].name) == (
+            "ai.onnx2jax",
+            "KvCacheUpdate",
+            past,
+        )
+        # attention reads the updated buffer, not a Concat
+        assert all(u.node.op_type != "Concat" for u in outs[present].uses())
+    assert not FixedKvCache()(model).modified  # already rewritten: nothing to do
+
+
+def test_cli_generate(tmp_path, proto, gen, capsys):
+    path = tmp_path / "decoder.onnx"
+    onnx.save(proto, path)
+    assert cli_main(["generate", str(path), "--prompt-ids", "5,17,3", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    want = gen.generate(PROMPT[:1, :3], 6)[0]
+    assert " ".join(map(str, want)) in out and "tokens/s" in out
