@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -82,11 +84,16 @@ def bertish() -> onnx.ModelProto:
 
 def ort(model: onnx.ModelProto, **feeds) -> dict[str, np.ndarray]:
     """The model's outputs by name, from onnxruntime."""
-    import onnxruntime as rt
-
-    sess = rt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = _session(model.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds)))
+
+
+@functools.cache
+def _session(data: bytes):
+    import onnxruntime as rt
+
+    return rt.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
 class ServerThread:
@@ -101,7 +108,6 @@ class ServerThread:
         import threading
 
         import uvicorn
-
         from onnx2jax.serve.app import create_app
 
         self.metrics = metrics

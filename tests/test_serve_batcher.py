@@ -1,0 +1,260 @@
+"""The dynamic batcher without sockets: results routed back to their requests (against
+onnxruntime), batches that form, buckets compiled at warm-up only, per-shape batches, bad
+requests rejected alone, the bounded queue, timeouts while queued, cancellation and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import numpy as np
+import pytest
+from onnx2jax.serve import (
+    BatchConfig,
+    Batcher,
+    Observer,
+    QueueFullError,
+    RequestTimeoutError,
+    ShuttingDownError,
+    batch_axis,
+)
+from serve_models import bertish, mlp, ort
+
+import onnx2jax
+
+RNG = np.random.default_rng(0)
+
+
+@functools.cache
+def _model(kind: str) -> onnx2jax.Model:
+    return {"mlp": lambda: onnx2jax.load(mlp()), "mlp1": lambda: onnx2jax.load(mlp(1)),
+            "mlp2": lambda: onnx2jax.load(mlp(2)), "bert": lambda: onnx2jax.load(bertish())}[kind]()  # fmt: skip
+
+
+class Record(Observer):
+    def __init__(self):
+        self.batches: list[tuple[int, int]] = []
+        self.compiles: list[str] = []
+
+    def batch(self, model, size, bucket, waits, compute):
+        self.batches.append((size, bucket))
+
+    def compiled(self, model, phase, seconds):
+        self.compiles.append(phase)
+
+
+def _x(k: int) -> np.ndarray:
+    return RNG.standard_normal((k, 8)).astype(np.float32)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _started(kind: str, **config) -> tuple[Batcher, Record]:
+    rec = Record()
+    dims = config.pop("dims", None)
+    b = Batcher(_model(kind), kind, BatchConfig(**config), dims=dims, observer=rec)
+    await b.start()
+    return b, rec
+
+
+def _check_mlp(x: np.ndarray, out: dict, batch1: bool = False) -> None:
+    if batch1:  # a batch-1 export: onnxruntime runs one row at a time
+        refs = [ort(mlp(1), x=x[i : i + 1]) for i in range(len(x))]
+        ref = {k: np.concatenate([r[k] for r in refs]) for k in ("y", "hidden")}
+    else:
+        ref = ort(mlp(), x=x)
+    for name in ("y", "hidden"):
+        assert out[name].shape == ref[name].shape
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_axis_kinds():
+    assert batch_axis(_model("mlp")) == "symbolic"
+    assert batch_axis(_model("mlp1")) == "export1"
+    assert batch_axis(_model("mlp2")) is None
+    assert batch_axis(_model("bert")) == "symbolic"
+
+
+def test_config_buckets_and_checks():
+    assert BatchConfig(max_batch_size=12).buckets == (1, 2, 4, 8, 12)
+    assert BatchConfig(max_batch_size=8, preferred_batch_sizes=(3,)).buckets == (3, 8)
+    for bad in (
+        {"max_batch_size": 0},
+        {"max_batch_size": 4, "preferred_batch_sizes": (5,)},
+        {"max_queue_delay_ms": -1},
+        {"max_queue_size": -1},
+        {"default_timeout_ms": -2},
+        {"batch_mode": "pmap"},
+    ):
+        with pytest.raises(onnx2jax.Onnx2JaxError, match="BatchConfig"):
+            BatchConfig(**bad)
+
+
+@pytest.mark.parametrize("mode", ["vmap", "axis"])
+def test_requests_batched_and_routed_back(mode):
+    async def main():
+        b, rec = await _started("mlp", max_batch_size=8, max_queue_delay_ms=50, batch_mode=mode)
+        xs = [_x(k) for k in (1, 2, 3, 1, 1, 2, 1, 4, 1)]
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        await b.stop()
+        return xs, outs, rec
+
+    xs, outs, rec = _run(main())
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out)
+    assert max(size for size, _ in rec.batches) > 1, rec.batches
+    assert all(size <= bucket <= 8 for size, bucket in rec.batches)
+    assert sum(size for size, _ in rec.batches) == sum(len(x) for x in xs)
+    # every bucket compiled at warm-up, none while serving
+    assert rec.compiles == ["warmup"] * len(BatchConfig(max_batch_size=8).buckets)
+
+
+def test_batch1_export_served_batched():
+    async def main():
+        b, rec = await _started("mlp1", max_batch_size=4, max_queue_delay_ms=50)
+        xs = [_x(1) for _ in range(6)] + [_x(3)]
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        await b.stop()
+        return xs, outs, rec
+
+    xs, outs, rec = _run(main())
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out, batch1=True)
+    assert max(size for size, _ in rec.batches) > 1
+    assert set(rec.compiles) == {"warmup"}
+
+
+def test_different_shapes_form_different_batches():
+    def req(seq):
+        ids = RNG.integers(0, 50, (1, seq)).astype(np.int64)
+        mask = (RNG.random((1, seq)) > 0.3).astype(np.int64)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    async def main():
+        b, rec = await _started("bert", max_batch_size=4, max_queue_delay_ms=50, dims={"seq": 5})
+        reqs = [req(5), req(7), req(5), req(7), req(5)]
+        outs = await asyncio.gather(*(b.infer(r) for r in reqs))
+        await b.stop()
+        return reqs, outs, rec
+
+    reqs, outs, rec = _run(main())
+    for r, out in zip(reqs, outs):
+        ref = ort(bertish(), **r)
+        assert out["logits"].dtype == np.float32
+        np.testing.assert_allclose(out["logits"], ref["logits"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["hidden"], ref["hidden"], rtol=1e-5, atol=1e-6)
+    assert sorted(size for size, _ in rec.batches) == [2, 3]
+    # seq=5 was compiled at warm-up (--dim); seq=7 only when it came
+    assert rec.compiles.count("runtime") == 1
+
+
+def test_bad_requests_rejected_alone():
+    bad = {
+        "dtype float64": ({"x": np.zeros((1, 8))}, "'x' has dtype float64"),
+        "size on axis 1": ({"x": np.zeros((1, 7), np.float32)}, "size 7 on axis 1"),
+        "rank": ({"x": np.zeros((8,), np.float32)}, "takes rank 2"),
+        "unknown": ({"x": _x(1), "z": _x(1)}, "no input"),
+        "missing": ({}, "missing input"),
+        "too many examples": ({"x": _x(9)}, "carries 9 examples"),
+    }
+
+    async def main():
+        b, rec = await _started("mlp", max_batch_size=8, max_queue_delay_ms=50)
+        good = [_x(1) for _ in range(3)]
+        tasks = [b.infer({"x": x}) for x in good] + [b.infer(r) for r, _ in bad.values()]
+        outs = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.stop()
+        return good, outs, rec
+
+    good, outs, rec = _run(main())
+    for x, out in zip(good, outs[:3]):
+        _check_mlp(x, out)
+    for (what, (_, msg)), err in zip(bad.items(), outs[3:]):
+        assert isinstance(err, onnx2jax.InputError), what
+        assert msg in str(err), (what, str(err))
+    assert rec.batches == [(3, 4)]  # the good ones ran together; no bad one joined
+
+
+def test_queue_full_rejects_at_once_and_stop_drains():
+    async def main():
+        b, _ = await _started("mlp", max_batch_size=8, max_queue_delay_ms=5000, max_queue_size=2)
+        xs = [_x(1), _x(1)]
+        waiting = [asyncio.ensure_future(b.infer({"x": x})) for x in xs]
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFullError, match="queue is full"):
+            await b.infer({"x": _x(1)})
+        rejected_in = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await b.stop()  # drains: the queued two run now, not after the 5 s delay
+        drained_in = time.perf_counter() - t0
+        with pytest.raises(ShuttingDownError):
+            await b.infer({"x": _x(1)})
+        return xs, [w.result() for w in waiting], rejected_in, drained_in
+
+    xs, outs, rejected_in, drained_in = _run(main())
+    assert rejected_in < 0.05
+    assert drained_in < 2.0
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out)
+
+
+def test_timeout_fires_while_waiting():
+    async def main():
+        b, _ = await _started(
+            "mlp", max_batch_size=8, max_queue_delay_ms=3000, default_timeout_ms=150
+        )
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeoutError, match="timed out"):
+            await b.infer({"x": _x(1)})
+        default_in = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with pytest.raises(RequestTimeoutError):
+            await b.infer({"x": _x(1)}, timeout_ms=50)
+        own_in = time.perf_counter() - t0
+        depth = b.queue_depth
+        await b.stop()
+        return default_in, own_in, depth
+
+    default_in, own_in, depth = _run(main())
+    # the timeout fired long before a batch would have formed (3 s)
+    assert 0.14 < default_in < 1.0
+    assert 0.045 < own_in < 1.0
+    assert depth == 0
+
+
+def test_cancelled_request_leaves_the_queue():
+    async def main():
+        b, rec = await _started("mlp", max_batch_size=8, max_queue_delay_ms=3000)
+        task = asyncio.ensure_future(b.infer({"x": _x(1)}))
+        await asyncio.sleep(0.05)
+        assert b.queue_depth == 1
+        task.cancel()
+        await asyncio.sleep(0)
+        depth = b.queue_depth
+        await b.stop()
+        return depth, rec
+
+    depth, rec = _run(main())
+    assert depth == 0
+    assert rec.batches == []  # nothing ran for the request that left
+
+
+def test_model_without_batch_axis_runs_alone():
+    async def main():
+        b, rec = await _started("mlp2", max_batch_size=8, max_queue_delay_ms=20)
+        xs = [_x(2), _x(2)]
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        with pytest.raises(onnx2jax.InputError, match="size 3 on axis 0"):
+            await b.infer({"x": _x(3)})
+        await b.stop()
+        return b, xs, outs, rec
+
+    b, xs, outs, rec = _run(main())
+    assert b.max_batch_size == 0
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out)
+    assert rec.batches == [(1, 1), (1, 1)]
