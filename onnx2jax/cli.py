@@ -365,6 +365,58 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import serve
+    from .serve.config import BatchConfig
+
+    models = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = os.path.splitext(os.path.basename(item))[0], item
+        if not name or name in models:
+            raise InputError(f"model name {name!r} is empty or given twice; use NAME=PATH")
+        if not os.path.isfile(path):
+            raise InputError(f"{item}: no such model file")
+        models[name] = path
+    try:
+        sizes = tuple(int(b) for b in args.preferred_batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise InputError(
+            f"--preferred-batch-sizes must look like 1,4,16, got {args.preferred_batch_sizes!r}"
+        ) from None
+    config = BatchConfig(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=sizes,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue_size=args.max_queue_size,
+        default_timeout_ms=args.timeout_ms,
+        batch_mode=args.batch_mode,
+    )
+    serve(models, host=args.host, port=args.port, config=config, dims=parse_dims(args.dim))
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve models over HTTP (KServe v2 / Triton protocol) with dynamic batching",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx | NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--max-batch-size", type=_positive_int, default=32)
+    p.add_argument("--preferred-batch-sizes", default="", metavar="1,4,16",
+                   help="buckets batches are padded to (default: powers of two)")  # fmt: skip
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue-size", type=int, default=1024, help="0: unbounded")
+    p.add_argument("--timeout-ms", type=float, default=0.0, help="queue timeout (0: none)")
+    p.add_argument("--batch-mode", choices=["vmap", "axis"], default="vmap")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                   help="size of a non-batch symbolic dim, to compile its buckets at start-up")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -404,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_opt.set_defaults(func=cmd_optimize)
     _add_bench(sub)
+    _add_serve(sub)
     _add_generate(sub)
     args = parser.parse_args(argv)
     try:
