@@ -90,7 +90,7 @@ class Generator:
         self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=compiler_options())
         self._run = jax.jit(
             self._generate,
-            static_argnames=("n_new", "capacity", "temperature", "top_k", "top_p", "eos"),
+            static_argnames=("n_new", "capacity", "mode"),
             compiler_options=compiler_options(),
         )
 
@@ -223,6 +223,7 @@ class Generator:
             top_k = _positive(top_k, "top_k")
         if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise InputError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+        top_p = 1.0 if top_p is None else float(top_p)
         if float(temperature) < 0:
             raise InputError(f"generate: temperature must be >= 0, got {temperature!r}")
         # Prompts are left-padded to a bucket too, so that prompt lengths within one bucket
@@ -243,18 +244,24 @@ class Generator:
             self.prefill_params,
             jnp.asarray(ids, jnp.int32),
             jnp.asarray(mask, jnp.int32),
-            jax.random.PRNGKey(int(seed)),
+            jax.random.key(int(seed), impl="rbg"),  # compiles faster than threefry
+            # Sampling settings are traced values: changing them does not recompile.
+            jnp.float32(temperature),
+            jnp.int32(top_k or 0),
+            jnp.float32(top_p),
+            jnp.int32(-1 if eos_token_id is None else eos_token_id),
             n_new=n,
             capacity=capacity,
-            temperature=float(temperature),
-            top_k=top_k,
-            top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
-            eos=None if eos_token_id is None else int(eos_token_id),
+            # Which sampler is compiled in (greedy, sampling, sampling with top-k/top-p): each
+            # costs compile time, so a program holds only the one asked for.
+            mode="greedy" if temperature == 0 else "filtered" if top_k or top_p < 1 else "sample",
         )
         return np.asarray(out).astype(np.int64)
 
-    def _generate(self, params, pparams, ids, mask, key, *, n_new, capacity, **sampling):
-        eos = sampling["eos"]
+    def _generate(
+        self, params, pparams, ids, mask, key, temp, top_k, top_p, eos, *, n_new, capacity, mode
+    ):
+        sampling = {"temperature": temp, "top_k": top_k, "top_p": top_p, "mode": mode}
         batch = ids.shape[0]
         lengths = mask.sum(1)
         cache = self.init_cache(batch, capacity)
@@ -263,52 +270,61 @@ class Generator:
             logits, cache = self._prefill_step(pparams, cache, ids, first)
         else:
             logits, cache = self._append_step(params, cache, ids, first)
-        key, sub = jax.random.split(key)
-        token = _sample(logits[:, -1], sub, **sampling)
-        fill = 0 if eos is None else eos
-        out = jnp.full((batch, n_new), fill, jnp.int32).at[:, 0].set(token)
-        done = jnp.zeros((batch,), bool) if eos is None else token == eos
+        # The body samples from the logits it carries, then runs the step that gives the next
+        # ones: one sampling site in the program (each costs compile time), at the price of one
+        # step past the last token (its slot is within the capacity).
+        out = jnp.full((batch, n_new), jnp.maximum(eos, 0), jnp.int32)
+        done = jnp.zeros((batch,), bool)
 
         def cond(state):
-            i, _, _, _, done, _, _ = state
+            i, _, _, _, done, _ = state
             return (i < n_new) & ~jnp.all(done)
 
         def body(state):
-            i, cache, token, pos, done, out, key = state
+            i, cache, logits, pos, done, out = state
+            token = _sample(logits, jax.random.fold_in(key, i), **sampling)
+            token = jnp.where(done, eos, token)  # eos -1: no eos, never done
+            done = done | (token == eos)
+            out = lax.dynamic_update_slice(out, token[:, None], (jnp.int32(0), i))
             logits, cache = self._step(params, cache, token[:, None], pos)
-            key, sub = jax.random.split(key)
-            nxt = _sample(logits[:, -1], sub, **sampling)
-            if eos is not None:
-                nxt = jnp.where(done, eos, nxt)
-                done = done | (nxt == eos)
-            out = lax.dynamic_update_slice(out, nxt[:, None], (jnp.int32(0), i))
-            return i + 1, cache, nxt, pos + 1, done, out, key
+            return i + 1, cache, logits[:, -1], pos + 1, done, out
 
-        state = (jnp.int32(1), cache, token, lengths.astype(jnp.int32), done, out, key)
+        state = (jnp.int32(0), cache, logits[:, -1], lengths.astype(jnp.int32), done, out)
         return lax.while_loop(cond, body, state)[5]
 
     def compiled_programs(self) -> int:
-        """How many programs ``generate`` has compiled (one per batch, bucket and sampling)."""
+        """How many programs ``generate`` has compiled: one per batch size, prompt bucket,
+        capacity and ``max_new_tokens`` (sampling settings are run-time values)."""
         return self._run._cache_size()
 
 
-def _sample(logits, key, *, temperature, top_k, top_p, eos):
-    """The next token per row from ``logits [batch, vocab]``."""
-    del eos
+def _sample(logits, key, *, temperature, top_k, top_p, mode):
+    """The next token per row from ``logits [batch, vocab]``; the settings are traced scalars
+    (top_k 0 and top_p 1: no restriction), ``mode`` says which sampler to compile."""
     logits = logits.astype(jnp.float32)
-    if temperature == 0.0:
+    if mode == "greedy":
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p is not None:
-        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above
-        cutoff = jnp.min(jnp.where(before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+    def sample(logits):
+        logits = logits / temperature
+
+        def restrict(logits):
+            # One sort serves both filters.
+            ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+            k = jnp.clip(top_k, 1, logits.shape[-1])
+            kth = lax.dynamic_index_in_dim(ordered, k - 1, axis=1)
+            kth = jnp.where(top_k > 0, kth, -jnp.inf)
+            probs = jax.nn.softmax(jnp.where(ordered < kth, -jnp.inf, ordered), axis=-1)
+            before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above
+            keep = (before < top_p) & (ordered >= kth)
+            cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+            return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+        if mode == "filtered":
+            logits = restrict(logits)
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+    return sample(logits)
 
 
 def _write(buffer, new, positions, axis):
