@@ -14,6 +14,7 @@ from ._errors import StaticValueError as StaticValueError
 from ._errors import UnsupportedOpsError as UnsupportedOpsError
 from ._ir import TensorSpec as TensorSpec
 from .generate import Generator as Generator  # after the names it imports from here
+from .quantization import quantize as quantize  # after the names it imports
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,5 @@ __all__ = [
     "UnsupportedOpsError",
     "compiler_options",
     "load",
+    "quantize",
 ]

@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     nhwc,
     normalization,
     pool,
+    qat,
     quant,
     quant4,
     random,
