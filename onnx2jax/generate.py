@@ -81,6 +81,8 @@ class Generator:
         self._inplace = None if isinstance(decoder, Model) else _rewritten(decoder, self._layout)
         if self._inplace is not None and set(self._inplace.params) == set(model.params):
             self._inplace.params = model.params  # one copy of the weights
+        if self._inplace is not None and not self._inplace_fits():
+            self._inplace = None
         self._prefill = None
         self.prefill_params: dict[str, Any] = {}
         if prefill is not None:
@@ -132,6 +134,19 @@ class Generator:
         if token_ids.shape[1] == 1 and self._inplace is not None:
             return self._inplace_step(params, cache, token_ids, positions)
         return self._append_step(params, cache, token_ids, positions)
+
+    def _inplace_fits(self) -> bool:
+        """Whether the rewritten graph traces with a buffer as its key axis (abstractly, no
+        compile). Graphs that size their masks from ``past length + t`` (transformers' mask
+        helpers) do not: their decode steps run the graph as written instead."""
+        cache = jax.eval_shape(lambda: self.init_cache(1, 16))
+        args = (self.params, cache, jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32))
+        try:
+            logits, new = jax.eval_shape(self._inplace_step, *args)
+        except Exception:  # noqa: BLE001 - any failure to trace means: not this graph
+            return False
+        same = all(new[k].shape == v.shape for k, v in cache.items())
+        return same and tuple(logits.shape[:2]) == (1, 1)
 
     def _feeds(self, token_ids, positions, key_mask, cache_position):
         lay = self._layout

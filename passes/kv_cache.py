@@ -64,13 +64,25 @@ def concat_axis(node: ir.Node, past: ir.Value) -> int | None:
     """The axis of ``node = Concat(past, new)``, or None when ``node`` is not that."""
     if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
         return None
-    if node.inputs[0] is not past:
+    if _through_copies(node.inputs[0]) is not past:
         return None
     axis = attr(node, "axis")
     rank = len(past.shape) if past.shape is not None else None
     if axis is None or (axis < 0 and rank is None):
         return None
     return axis + rank if axis < 0 else axis
+
+
+def _through_copies(value: ir.Value | None) -> ir.Value | None:
+    """``value`` with Identity and one-input Concat nodes (torch exporter artefacts) skipped."""
+    while value is not None:
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+            return value
+        if node.op_type not in ("Identity", "Concat"):
+            return value
+        value = node.inputs[0]
+    return value
 
 
 class FixedKvCache(ir.passes.InPlacePass):
