@@ -185,8 +185,13 @@ class Generator:
         lay = self._layout
         capacity = next(iter(cache.values())).shape[lay.axis]
         key_mask = jnp.arange(capacity, dtype=jnp.int32)[None] <= positions[:, None]
-        feeds, _ = self._feeds(token_ids, positions, key_mask, positions[:1])
-        feeds.update(cache)
+        last = jnp.full((1,), capacity - 1, jnp.int32)  # where the graph thinks the token sits
+        feeds, _ = self._feeds(token_ids, positions, key_mask, last)
+        for past, buffer in cache.items():
+            # The past input now only carries a length (C - 1, so that the graph's own
+            # "past + 1" is C); XLA drops the unused slice.
+            feeds[past] = lax.slice_in_dim(buffer, 0, capacity - 1, axis=lay.axis)
+            feeds[past + _kv.BUFFER_SUFFIX] = buffer
         feeds[_kv.WRITE_POSITION] = positions
         out = self._inplace.outputs_dict(self._inplace.apply(params, **feeds))
         return out[lay.roles["logits"]], {past: out[present] for past, present in lay.pairs}
@@ -476,8 +481,6 @@ def _rewritten(source, lay: _Layout) -> Model | None:
     graph computes a present otherwise (the decode step then runs the graph as written)."""
     import onnx_ir as ir
 
-    if lay.roles["cache_position"]:
-        return None  # one cache_position for all rows cannot say where ragged rows write
     base_dir = None
     if isinstance(source, (str, os.PathLike)):
         model = ir.load(source)

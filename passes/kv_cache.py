@@ -4,13 +4,16 @@ An exported decoder step takes the cached keys/values as ``past`` inputs and ret
 ``present = Concat(past, new, axis=seq)``: every step copies the whole cache into a buffer one
 position longer (one shape per length). This pass rewrites each such pair into
 
-    present = ai.onnx2jax::KvCacheUpdate(past, new, onnx2jax.kv_write_position, axis=seq)
+    present = ai.onnx2jax::KvCacheUpdate(past.onnx2jax_buffer, new, onnx2jax.kv_write_position)
 
-``past`` is then a buffer of fixed capacity, ``present`` has the same shape, and the new
-entries land at positions ``write_position[b] + j`` of row ``b`` (a scatter that XLA does in
-place when the buffer is donated). The attention nodes that read the Concat read the updated
-buffer instead, so the graph must be fed an attention mask over the whole buffer (slots past a
-row's length masked). ``onnx2jax.Generator`` applies the pass to its decode step; it is not in
+where ``past.onnx2jax_buffer`` is a new graph input, the buffer of fixed capacity C;
+``present`` has its shape, and the new entries land at positions ``write_position[b] + j`` of
+row ``b`` (a scatter that XLA does in place when the buffer is donated). The attention nodes
+that read the Concat read the updated buffer instead. ``past`` itself stays an input for what
+else reads it, typically only its shape: fed with C - t positions (a slice of the buffer that
+XLA drops as dead), the graph's own "past length + t" arithmetic (mask sizes, causal offsets)
+comes out as C, the buffer's length. The attention mask then covers the whole buffer (slots
+past a row's length masked). ``onnx2jax.Generator`` applies the pass to its decode step; it is not in
 the default pipeline because it changes what the graph's outputs mean.
 
 The pairs come from the exporters' naming conventions (:func:`find_pairs`) or are given.
@@ -26,6 +29,7 @@ import onnx_ir as ir
 from ._util import DOMAIN, attr, replace
 
 WRITE_POSITION = "onnx2jax.kv_write_position"
+BUFFER_SUFFIX = ".onnx2jax_buffer"
 OP = "KvCacheUpdate"
 
 # (past input pattern, present output template): torch exporters, Optimum and onnxruntime-genai
@@ -133,10 +137,17 @@ class FixedKvCache(ir.passes.InPlacePass):
         )
         graph.inputs.append(position)
         for node, past, axis in found:
+            shape = None
+            if past.shape is not None:  # its own sequence dim: the capacity, not the past length
+                dims = list(past.shape.dims)
+                dims[axis] = "kv_capacity"
+                shape = ir.Shape(dims)
+            buffer = ir.Value(name=past.name + BUFFER_SUFFIX, type=past.type, shape=shape)
+            graph.inputs.append(buffer)
             tape = ir.tape.Tape()
             out = tape.op(
                 OP,
-                [past, node.inputs[1], position],
+                [buffer, node.inputs[1], position],
                 attributes={"axis": axis},
                 domain=DOMAIN,
                 name=f"{node.name or past.name}/kv_update",
