@@ -417,6 +417,12 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _add_quantize(sub) -> None:
+    from .quantization._cli import add_parser  # the command lives beside onnx2jax.quantize
+
+    add_parser(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -458,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_serve(sub)
     _add_generate(sub)
+    _add_quantize(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -102,13 +102,15 @@ def _run(model, samples, names, reduce, extra, nb, desc="calibration") -> list:
     """Per batch: a list over ``names`` of statistics (stacked: [batch][name] -> array)."""
     import jax
 
+    from onnx2jax import StaticValueError
+
     fn = _stacked_fn(model, reduce, names)
     results = []
     for batch in _progress(_batches(samples(), BATCH), nb, desc):
         stacked = jax.tree.map(lambda *xs: np.stack(xs), *batch)
         try:
             stats = fn(model.params, stacked, extra)
-        except Exception:  # graph breaks: run sample by sample through the model object
+        except StaticValueError:  # graph breaks: run sample by sample through the model object
             stats = _eager(model, batch, names, reduce, extra)
         results.append(np.stack([np.asarray(s) for s in stats]))
     return results
@@ -157,13 +159,16 @@ def _entropy(h: np.ndarray, lo: float, hi: float, levels: int = 128) -> tuple[fl
         p = a[:i].copy()
         p[-1] += a[i:].sum()
         nz = p > 0
-        q = np.zeros(i)
-        for chunk in np.array_split(np.arange(i), levels):
-            keep = chunk[a[chunk] > 0]  # q quantizes the in-range counts only
-            if len(keep):
-                q[keep] = a[chunk].sum() / len(keep)
-        if not q[nz].all():
-            continue
+        # q quantizes the in-range counts only: each of ``levels`` chunks spreads its sum
+        # evenly over its non-empty bins
+        starts = np.array([c[0] for c in np.array_split(np.arange(i), levels)])
+        sizes = np.diff(np.append(starts, i))
+        sums = np.add.reduceat(a[:i], starts)
+        filled = np.add.reduceat((a[:i] > 0).astype(np.float64), starts)
+        per = np.divide(sums, filled, out=np.zeros_like(sums), where=filled > 0)
+        q = np.where(a[:i] > 0, np.repeat(per, sizes), 0.0)
+        # smoothing, as TensorRT does: a bin p has and q lacks gets a small share, not inf
+        q[nz & (q == 0)] = 1e-4 * q.sum() / max(int(nz.sum()), 1)
         pn, qn = p / p.sum(), q / q.sum()
         kl = float(np.sum(pn[nz] * np.log(pn[nz] / qn[nz])))
         if kl < best_kl:

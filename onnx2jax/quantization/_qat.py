@@ -97,13 +97,15 @@ def _prepare_dq(g: ir.Graph, w: Writer, dq: ir.Node) -> None:
     za = None if z is None or z.const_value is None else z.const_value.numpy()
     real = _dequantize(qa, s.const_value.numpy(), za, attrs)
     fv = w.const(x.name.removesuffix("_quantized") if x.name else "weight", real)
-    if np.dtype(qa.dtype) == np.int32 or za is None:
+    if np.dtype(qa.dtype) == np.int32:  # a bias: trained in float (its rounding is negligible)
         dq.outputs[0].replace_all_uses_with(fv, replace_graph_outputs=False)
         g.remove(dq, safe=True)
     else:
+        if za is None:  # the fake quantizer reads the integer range off the zero point's type
+            z = w.const(f"{fv.name}_zero_point", np.zeros(s.const_value.numpy().shape, qa.dtype))
         new = ir.node("FakeQuantizeLinear", [fv, s, z], attrs, domain=DOMAIN)
         _replace(g, dq, new)
-    for v in (x, z):
+    for v in (x, s, z):
         if v is not None and not v.uses() and v.name in g.initializers:
             del g.initializers[v.name]
 

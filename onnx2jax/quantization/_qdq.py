@@ -13,7 +13,7 @@ Choices, and why:
 - Biases of Conv/Gemm (static int8) are int32 with scale ``x_scale * w_scale`` and zero point
   0, the form integer kernels consume.
 - int4 is weight-only, like onnxruntime's MatMulNBits: block-wise symmetric int4 along the
-  reduction axis (``INT4_BLOCK`` values per scale) behind an opset-21 DequantizeLinear with
+  reduction axis (``INT4_BLOCK`` values per scale, no zero point) behind an opset-21 DequantizeLinear with
   ``block_size``; activations stay float.
 """
 
@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-INT4_BLOCK = 32
+INT4_BLOCK = 64  # 4.5 bits per weight with float32 scales: 86 % smaller than float32
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
@@ -127,7 +127,7 @@ def weight_int4(w: np.ndarray, k_axis: int, block: int | None):
         amax = np.float32(np.max(np.abs(w)))
         scale = np.asarray(amax / 7.0 if amax > 0 else 1.0, w.dtype)
         q = np.clip(np.round(w / scale), -8, 7)
-        return q.astype(ml_dtypes.int4), scale, np.zeros((), ml_dtypes.int4)
+        return q.astype(ml_dtypes.int4), scale, None
     k = w.shape[k_axis]
     nb = -(-k // block)
     pad = [(0, 0)] * w.ndim
@@ -138,8 +138,8 @@ def weight_int4(w: np.ndarray, k_axis: int, block: int | None):
     scale = np.where(amax > 0, amax / 7.0, 1.0).astype(w.dtype)
     q = np.clip(np.round(blocks / scale[..., None]), -8, 7).reshape(wp.shape)[..., :k]
     q = np.moveaxis(q, -1, k_axis).astype(ml_dtypes.int4)
-    scale = np.moveaxis(scale, -1, k_axis)
-    return q, scale, np.zeros(scale.shape, ml_dtypes.int4)
+    # no zero point: int4's default is 0 (symmetric), and a stored one would cost 1/2 bit/weight
+    return q, np.moveaxis(scale, -1, k_axis), None
 
 
 # -- graph editing -----------------------------------------------------------------------------

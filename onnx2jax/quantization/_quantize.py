@@ -127,6 +127,8 @@ def _samples(calibration: Any, input_names: list[str]):
             f"{len(input_names)} inputs, got {type(s).__name__}"
         )
 
+    if not items:
+        raise QuantizationError("quantize(): calibration is empty: give at least one input dict")
     return (lambda: (as_dict(s) for s in items)), len(items)
 
 
@@ -149,6 +151,15 @@ def _ranges(model: ir.Model, names: list[str], calibration, method: str):
     samples, total = _samples(calibration, real)
     ranges = _calibrate.collect(m, samples, outs, method, total)
     return {n: ranges[o] for n, o in zip(names, outs, strict=True)}
+
+
+def _after_relu(v: ir.Value) -> ir.Value:
+    """The Relu output when ``v`` feeds only a Relu: quantizing [0, max] after it (as
+    onnxruntime does) spends no codes on the negative values the Relu drops."""
+    uses = list(v.uses())
+    if len(uses) == 1 and uses[0].node.op_type == "Relu" and uses[0].node.domain in ("", "ai.onnx"):
+        return uses[0].node.outputs[0]
+    return v
 
 
 def quantize(
@@ -175,7 +186,7 @@ def quantize(
             time (DynamicQuantizeLinear, uint8), weights uint8.
         method: how a static range is chosen: ``"minmax"`` (the full range), ``"percentile"``
             (clip to 99.999 % of values) or ``"entropy"`` (the KL-divergence threshold).
-        per_channel: one weight scale per output channel (int8) or per block of 32 along the
+        per_channel: one weight scale per output channel (int8) or per block of 64 along the
             reduction axis (int4), instead of one per tensor.
         weight_type: ``"int8"``, or ``"int4"`` (weight-only: block-wise int4 weights behind an
             opset-21 DequantizeLinear; activations stay float and no calibration is needed).
@@ -213,8 +224,9 @@ def quantize(
         names = []
         for t in targets:
             names.append(t.node.inputs[0].name)
-            if t.node.outputs[0].name not in graph_outs:
-                names.append(t.node.outputs[0].name)
+            out = _after_relu(t.node.outputs[0])
+            if out.name not in graph_outs:
+                names.append(out.name)
         names = list(dict.fromkeys(names))
         ranges = _ranges(irm, names, calibration, method)
         values = {v.name: v for n in graph for v in n.outputs}
