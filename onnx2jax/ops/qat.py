@@ -27,8 +27,11 @@ def _round_ste(v):
 
 @register("FakeQuantizeLinear", domain=DOMAIN)
 def fake_quantize_linear(x, scale, zero_point, *, axis=1, block_size=0):
-    """(clip(round(x / scale) + zero_point, lo, hi) - zero_point) * scale, with straight-through
-    rounding; ``zero_point``'s integer type (a constant) sets [lo, hi]."""
+    """DequantizeLinear(QuantizeLinear(x)) with straight-through gradients, for QAT.
+
+    (clip(round(x / scale) + zero_point, lo, hi) - zero_point) * scale; the integer type of
+    ``zero_point`` (a constant) sets [lo, hi].
+    """
     lo, hi = _int_range(np.dtype(zero_point.dtype))
     shape = tuple(x.shape)
     x = jnp.asarray(x)
