@@ -247,8 +247,13 @@ def _roi_align(
         # a roi the size of the feature map needs (one chunk for rois inside the image), in a
         # loop whose trip count is the data's.
         ch, cw = max(-(-h // oh), 1), max(-(-w // ow), 1)
-        ny = (jnp.max(gh_j, initial=1) + ch - 1) // ch
-        nx = (jnp.max(gw_j, initial=1) + cw - 1) // cw
+        if sampling_ratio > 0:
+            # A fixed number of samples: a static trip count, so fori_loop is a scan and
+            # reverse-mode differentiable (jax.grad with respect to X).
+            ny, nx = -(-sampling_ratio // ch), -(-sampling_ratio // cw)
+        else:
+            ny = (jnp.max(gh_j, initial=1) + ch - 1) // ch
+            nx = (jnp.max(gw_j, initial=1) + cw - 1) // cw
         combine = jnp.add if mode == "avg" else jnp.maximum
 
         def body(i, acc):
