@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from ._api import Model as Model
-from ._api import load as load
-from ._compiler import compiler_options as compiler_options
-from ._errors import ExternalDataError as ExternalDataError
-from ._errors import InputError as InputError
-from ._errors import ModelLoadError as ModelLoadError
-from ._errors import NodeError as NodeError
-from ._errors import Onnx2JaxError as Onnx2JaxError
-from ._errors import StaticValueError as StaticValueError
-from ._errors import UnsupportedOpsError as UnsupportedOpsError
-from ._ir import TensorSpec as TensorSpec
-from .generate import Generator as Generator  # after the names it imports from here
-from .quantization import quantize as quantize  # after the names it imports
+from .export import convert as convert  # needs onnx only when called
+from .export import load_exported as load_exported  # jax only: runs where onnx is not installed
+
+try:
+    import onnx as _onnx  # noqa: F401
+except ImportError:  # a runtime-only install: load_exported runs jax.export artifacts
+    _onnx = None
+
+if _onnx is not None:
+    from ._api import Model as Model
+    from ._api import load as load
+    from ._compiler import compiler_options as compiler_options
+    from ._errors import ExternalDataError as ExternalDataError
+    from ._errors import InputError as InputError
+    from ._errors import ModelLoadError as ModelLoadError
+    from ._errors import NodeError as NodeError
+    from ._errors import Onnx2JaxError as Onnx2JaxError
+    from ._errors import StaticValueError as StaticValueError
+    from ._errors import UnsupportedOpsError as UnsupportedOpsError
+    from ._ir import TensorSpec as TensorSpec
+    from .generate import Generator as Generator  # after the names it imports from here
+    from .quantization import quantize as quantize  # after the names it imports
+    from .shard import shard as shard  # after the names it uses
 
 __version__ = "0.1.0"
 
@@ -30,6 +40,9 @@ __all__ = [
     "TensorSpec",
     "UnsupportedOpsError",
     "compiler_options",
+    "convert",
     "load",
+    "load_exported",
     "quantize",
+    "shard",
 ]

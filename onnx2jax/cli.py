@@ -423,6 +423,57 @@ def _add_quantize(sub) -> None:
     add_parser(sub)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .export import convert
+
+    dims = parse_dims(args.dim)
+    platforms = [p for p in args.platform.split(",") if p] if args.platform else None
+    data = convert(
+        args.model,
+        args.output,
+        dims=dims,
+        constraints=args.constraint,
+        platforms=platforms,
+        x64=args.x64,
+        vjp_order=args.vjp_order,
+        passes=_passes(args.passes),
+    )
+    fixed = ", ".join(f"{k}={v}" for k, v in dims.items())
+    print(f"wrote {args.output} ({len(data) / 1e6:.2f} MB)" + (f"; fixed {fixed}" if fixed else ""))
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write a jax.export artifact (symbolic dims) that onnx2jax.load_exported runs "
+        "without onnx",
+    )
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE",
+        help="fix a symbolic dimension (default: every dim_param stays symbolic)",
+    )
+    p.add_argument(
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="a jax.export shape constraint on the symbolic dims, e.g. 'seq <= 512'",
+    )
+    p.add_argument("--platform", help="lowering platforms, comma-separated (default: this one)")
+    p.add_argument("--x64", action="store_true", help="compute int64/float64 in 64 bits")
+    p.add_argument(
+        "--vjp-order", type=int, default=0, help="store VJPs so jax.grad works (default 0)"
+    )
+    p.add_argument("--passes", default="default", help="graph passes: default, none, or a,b,...")
+    p.set_defaults(func=cmd_convert)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onnx2jax", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -465,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve(sub)
     _add_generate(sub)
     _add_quantize(sub)
+    _add_convert(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

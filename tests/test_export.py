@@ -1,0 +1,148 @@
+"""onnx2jax.convert / load_exported: jax.export artifacts with symbolic dims, run without onnx."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import jax_models
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnxruntime as ort
+import pytest
+
+import onnx2jax
+from onnx2jax.cli import main as cli
+
+CNN = str(pathlib.Path(__file__).parents[1] / "examples" / "tiny_cnn.onnx")
+
+
+def _ort(proto_or_path, feeds: dict) -> list[np.ndarray]:
+    data = proto_or_path if isinstance(proto_or_path, str) else proto_or_path.SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("build", [jax_models.bert, jax_models.gpt2])
+def test_transformer_runs_at_any_batch_and_seq(build):
+    proto = build(layers=1)
+    exported = onnx2jax.load_exported(onnx2jax.convert(proto))
+    shapes = exported.input_shapes
+    assert [str(d) for d in shapes["input_ids"]] == ["batch", "seq"], shapes
+    for batch, seq in [(1, 3), (2, 7), (5, 4)]:
+        feeds = jax_models.inputs(proto, batch, seq)
+        (got,) = exported(**feeds)
+        np.testing.assert_allclose(np.asarray(got), _ort(proto, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
+def _flatten_by_shape() -> onnx.ModelProto:
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape: reads the batch dim as a value."""
+    c = onnx.numpy_helper.from_array
+    nodes = [
+        oh.make_node("Shape", ["x"], ["s"], name="read_shape"),
+        oh.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+        oh.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
+        oh.make_node("Concat", ["b1", "minus1"], ["shape"], axis=0),
+        oh.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "flatten",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 4])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 12])],
+        [
+            c(np.array(0, np.int64), "zero"),
+            c(np.array([0], np.int64), "axes"),
+            c(np.array([-1], np.int64), "minus1"),
+        ],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_a_dim_read_as_a_value_names_the_node_and_dim_specialises(tmp_path):
+    with pytest.raises(onnx2jax.NodeError, match=r"read_shape.*--dim NAME=N"):
+        onnx2jax.convert(_flatten_by_shape())
+    exported = onnx2jax.load_exported(onnx2jax.convert(_flatten_by_shape(), dims={"batch": 4}))
+    assert exported.input_shapes["x"] == (4, 3, 4)
+    x = np.random.default_rng(0).standard_normal((4, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(exported(x)[0]), x.reshape(4, 12))
+    with pytest.raises(onnx2jax.Onnx2JaxError, match="not symbolic dims"):
+        onnx2jax.convert(_flatten_by_shape(), dims={"btach": 4})
+
+
+def test_cli_convert_with_dim(tmp_path, capsys):
+    out = tmp_path / "cnn.jaxexp"
+    assert cli(["convert", CNN, "-o", str(out), "--dim", "batch=8"]) == 0
+    assert "batch=8" in capsys.readouterr().out
+    exported = onnx2jax.load_exported(out)
+    assert exported.input_shapes["image"] == (8, 3, 32, 32)
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(
+        np.asarray(exported(x)[0]), _ort(CNN, {"image": x})[0], rtol=1e-4, atol=1e-5
+    )
+    assert cli(["convert", CNN, "-o", str(out), "--dim", "bacth=8"]) == 2
+    assert "bacth" in capsys.readouterr().err
+
+
+def test_bad_artifact_is_refused(tmp_path):
+    bad = tmp_path / "x.jaxexp"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(onnx2jax.Onnx2JaxError, match="not an onnx2jax exported artifact"):
+        onnx2jax.load_exported(bad)
+
+
+def test_apply_is_pure_and_differentiable_with_vjp_order_1():
+    model = onnx2jax.load(CNN)
+    exported = onnx2jax.load_exported(onnx2jax.convert(CNN, vjp_order=1))
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+
+    def loss(apply, params):
+        return jnp.sum(apply(params, x)[0] ** 2)
+
+    got = jax.jit(jax.grad(lambda p: loss(exported.apply, p)))(exported.params)
+    ref = jax.jit(jax.grad(lambda p: loss(model.apply, p)))(model.params)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=1e-4, atol=1e-6)
+
+
+_NO_ONNX = """
+import sys, time
+sys.modules["onnx"] = None  # any `import onnx` now fails
+import numpy as np
+t0 = time.perf_counter()
+import onnx2jax
+model = onnx2jax.load_exported(sys.argv[1])
+outs = {}
+for b in (1, 3, 6):
+    x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
+    outs[f"b{b}"] = np.asarray(model(x)[0])
+    if b == 1:
+        print(f"first result after {time.perf_counter() - t0:.3f} s")
+np.savez(sys.argv[2], **outs)
+assert "onnx2jax._tracer" not in sys.modules and "onnx2jax._api" not in sys.modules
+assert not hasattr(onnx2jax, "load")
+print("ok")
+"""
+
+
+def test_load_exported_runs_without_onnx_and_without_the_tracer(tmp_path):
+    artifact, result = tmp_path / "cnn.jaxexp", tmp_path / "out.npz"
+    onnx2jax.convert(CNN, artifact)
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_ONNX, str(artifact), str(result)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    outs = np.load(result)
+    model = onnx2jax.load(CNN)
+    for b in (1, 3, 6):
+        x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
+        np.testing.assert_allclose(outs[f"b{b}"], np.asarray(model(x)[0]), rtol=1e-5, atol=1e-6)
