@@ -455,3 +455,33 @@ def test_digits_mlp_accuracy():
 def test_digits_cnn_accuracy():
     """The same for a small trained CNN (two convs, one Gemm)."""
     _accuracy_check(_cnn_model())
+
+
+def test_calibration_ranges_are_the_data_s_with_a_graph_break():
+    """A graph that breaks (NonZero) cannot be jitted whole: calibration falls back to the
+    model object, and the ranges are exactly numpy's min/max of the tensor."""
+    w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    nodes = [
+        oh.make_node("MatMul", ["x", "W"], ["y"]),
+        oh.make_node("NonZero", ["y"], ["nz"]),
+        oh.make_node("Relu", ["y"], ["r"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "g",
+        [oh.make_tensor_value_info("x", FLOAT, ["b", 8])],
+        [
+            oh.make_tensor_value_info("r", FLOAT, ["b", 4]),
+            oh.make_tensor_value_info("nz", onnx.TensorProto.INT64, [2, None]),
+        ],
+        [numpy_helper.from_array(w, "W")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    assert onnx2jax.load(model).graph_breaks
+    data = [np.random.default_rng(i).standard_normal((2, 8)).astype(np.float32) for i in range(5)]
+    q = onnx2jax.quantize(model, data)  # arrays for a one-input model
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    ys = np.stack([d @ w for d in data])
+    lo, hi = min(ys.min(), 0.0), max(ys.max(), 0.0)
+    np.testing.assert_allclose(inits["y_scale"], (hi - lo) / 255, rtol=1e-6)
+    assert inits["y_zero_point"] == np.clip(np.round(-128 - lo / inits["y_scale"]), -128, 127)
