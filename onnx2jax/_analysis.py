@@ -87,6 +87,24 @@ def is_param(name: str, array, needed: Collection[str]) -> bool:
     return (array.dtype.kind == "f" or array.dtype.name == "bfloat16") and name not in needed
 
 
+# Integer initializers this large are weights (quantized or packed), not shape data: they live
+# on the device as non-trainable buffers passed into the compiled program, instead of numpy
+# constants that XLA would embed in the HLO (an int8 768x768 weight as an s32 literal: slow
+# compiles, gigabytes of RSS) and fold at every compile.
+_BUFFER_MIN_SIZE = 1024
+
+
+def is_buffer(name: str, array, needed: Collection[str]) -> bool:
+    """Large integer initializers of at most 16 bits (quantized weights) whose value decides no shape."""
+    dt = array.dtype
+    return (
+        (dt.kind in "iu" or dt.name in ("int4", "uint4", "int2", "uint2"))
+        and dt.itemsize <= 2
+        and array.size >= _BUFFER_MIN_SIZE
+        and name not in needed
+    )
+
+
 def iter_nodes(graph: Graph):
     """Every node of ``graph`` and of its subgraphs, depth first."""
     for node in graph.nodes:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _tracer
-from ._analysis import is_param
+from ._analysis import is_buffer, is_param
 from ._bounded import bounded_step, count_name
 from ._cache import enable_default_cache
 from ._compiler import compiler_options
@@ -48,6 +48,9 @@ class Program:
     stages: tuple[Stage, ...] | None = None
     # Param-only steps the model object runs once per params object (_prepare.py).
     prep: Prep = Prep()
+    # Large integer initializers (quantized weights) on the device: non-trainable, so not in
+    # ``params``, but passed into every jitted program as arguments rather than embedded.
+    buffers: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
     # Lazily built jitted functions ("main", "prep", "stages"), shared by every Model of it.
     compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
     # jax.default_matmul_precision for every trace of this program (None: JAX's default);
@@ -244,12 +247,12 @@ class Model:
     def _prepared_values(self) -> dict[str, Any]:
         """The param-only values (laid-out and folded weights) for ``self.params``, computed
         once per params object: replacing ``model.params`` or one of its arrays recomputes."""
-        prep = self._program.prep
-        if not prep:
-            return {}
+        prog = self._program
+        if not prog.prep:
+            return prog.buffers
         key = (id(self.params), *(id(v) for v in self.params.values()))
         if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, _prep_fn(self._program)(self.params))
+            self._prepared = (key, {**prog.buffers, **_prep_fn(prog)(self.params)})
         return self._prepared[1]
 
 
@@ -307,8 +310,9 @@ def _prep_fn(prog: Program):
     if fn is None:
         steps = [prog.plan.steps[i] for i in prog.prep.steps]
 
-        def prepare(params):
+        def prepare(params, buffers):
             env: dict[str, Any] = dict(prog.constants)
+            env.update(buffers)
             env.update(params)
             _tracer.run_steps(prog.plan, steps, env)
             return {k: env[k] for k in prog.prep.outputs}
@@ -317,7 +321,7 @@ def _prep_fn(prog: Program):
 
         def run_prepare(params):
             with prog.context():
-                return jitted(params)
+                return jitted(params, prog.buffers)
 
         fn = prog.compiled["prep"] = run_prepare
     return fn
@@ -332,6 +336,7 @@ def _run(
 ) -> tuple[Any, ...]:
     _check_params(prog, params)
     env: dict[str, Any] = dict(prog.constants)
+    env.update(prog.buffers)  # model(...) passes them in as arguments (in ``dynamic``)
     env.update(params)
     env.update(static)
     env.update(dynamic)
@@ -340,7 +345,11 @@ def _run(
 
 
 def _check_params(prog: Program, params: Mapping[str, Any]) -> None:
-    missing = [k for k in prog.ir.graph.initializers if k not in prog.constants and k not in params]
+    missing = [
+        k
+        for k in prog.ir.graph.initializers
+        if k not in prog.constants and k not in prog.buffers and k not in params
+    ]
     if missing:
         raise InputError(f"params lacks {len(missing)} weight(s): {missing[:5]}; pass model.params")
 
@@ -401,6 +410,7 @@ def _run_stages(
 ) -> tuple[Any, ...]:
     """Run a program with graph breaks on concrete values: segments, then host steps."""
     _check_params(prog, params)
+    params = {**prog.buffers, **params}  # segments take buffers as arguments, as they do params
     values: dict[str, Any] = dict(bound)
     for stage, fn, jitted, dynamic in _staged(prog).calls:
         if stage.host:
@@ -631,11 +641,13 @@ def load(
         raise UnsupportedOpsError(missing)
     graph = ir.graph
     found = find_breaks(graph, max_sizes, dynamic_bound)
-    constants, params = {}, {}
+    constants, params, buffers = {}, {}, {}
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         for name, arr in graph.initializers.items():
             if is_param(name, arr, found.needed):
                 params[name] = jnp.asarray(arr)
+            elif is_buffer(name, arr, found.needed):
+                buffers[name] = jnp.asarray(arr)
             else:
                 constants[name] = arr
     for s in graph.inputs:
@@ -651,12 +663,16 @@ def load(
     if found.breaks:
         nodes = [step.node for step in plan.steps]
         outs = [o.name for o in graph.outputs] + [c.name for c in counts]
-        stages = partition(nodes, found, frozenset(params), frozenset(constants), outs)
+        stages = partition(
+            nodes, found, frozenset(params) | set(buffers), frozenset(constants), outs
+        )
     prep = Prep()
     if stages is None:
         nodes = [step.node for step in plan.steps]
         outs = [o.name for o in graph.outputs] + [c.name for c in counts]
-        prep = find_prep(nodes, frozenset(params), frozenset(constants), found.needed, outs)
+        prep = find_prep(
+            nodes, frozenset(params) | set(buffers), frozenset(constants), found.needed, outs
+        )
     prog = Program(
         ir,
         plan,
@@ -668,6 +684,7 @@ def load(
         found.breaks,
         stages,
         prep,
+        buffers=buffers,
         precision=matmul_precision,
     )
     return Model(prog, params)

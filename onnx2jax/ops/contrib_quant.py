@@ -32,9 +32,8 @@ import numpy as np
 from .._registry import register
 from ._common import axis as norm_axis
 from .quant import (
-    _centered,
-    _int_matmul,
     _int_range,
+    _matmul_acc,
     _requantize,
     dynamic_quantize_linear,
     exact_div,
@@ -329,7 +328,7 @@ def qgemm(
         a = a.T
     if transB:
         b = b.T
-    acc = _int_matmul(_centered(a, _zp_scalar(a_zero_point)), _centered(b, b_zero_point))
+    acc = _matmul_acc(a, _zp_scalar(a_zero_point), b, b_zero_point)
     if c is not None:
         acc = acc + jnp.asarray(c).astype(jnp.int32)
     scale = (
@@ -417,7 +416,7 @@ def _dynamic_qgemm(a, w, w_scale, w_zero_point):
     scale/zero point over the whole tensor, times ``w`` ([K, N], int8/uint8) in int32, scaled
     back by a_scale * w_scale (per column or per tensor)."""
     qa, sa, za = dynamic_quantize_linear(a)
-    acc = _int_matmul(_centered(qa, za), _centered(w, w_zero_point))
+    acc = _matmul_acc(qa, za, jnp.asarray(w), w_zero_point)
     return acc.astype(jnp.float32) * (sa * jnp.asarray(w_scale, jnp.float32))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -199,8 +201,8 @@ def dynamic_quantize_linear(x):
 
 def _row_param(v):
     """A per-row parameter of the left matmul operand: a 1-D [M] vector applies along rows."""
-    v = jnp.asarray(v)
-    return v[:, None] if v.ndim == 1 else v
+    m = xp(v)
+    return m.reshape(v, (-1, 1)) if v.ndim == 1 else v
 
 
 def _centered(x, zero_point, *, rows=False):
@@ -208,12 +210,66 @@ def _centered(x, zero_point, *, rows=False):
     x = jnp.asarray(x).astype(jnp.int32)
     if zero_point is None:
         return x
-    zp = _row_param(zero_point) if rows else jnp.asarray(zero_point)
-    return x - zp.astype(jnp.int32)
+    zp = _row_param(zero_point) if rows else zero_point
+    return x - jnp.asarray(zp).astype(jnp.int32)
+
+
+def _is_int8(*xs) -> bool:
+    return all(np.dtype(x.dtype) in (np.dtype(np.int8), np.dtype(np.uint8)) for x in xs)
+
+
+def _int8(x, zero_point):
+    """An 8-bit operand and its zero point as (int8 x, int32 zero point or None), same x - zp.
+
+    uint8 shifts by -128 (``x ^ 0x80``) and its zero point with it, so products run as
+    s8 x s8 -> s32, which XLA's CPU dot runs about 2x faster than s32 x s32 (benchmarks/NOTES.md
+    entry 6). A zero point known to be 0 at trace time is None: no correction term.
+    """
+    x = jnp.asarray(x)
+    shift = 128 if x.dtype == jnp.uint8 else 0
+    if shift:
+        x = jax.lax.bitcast_convert_type(x ^ np.uint8(0x80), jnp.int8)
+    zp = np.int32(0) if zero_point is None else zero_point
+    zp = astype(zp, np.int32) - np.int32(shift)
+    if isinstance(zp, (np.ndarray, np.generic)) and not zp.any():
+        return x, None
+    return x, zp
 
 
 def _int_matmul(a, b):
     return jnp.matmul(a, b, preferred_element_type=jnp.int32)
+
+
+def _matmul_acc(a, a_zero_point, b, b_zero_point):
+    """sum_k (a - za)(b - zb) in int32; zero points per tensor, per row of a, per column of b.
+
+    8-bit operands multiply as int8 and the zero points enter as corrections:
+    sum (a - za)(b - zb) = sum a*b - zb * sum_k a - za * sum_k (b - zb), exact modulo 2^32 as the
+    int32 accumulation of the spec is.
+    """
+    za = None if a_zero_point is None else _row_param(a_zero_point)
+    if not _is_int8(a, b) or a.ndim < 2 or b.ndim < 2:
+        return _int_matmul(_centered(a, za), _centered(b, b_zero_point))
+    a8, za = _int8(a, za)
+    b8, zb = _int8(b, b_zero_point)
+    if za is None:
+        acc = _int_matmul(a8, b8)
+    else:
+        # sum_k b (per column) comes from the same dot: a row of ones appended to a. A separate
+        # reduction would read the weight again as int32 on every call (BERT-base: ~100 ms).
+        k = a8.shape[-1]
+        rows = a8.reshape(-1, k) if b8.ndim == 2 else a8
+        ones = jnp.ones((*rows.shape[:-2], 1, k), jnp.int8)
+        full = _int_matmul(jnp.concatenate([rows, ones], axis=-2), b8)
+        acc, colsum = full[..., :-1, :], full[..., -1:, :]
+        if b8.ndim == 2:
+            acc = acc.reshape(*a8.shape[:-1], acc.shape[-1])
+        if zb is not None:
+            colsum = colsum - k * zb
+        acc = acc - za * colsum
+    if zb is not None:
+        acc = acc - jnp.sum(a8, axis=-1, keepdims=True, dtype=jnp.int32) * zb
+    return acc
 
 
 @register("MatMulInteger", since=10)
@@ -222,7 +278,7 @@ def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
 
     Zero points: scalar, per row of ``a`` ([M]) / per column of ``b`` ([N]), or N-D.
     """
-    return _int_matmul(_centered(a, a_zero_point, rows=True), _centered(b, b_zero_point))
+    return _matmul_acc(a, a_zero_point, b, b_zero_point)
 
 
 def _requantize(acc, multiplier, y_zero_point, out_dtype):
@@ -247,27 +303,18 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
         av = _f32(a) * _f32(_row_param(a_scale))
         bv = _f32(b) * _f32(b_scale)
         return _quantize(jnp.matmul(av, bv), _f32(y_scale), y_zero_point, out)
-    acc = _int_matmul(_centered(a, a_zero_point, rows=True), _centered(b, b_zero_point))
+    acc = _matmul_acc(a, a_zero_point, b, b_zero_point)
     multiplier = exact_div(_f32(_row_param(a_scale)) * _f32(b_scale), _f32(y_scale))
     return _requantize(acc, multiplier, y_zero_point, out)
 
 
-def _int_conv(x, w, *, auto_pad, dilations, group, kernel_shape, pads, strides):
-    """Grouped N-D convolution of int32 tensors with int32 accumulation.
-
-    Lowered to one integer dot over stacked kernel taps rather than an integer XLA
-    convolution, which not every backend implements (GPU convolutions are float-only).
-    """
+def _conv_patches(x, pad_value, kernel, *, auto_pad, dilations, group, pads, strides):
+    """Padded kernel taps of ``x`` [N, C, *spatial] as ([group, C/group * taps, N * out], out)."""
     nd = x.ndim - 2
-    kernel = list(w.shape[2:])
-    if kernel_shape and ints(kernel_shape) != kernel:
-        raise ValueError(
-            f"kernel_shape {ints(kernel_shape)} does not match W's shape {list(w.shape)}"
-        )
     strides = ints(strides) if strides else [1] * nd
     dilations = ints(dilations) if dilations else [1] * nd
     pad = conv_pads(auto_pad, x.shape[2:], kernel, strides, dilations, pads)
-    x = jnp.pad(x, [(0, 0), (0, 0), *pad])
+    x = jnp.pad(x, [(0, 0), (0, 0), *pad], constant_values=pad_value)
     n, c = x.shape[:2]
     out_sp = [
         (x.shape[2 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)
@@ -279,23 +326,63 @@ def _int_conv(x, w, *, auto_pad, dilations, group, kernel_shape, pads, strides):
             s + (o - 1) * st + 1 for s, o, st in zip(start[2:], out_sp, strides, strict=True)
         ]
         taps.append(jax.lax.slice(x, start, limit, [1, 1, *strides]))
-    g = group
-    m_out, cg = w.shape[0], w.shape[1]
-    patches = jnp.stack(taps, axis=2).reshape(n, g, cg, len(taps), *out_sp)
-    wk = w.reshape(g, m_out // g, cg, len(taps))
-    # contract (cg, taps), batch over groups: [g, n, *out, m/g]
+    patches = jnp.stack(taps, axis=2).reshape(n, group, -1, math.prod(out_sp))
+    # [group, K, N * out]: with N = 1 a reshape, no transpose
+    return jnp.moveaxis(patches, 0, 2).reshape(group, patches.shape[2], -1), out_sp
+
+
+def _conv_acc(x, w, x_zero_point, w_zero_point, *, kernel_shape, group, **attrs):
+    """Grouped N-D sum over windows of (x - zx)(w - zw) in int32, padding with zx.
+
+    Lowered to one integer dot W [M, K] x patches [K, N * out] (im2col) rather than an integer
+    XLA convolution: not every backend has one (GPU convolutions are float-only), and XLA's
+    CPU integer convolution falls off a cliff (100x) when its input is a transposed NCHW tensor.
+    The weight is the left operand in its ONNX layout, so no call re-lays it out, and the
+    output comes out NCHW. 8-bit operands multiply as int8 with zero-point corrections, as in
+    ``_matmul_acc``; sum_k w per output channel comes from the same dot (a ones column).
+    """
+    nd = x.ndim - 2
+    w = jnp.asarray(w)
+    kernel = list(w.shape[2:])
+    if kernel_shape and ints(kernel_shape) != kernel:
+        raise ValueError(
+            f"kernel_shape {ints(kernel_shape)} does not match W's shape {list(w.shape)}"
+        )
+    m_out, g, n = w.shape[0], group, x.shape[0]
+    wzp = None if w_zero_point is None else _channel_param(w_zero_point, nd + 1)
+    if _is_int8(x, w):
+        x, zx = _int8(x, x_zero_point)
+        w, zw = _int8(w, wzp)
+    else:
+        x, zx = _centered(x, x_zero_point), None
+        w, zw = _centered(w, wzp), None
+    pad_value = 0 if zx is None else jnp.asarray(zx).astype(x.dtype).reshape(())
+    patches, out_sp = _conv_patches(x, pad_value, kernel, group=g, **attrs)
+    q = patches.shape[-1]
+    if zx is not None:
+        patches = jnp.concatenate([patches, jnp.ones((g, patches.shape[1], 1), x.dtype)], -1)
+    wk = w.reshape(g, m_out // g, -1)
     y = jax.lax.dot_general(
-        patches, wk, (((2, 3), (2, 3)), ((1,), (0,))), preferred_element_type=jnp.int32
-    )
-    y = jnp.moveaxis(y, -1, 2)  # [g, n, m/g, *out]
-    y = jnp.moveaxis(y, 0, 1).reshape(n, m_out, *out_sp)
-    return y
+        wk, patches, (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.int32
+    )  # [g, m/g, q (+1)]
+    acc = y[..., :q]
+    if zw is not None:  # per tensor or per output channel -> [g, m/g, 1]
+        zw = jnp.broadcast_to(jnp.reshape(zw, (-1,)), (m_out,)).reshape(g, -1, 1)
+        window = jnp.sum(patches[..., :q], axis=1, dtype=jnp.int32)  # [g, q]
+        acc = acc - window[:, None, :] * zw
+    if zx is not None:
+        wsum = y[..., q:]  # [g, m/g, 1]
+        if zw is not None:
+            wsum = wsum - patches.shape[1] * zw
+        acc = acc - jnp.asarray(zx).reshape(()) * wsum
+    acc = acc.reshape(m_out, n, *out_sp)
+    return jnp.moveaxis(acc, 1, 0)
 
 
 def _channel_param(v, nd):
     """A per-output-channel [M] parameter, shaped to broadcast against [N, M, *spatial]."""
-    v = jnp.asarray(v)
-    return v.reshape(-1, *([1] * nd)) if v.ndim == 1 and v.size > 1 else v.reshape(())
+    m = xp(v)
+    return m.reshape(v, (-1, *([1] * nd))) if v.ndim == 1 and v.size > 1 else m.reshape(v, ())
 
 
 @register("ConvInteger", since=10)
@@ -316,13 +403,11 @@ def conv_integer(
 
     Padding is with the zero point (the centered value 0), so padded taps contribute nothing.
     """
-    nd = x.ndim - 2
-    wc = jnp.asarray(w).astype(jnp.int32)
-    if w_zero_point is not None:
-        wc = wc - _channel_param(w_zero_point, nd + 1).astype(jnp.int32)
-    return _int_conv(
-        _centered(x, x_zero_point),
-        wc,
+    return _conv_acc(
+        x,
+        w,
+        x_zero_point,
+        w_zero_point,
         auto_pad=auto_pad,
         dilations=dilations,
         group=group,
