@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util as _importlib_util
+
+from ._errors import ExternalDataError as ExternalDataError
+from ._errors import InputError as InputError
+from ._errors import ModelLoadError as ModelLoadError
+from ._errors import NodeError as NodeError
+from ._errors import Onnx2JaxError as Onnx2JaxError
+from ._errors import StaticValueError as StaticValueError
+from ._errors import UnsupportedOpsError as UnsupportedOpsError
 from .export import convert as convert  # needs onnx only when called
 from .export import load_exported as load_exported  # jax only: runs where onnx is not installed
 
-try:
-    import onnx as _onnx  # noqa: F401
-except ImportError:  # a runtime-only install: load_exported runs jax.export artifacts
-    _onnx = None
-
-if _onnx is not None:
+# Without onnx (a runtime-only install) only load_exported is here: it runs jax.export artifacts.
+if _importlib_util.find_spec("onnx") is not None:
     from ._api import Model as Model
     from ._api import load as load
     from ._compiler import compiler_options as compiler_options
-    from ._errors import ExternalDataError as ExternalDataError
-    from ._errors import InputError as InputError
-    from ._errors import ModelLoadError as ModelLoadError
-    from ._errors import NodeError as NodeError
-    from ._errors import Onnx2JaxError as Onnx2JaxError
-    from ._errors import StaticValueError as StaticValueError
-    from ._errors import UnsupportedOpsError as UnsupportedOpsError
     from ._ir import TensorSpec as TensorSpec
     from .generate import Generator as Generator  # after the names it imports from here
     from .quantization import quantize as quantize  # after the names it imports

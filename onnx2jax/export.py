@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from ._errors import InputError, Onnx2JaxError  # plain Python: no onnx needed
+import onnx2jax  # its error classes are plain Python, importable without onnx
 
 # The artifact is a zip: the serialized jax.export.Exported, a JSON header, and the weights
 # (raw bytes), so a fine-tuned params dict can replace them without re-exporting.
@@ -52,7 +52,7 @@ def symbolic_specs(
     per_input = []
     for spec in inputs:
         if spec.kind != "tensor" or spec.shape is None or spec.dtype is None:
-            raise Onnx2JaxError(
+            raise onnx2jax.Onnx2JaxError(
                 f"input {spec.name!r} ({spec}) has no tensor type with a rank: jax.export needs "
                 "one; give the model's input a shape (dims may be symbolic)"
             )
@@ -73,14 +73,14 @@ def symbolic_specs(
         per_input.append(shape)
     unknown = sorted(set(dims) - {d for s in inputs for d in (s.shape or ()) if isinstance(d, str)})
     if unknown:
-        raise Onnx2JaxError(f"dims {unknown} are not symbolic dims of the model's inputs")
+        raise onnx2jax.Onnx2JaxError(f"dims {unknown} are not symbolic dims of the model's inputs")
     parsed: dict[str, Any] = {}
     if symbols:
         syms = list(symbols.values())
         try:
             values = jax_export.symbolic_shape(", ".join(syms), constraints=tuple(constraints))
         except Exception as e:  # a malformed constraint
-            raise Onnx2JaxError(f"constraints {list(constraints)}: {e}") from None
+            raise onnx2jax.Onnx2JaxError(f"constraints {list(constraints)}: {e}") from None
         parsed = dict(zip(syms, values))
     out = []
     with jax.enable_x64(x64):
@@ -127,17 +127,15 @@ def convert(
             Shape feeding Reshape); names the node. Fix the dims it depends on with ``dims``.
         Onnx2JaxError: graph breaks, inputs that decide shapes, or inputs without a shape.
     """
-    import onnx2jax
-
     model = onnx2jax.load(source, x64=x64, **load_kwargs)
     if model.graph_breaks:
         names = ", ".join(f"{b.node!r} ({b.op_type})" for b in model.graph_breaks)
-        raise Onnx2JaxError(
+        raise onnx2jax.Onnx2JaxError(
             f"cannot export: the graph breaks at {names} (data-dependent output shapes), so it is "
             "not one XLA program; load with max_sizes / dynamic_bound to bound those nodes"
         )
     if model.value_inputs:
-        raise Onnx2JaxError(
+        raise onnx2jax.Onnx2JaxError(
             f"cannot export: input(s) {sorted(model.value_inputs)} decide output shapes by their "
             "value; make them constants (initializers) in the model"
         )
@@ -150,7 +148,7 @@ def convert(
     try:
         with jax.enable_x64(x64):
             exported = jax_export.export(jax.jit(run), platforms=platforms)(param_specs, *specs)
-    except Onnx2JaxError as e:
+    except onnx2jax.Onnx2JaxError as e:
         names = ", ".join(symbols)
         first = str(e).splitlines()[0]  # jax's explanation that follows is pages long
         raise type(e)(
@@ -161,7 +159,7 @@ def convert(
     except Exception as e:  # jax's shape-polymorphism errors outside a node
         if "symbolic" not in str(e).lower() and "dimension" not in str(e).lower():
             raise
-        raise Onnx2JaxError(
+        raise onnx2jax.Onnx2JaxError(
             f"cannot export with symbolic dims: {type(e).__name__}: {str(e).splitlines()[0]}. "
             "Fix the dims with "
             "--dim NAME=N (dims={...}), or add constraints"
@@ -216,13 +214,13 @@ class ExportedModel:
         names = self.input_names
         bound = dict(zip(names, args))
         if len(args) > len(names) or set(kwargs) - set(names) or set(kwargs) & set(bound):
-            raise InputError(
+            raise onnx2jax.InputError(
                 f"expected inputs {names}, got {len(args)} positional and {sorted(kwargs)}"
             )
         bound.update(kwargs)
         missing = [n for n in names if n not in bound]
         if missing:
-            raise InputError(f"missing input(s) {missing}; the model takes {names}")
+            raise onnx2jax.InputError(f"missing input(s) {missing}; the model takes {names}")
         return [bound[n] for n in names]
 
     def apply(self, params: Mapping[str, Any], *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -261,7 +259,7 @@ def load_exported(source: str | os.PathLike | bytes) -> ExportedModel:
                 raw = np.frombuffer(z.read(f"params/{i}"), dtype=np.dtype(_dtype(dtype)))
                 params[k] = jax.numpy.asarray(raw.reshape(shape))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise Onnx2JaxError(
+        raise onnx2jax.Onnx2JaxError(
             f"{what} is not an onnx2jax exported artifact ({type(e).__name__}: {e}); "
             "write one with `onnx2jax convert MODEL -o OUT`"
         ) from None

@@ -125,6 +125,12 @@ for b in (1, 3, 6):
 np.savez(sys.argv[2], **outs)
 assert "onnx2jax._tracer" not in sys.modules and "onnx2jax._api" not in sys.modules
 assert not hasattr(onnx2jax, "load")
+try:
+    onnx2jax.load_exported(b"junk")
+except onnx2jax.Onnx2JaxError as e:  # the error classes need no onnx
+    assert "not an onnx2jax exported artifact" in str(e)
+else:
+    raise AssertionError("junk loaded")
 print("ok")
 """
 
