@@ -121,13 +121,17 @@ def weight_uint8(w: np.ndarray, axis: int | None):
     return np.clip(q, 0, 255).astype(np.uint8), scale, zp
 
 
-def weight_int4(w: np.ndarray, k_axis: int, block: int | None):
-    """Symmetric int4, in blocks of ``block`` along ``k_axis`` (None: one scale per tensor)."""
-    if block is None:
-        amax = np.float32(np.max(np.abs(w)))
-        scale = np.asarray(amax / 7.0 if amax > 0 else 1.0, w.dtype)
-        q = np.clip(np.round(w / scale), -8, 7)
-        return q.astype(ml_dtypes.int4), scale, None
+def weight_int4(w: np.ndarray, axis: int | None):
+    """Symmetric int4: per channel along ``axis``, or per tensor (None)."""
+    amax = np.max(np.abs(w), axis=_reduce_axes(w.ndim, axis)).astype(np.float32)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(w.dtype)
+    bshape = [-1 if i == axis else 1 for i in range(w.ndim)] if axis is not None else []
+    q = np.clip(np.round(w / scale.reshape(bshape)), -8, 7)
+    return q.astype(ml_dtypes.int4), scale, None
+
+
+def weight_int4_blocked(w: np.ndarray, k_axis: int, block: int):
+    """Symmetric int4 in blocks of ``block`` values along ``k_axis``."""
     k = w.shape[k_axis]
     nb = -(-k // block)
     pad = [(0, 0)] * w.ndim

@@ -20,6 +20,7 @@ from ._qdq import (
     activation_params,
     find_targets,
     weight_int4,
+    weight_int4_blocked,
     weight_int8,
     weight_uint8,
 )
@@ -243,10 +244,13 @@ def quantize(
         arr = wv.const_value.numpy()
         axis = t.channel_axis if per_channel else None
         attrs = {"axis": t.channel_axis} if per_channel else {}
-        if weight_type == "int4":
-            block = min(INT4_BLOCK, arr.shape[t.k_axis]) if per_channel else None
-            q, s, z = weight_int4(arr, t.k_axis, block)
-            attrs = {"axis": t.k_axis, "block_size": block} if per_channel else {}
+        if weight_type == "int4" and per_channel and arr.shape[t.k_axis] >= INT4_BLOCK:
+            q, s, z = weight_int4_blocked(arr, t.k_axis, INT4_BLOCK)
+            attrs = {"axis": t.k_axis, "block_size": INT4_BLOCK}
+        elif weight_type == "int4":
+            # per tensor, or per output channel where the reduction axis is shorter than a
+            # block (depthwise and narrow convs): not a scale every few values
+            q, s, z = weight_int4(arr, axis)
         elif static:
             q, s, z = weight_int8(arr, axis)
         else:
