@@ -71,7 +71,7 @@ def _ensure_opset(model: ir.Model, need: int, why: str) -> None:
             for n in model.graph.all_nodes()
             if n.domain in ("", "ai.onnx")
             and n.op_type not in _SAFE_TO_RAISE
-            and _since(n.op_type, have) != _since(n.op_type, need)
+            and _signature(n.op_type, have) != _signature(n.op_type, need)
         }
     )
     if changed:
@@ -84,11 +84,19 @@ def _ensure_opset(model: ir.Model, need: int, why: str) -> None:
     model.opset_imports.pop("ai.onnx", None)
 
 
-def _since(op: str, opset: int) -> int | None:
+def _signature(op: str, opset: int) -> tuple | None:
+    """Inputs, outputs and attributes (with defaults) of the op's schema at ``opset``: equal
+    signatures differ at most in their type lists (IsNaN 13 -> 20), which changes no model."""
     try:
-        return onnx.defs.get_schema(op, opset, "").since_version
+        s = onnx.defs.get_schema(op, opset, "")
     except Exception:  # an op not in this opset at all: treat as changed
         return None
+    attrs = sorted((k, str(v.default_value)) for k, v in s.attributes.items())
+    return (
+        attrs,
+        [(i.name, i.option) for i in s.inputs],
+        [(o.name, o.option) for o in s.outputs],
+    )
 
 
 def _check(mode, method, weight_type, calibration) -> None:
