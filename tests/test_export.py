@@ -117,7 +117,7 @@ t0 = time.perf_counter()
 import onnx2jax
 model = onnx2jax.load_exported(sys.argv[1])
 outs = {}
-for b in (1, 3, 6):
+for b in (1, 6):
     x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
     outs[f"b{b}"] = np.asarray(model(x)[0])
     if b == 1:
@@ -149,6 +149,6 @@ def test_load_exported_runs_without_onnx_and_without_the_tracer(tmp_path):
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     outs = np.load(result)
     model = onnx2jax.load(CNN)
-    for b in (1, 3, 6):
+    for b in (1, 6):
         x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(outs[f"b{b}"], np.asarray(model(x)[0]), rtol=1e-5, atol=1e-6)

@@ -33,7 +33,7 @@ def _child() -> None:
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.make_mesh((2, 4), ("data", "model"))
     for build in (jax_models.bert, jax_models.gpt2):
-        proto = build()
+        proto = build(layers=1)
         model = onnx2jax.load(proto)
         sharded = shard(model, mesh, RULES)
         split = 0
@@ -46,7 +46,7 @@ def _child() -> None:
             elif name.endswith("norm.weight") or name.endswith("ln_1.weight"):
                 assert shard_shape == value.shape, (name, shard_shape)  # replicated by default
             split += shard_shape != value.shape
-        assert split >= 10, split
+        assert split >= 5, split
         feeds = jax_models.inputs(proto, 4, 6)
         sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         ref = sess.run(None, feeds)[0]
@@ -58,11 +58,11 @@ def _child() -> None:
         # The pure path: jax.jit(apply) on sharded params and inputs runs one partitioned
         # program, with collectives for the row-split layers.
         _, named = sharded.shard_inputs(**feeds)
-        jitted = jax.jit(sharded.apply)
+        compiled = jax.jit(sharded.apply).lower(sharded.params, **named).compile()
         np.testing.assert_allclose(
-            np.asarray(jitted(sharded.params, **named)[0]), plain, rtol=1e-5, atol=1e-5
+            np.asarray(compiled(sharded.params, **named)[0]), plain, rtol=1e-5, atol=1e-5
         )
-        hlo = jitted.lower(sharded.params, **named).compile().as_text()
+        hlo = compiled.as_text()
         assert "all-reduce" in hlo or "reduce-scatter" in hlo, "no collective: not partitioned?"
         print(f"{build.__name__}: {split} params split, outputs match")
 
@@ -72,6 +72,11 @@ def test_shard_on_8_cpu_devices(what):
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    # The suite's compilation cache (tests/conftest.py), for warm reruns.
+    env.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+    )
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     proc = subprocess.run(
         [sys.executable, __file__, "child"], env=env, capture_output=True, text=True, timeout=300
     )
