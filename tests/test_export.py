@@ -27,7 +27,9 @@ def _ort(proto_or_path, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-@pytest.mark.parametrize("build", [jax_models.bert, jax_models.gpt2])
+@pytest.mark.parametrize(
+    "build", [pytest.param(jax_models.bert, marks=pytest.mark.slow), jax_models.gpt2]
+)
 def test_transformer_runs_at_any_batch_and_seq(build):
     proto = build(layers=1)
     exported = onnx2jax.load_exported(onnx2jax.convert(proto))

@@ -386,7 +386,7 @@ def test_gradients_match_finite_differences(family):
     assert not bad, "reverse-mode gradients disagree with finite differences:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("case", ["Conv", "Attention-causal"])
+@pytest.mark.parametrize("case", ["Conv", pytest.param("Attention-causal", marks=pytest.mark.slow)])
 def test_check_grads_on_single_ops(case):
     """jax.test_util.check_grads itself (forward and reverse mode) on a few composite ops."""
     cases = {k: v for family in FAMILIES.values() for k, v in family.items()}
