@@ -485,3 +485,36 @@ def test_calibration_ranges_are_the_data_s_with_a_graph_break():
     lo, hi = min(ys.min(), 0.0), max(ys.max(), 0.0)
     np.testing.assert_allclose(inits["y_scale"], (hi - lo) / 255, rtol=1e-6)
     assert inits["y_zero_point"] == np.clip(np.round(-128 - lo / inits["y_scale"]), -128, 127)
+
+
+@pytest.mark.parametrize("kind", ["static", "int4"])
+def test_embedding_table(kind):
+    """Gather from a constant table (an embedding) gets a quantized table, one scale per row
+    (int4: blocks along the row); the indices are left alone. Same results as onnxruntime."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((50, 128)).astype(np.float32)
+    w = (rng.standard_normal((128, 8)) * 0.1).astype(np.float32)
+    nodes = [oh.make_node("Gather", ["E", "ids"], ["e"]), oh.make_node("MatMul", ["e", "W"], ["y"])]
+    graph = oh.make_graph(
+        nodes,
+        "emb",
+        [oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["b", 5])],
+        [oh.make_tensor_value_info("y", FLOAT, ["b", 5, 8])],
+        [numpy_helper.from_array(table, "E"), numpy_helper.from_array(w, "W")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    ids = [{"ids": rng.integers(0, 50, (2, 5))} for _ in range(4)]
+    q = (
+        onnx2jax.quantize(model, ids)
+        if kind == "static"
+        else onnx2jax.quantize(model, weight_type=kind)
+    )
+    inits = {i.name: i for i in q.graph.initializer}
+    assert "E" not in inits and "E_quantized" in inits
+    scale = numpy_helper.to_array(inits["E_scale"])
+    assert scale.shape == ((50,) if kind == "static" else (50, 2))
+    x = {"ids": rng.integers(0, 50, (3, 5))}
+    np.testing.assert_allclose(
+        np.asarray(onnx2jax.load(q)(**x)[0]), run_ort(q, x)[0], rtol=1e-5, atol=1e-5
+    )
+    assert len(q.SerializeToString()) < 0.35 * len(model.SerializeToString())

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 INT4_BLOCK = 64  # 4.5 bits per weight with float32 scales: 86 % smaller than float32
-DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Gather")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Target:
     """A node whose weight is quantized: which input, which axes, where its bias is."""
 
     node: ir.Node
-    weight: int  # input index of the constant weight
+    weight: int  # input index of the constant weight (0: a Gather table, no activations)
     channel_axis: int  # per-channel axis of the weight (output features)
     k_axis: int  # reduction axis (int4 blocks run along it)
     bias: int | None  # input index of a constant 1-D bias, if it can be int32
@@ -60,6 +60,12 @@ def find_targets(graph: ir.Graph, op_types: Collection[str], exclude: Collection
         if node.domain not in ("", "ai.onnx") or node.op_type not in op_types:
             continue
         if node.name in exclude or len(node.inputs) < 2:
+            continue
+        if node.op_type == "Gather":
+            # an embedding table: weight only (the other input is indices), one scale per row
+            table = _const(node.inputs[0])
+            if table is not None and table.ndim == 2 and _attr(node, "axis", 0) == 0:
+                out.append(Target(node, 0, 0, 1, None))
             continue
         w = _const(node.inputs[1])
         if w is None or w.ndim < 2 or _const(node.inputs[0]) is not None:

@@ -199,7 +199,8 @@ def quantize(
             reduction axis (int4), instead of one per tensor.
         weight_type: ``"int8"``, or ``"int4"`` (weight-only: block-wise int4 weights behind an
             opset-21 DequantizeLinear; activations stay float and no calibration is needed).
-        op_types: which ops get quantized weights (and activations): Conv, Gemm, MatMul.
+        op_types: which ops get quantized weights (and activations): Conv, Gemm, MatMul, and
+            Gather (an embedding table: weights only, one scale per row).
         exclude: node names to leave in float.
 
     Returns:
@@ -231,7 +232,7 @@ def quantize(
     if static:
         graph_outs = {v.name for v in graph.outputs}
         names = []
-        for t in targets:
+        for t in (t for t in targets if t.weight == 1):  # Gather has no float activation
             names.append(t.node.inputs[0].name)
             out = _after_relu(t.node.outputs[0])
             if out.name not in graph_outs:
@@ -276,7 +277,7 @@ def quantize(
 
     if mode == "dynamic" and weight_type == "int8":
         done: dict[str, ir.Value] = {}
-        for t in targets:
+        for t in (t for t in targets if t.weight == 1):
             x = t.node.inputs[0]
             if x.name not in done:
                 done[x.name] = w.dynamic(x)
