@@ -518,3 +518,19 @@ def test_embedding_table(kind):
         np.asarray(onnx2jax.load(q)(**x)[0]), run_ort(q, x)[0], rtol=1e-5, atol=1e-5
     )
     assert len(q.SerializeToString()) < 0.35 * len(model.SerializeToString())
+
+
+def test_non_finite_calibration_values_are_ignored():
+    """An inf or NaN in the data (a -inf attention mask, a bad sample) leaves the ranges finite."""
+    data = [{"img": _images(2, i)} for i in range(3)]
+    data[1]["img"][0, 0, 0, 0] = np.inf
+    data[2]["img"][1, 0, 2, 2] = np.nan
+    for method in ("minmax", "percentile"):
+        q = onnx2jax.quantize(_small_cnn(), data, method=method)
+        scales = [
+            numpy_helper.to_array(i) for i in q.graph.initializer if i.name.endswith("_scale")
+        ]
+        assert all(np.isfinite(s).all() and (s > 0).all() for s in scales), method
+    finite = np.concatenate([d["img"][np.isfinite(d["img"])] for d in data])
+    img_scale = next(i for i in q.graph.initializer if i.name == "img_scale")
+    assert numpy_helper.to_array(img_scale) <= (finite.max() - finite.min()) / 255 * 1.0001

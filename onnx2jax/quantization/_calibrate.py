@@ -56,7 +56,12 @@ def _minmax(x, _):
     import jax.numpy as jnp
 
     x = x.astype(jnp.float32)
-    return jnp.stack([jnp.min(x), jnp.max(x)])
+    # non-finite values (an attention mask's -inf, a NaN from bad data) say nothing about
+    # the range the integers must cover; a tensor with none finite gets (0, 0)
+    ok = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(ok, x, jnp.inf))
+    hi = jnp.max(jnp.where(ok, x, -jnp.inf))
+    return jnp.where(jnp.any(ok), jnp.stack([lo, hi]), jnp.zeros(2, jnp.float32))
 
 
 def _histogram(x, rng):
@@ -65,8 +70,9 @@ def _histogram(x, rng):
     lo, hi = rng[0], rng[1]
     x = x.astype(jnp.float32).reshape(-1)
     width = jnp.maximum(hi - lo, 1e-30) / BINS
-    idx = jnp.clip(jnp.floor((x - lo) / width), 0, BINS - 1).astype(jnp.int32)
-    return jnp.bincount(idx, length=BINS)
+    ok = jnp.isfinite(x)
+    idx = jnp.clip(jnp.floor(jnp.where(ok, x - lo, 0.0) / width), 0, BINS - 1).astype(jnp.int32)
+    return jnp.bincount(idx, weights=ok.astype(jnp.float32), length=BINS)
 
 
 def collect(
