@@ -26,7 +26,8 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-INT4_BLOCK = 64  # 4.5 bits per weight with float32 scales: 86 % smaller than float32
+INT4_BLOCK = 128  # as onnxruntime's MatMulNBits default: 4.25 bits per weight, 87 % smaller
+_SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # int4 clip ratios tried per scale
 DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul", "Gather")
 
 
@@ -127,13 +128,34 @@ def weight_uint8(w: np.ndarray, axis: int | None):
     return np.clip(q, 0, 255).astype(np.uint8), scale, zp
 
 
+def _int4_scale(w: np.ndarray, red: tuple[int, ...]) -> np.ndarray:
+    """The int4 scale (reduced over ``red``, kept as size-1 axes) with the least squared error.
+
+    With 16 levels, clipping the few largest values buys a finer step for all others; each
+    scale tries the clip ratios ``_SHRINK`` of its absolute maximum and keeps the best.
+    """
+    amax = np.max(np.abs(w), axis=red, keepdims=True).astype(np.float32)
+    best, best_err = None, None
+    for f in _SHRINK:
+        s = np.where(amax > 0, amax * f / 7.0, 1.0)
+        err = np.sum((np.clip(np.round(w / s), -8, 7) * s - w) ** 2, axis=red, keepdims=True)
+        if best is None:
+            best, best_err = s, err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, s, best), np.where(better, err, best_err)
+    return best.astype(w.dtype)
+
+
 def weight_int4(w: np.ndarray, axis: int | None):
     """Symmetric int4: per channel along ``axis``, or per tensor (None)."""
-    amax = np.max(np.abs(w), axis=_reduce_axes(w.ndim, axis)).astype(np.float32)
-    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(w.dtype)
-    bshape = [-1 if i == axis else 1 for i in range(w.ndim)] if axis is not None else []
-    q = np.clip(np.round(w / scale.reshape(bshape)), -8, 7)
-    return q.astype(ml_dtypes.int4), scale, None
+    scale = _int4_scale(w, _reduce_axes(w.ndim, axis))
+    q = np.clip(np.round(w / scale), -8, 7)
+    return (
+        q.astype(ml_dtypes.int4),
+        scale.reshape(-1) if axis is not None else scale.reshape(()),
+        None,
+    )
 
 
 def weight_int4_blocked(w: np.ndarray, k_axis: int, block: int):
@@ -144,9 +166,9 @@ def weight_int4_blocked(w: np.ndarray, k_axis: int, block: int):
     pad[k_axis] = (0, nb * block - k)
     wp = np.moveaxis(np.pad(w, pad), k_axis, -1)
     blocks = wp.reshape(*wp.shape[:-1], nb, block)
-    amax = np.max(np.abs(blocks), axis=-1)
-    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(w.dtype)
-    q = np.clip(np.round(blocks / scale[..., None]), -8, 7).reshape(wp.shape)[..., :k]
+    scale = _int4_scale(blocks, (blocks.ndim - 1,))
+    q = np.clip(np.round(blocks / scale), -8, 7).reshape(wp.shape)[..., :k]
+    scale = scale[..., 0]
     q = np.moveaxis(q, -1, k_axis).astype(ml_dtypes.int4)
     # no zero point: int4's default is 0 (symmetric), and a stored one would cost 1/2 bit/weight
     return q, np.moveaxis(scale, -1, k_axis), None
