@@ -195,7 +195,7 @@ def quantize(
             time (DynamicQuantizeLinear, uint8), weights uint8.
         method: how a static range is chosen: ``"minmax"`` (the full range), ``"percentile"``
             (clip to 99.999 % of values) or ``"entropy"`` (the KL-divergence threshold).
-        per_channel: one weight scale per output channel (int8) or per block of 64 along the
+        per_channel: one weight scale per output channel (int8) or per block of 128 along the
             reduction axis (int4), instead of one per tensor.
         weight_type: ``"int8"``, or ``"int4"`` (weight-only: block-wise int4 weights behind an
             opset-21 DequantizeLinear; activations stay float and no calibration is needed).
