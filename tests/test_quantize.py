@@ -554,3 +554,21 @@ def test_non_finite_calibration_values_are_ignored():
     finite = np.concatenate([d["img"][np.isfinite(d["img"])] for d in data])
     img_scale = next(i for i in q.graph.initializer if i.name == "img_scale")
     assert numpy_helper.to_array(img_scale) <= (finite.max() - finite.min()) / 255 * 1.0001
+
+
+def test_qat_round_trip_of_an_int4_model():
+    """prepare_qat on int4 weights (no stored zero point) keeps the forward values, and
+    finish_qat with unchanged params gives back the same int4 weights."""
+    q = _quantized("int4")
+    qat = prepare_qat(q)
+    assert {n.op_type for n in qat.graph.node if n.domain == "ai.onnx2jax"} == {
+        "FakeQuantizeLinear"
+    }
+    m = onnx2jax.load(qat)
+    x = _images(4, 3)
+    np.testing.assert_allclose(np.asarray(m(x)[0]), run_ort(q, {"img": x})[0], atol=1e-5)
+    back = finish_qat(qat, m.params)
+    before = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in back.graph.initializer}
+    for name in ("Wc_quantized", "W1_quantized", "W2_quantized"):
+        np.testing.assert_array_equal(after[name], before[name])
