@@ -1,6 +1,6 @@
 """Where a model's compiled program spends its time: top XLA thunks from a jax.profiler trace.
 
-    python benchmarks/tools/profile_ops.py MODEL.onnx [--dim name=N ...] [--runs 5] [--top 25]
+python benchmarks/tools/profile_ops.py MODEL.onnx [--dim name=N ...] [--runs 5] [--top 25]
 """
 
 from __future__ import annotations
