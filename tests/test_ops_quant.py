@@ -424,6 +424,9 @@ CONV_CASES = [
     ((1, 3, 9, 8), (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
     ((2, 3, 11), (4, 3, 4), {"strides": [3], "pads": [2, 1]}),
     ((1, 2, 4, 5, 5), (2, 2, 2, 3, 2), {"auto_pad": "VALID"}),
+    # depthwise (one input channel per group; a fused sum of taps, not a grouped dot)
+    ((2, 4, 6, 6), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
+    ((1, 3, 7, 6), (6, 1, 3, 2), {"group": 3, "strides": [2, 1], "pads": [0, 1, 2, 0]}),
 ]
 
 
@@ -462,7 +465,7 @@ def test_conv_integer_per_channel_weight_zero_point():
     )
 
 
-@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES[:5])
+@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES[:5] + CONV_CASES[6:])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 def test_qlinear_conv(xs, ws, attrs, dtype):
     """int8 weights; uint8 activations are where onnxruntime saturates without VNNI."""

@@ -308,8 +308,8 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     return _requantize(acc, multiplier, y_zero_point, out)
 
 
-def _conv_patches(x, pad_value, kernel, *, auto_pad, dilations, group, pads, strides):
-    """Padded kernel taps of ``x`` [N, C, *spatial] as ([group, C/group * taps, N * out], out)."""
+def _conv_taps(x, pad_value, kernel, *, auto_pad, dilations, pads, strides):
+    """The padded kernel taps of ``x`` [N, C, *spatial]: a list of [N, C, *out], and out."""
     nd = x.ndim - 2
     strides = ints(strides) if strides else [1] * nd
     dilations = ints(dilations) if dilations else [1] * nd
@@ -326,9 +326,35 @@ def _conv_patches(x, pad_value, kernel, *, auto_pad, dilations, group, pads, str
             s + (o - 1) * st + 1 for s, o, st in zip(start[2:], out_sp, strides, strict=True)
         ]
         taps.append(jax.lax.slice(x, start, limit, [1, 1, *strides]))
-    patches = jnp.stack(taps, axis=2).reshape(n, group, -1, math.prod(out_sp))
-    # [group, K, N * out]: with N = 1 a reshape, no transpose
-    return jnp.moveaxis(patches, 0, 2).reshape(group, patches.shape[2], -1), out_sp
+    return taps, out_sp
+
+
+def _patches(taps, group):
+    """Taps [N, C, *out] stacked as [group, C/group * taps, N * out] (N = 1: no transpose)."""
+    n = taps[0].shape[0]
+    patches = jnp.stack(taps, axis=2).reshape(n, group, -1, math.prod(taps[0].shape[2:]))
+    return jnp.moveaxis(patches, 0, 2).reshape(group, patches.shape[2], -1)
+
+
+def _depthwise_acc(taps, w, zx, zw):
+    """A depthwise conv (one input channel per group) as a sum of per-channel products of its
+    taps, which XLA fuses into one loop (as a grouped dot it would be C tiny dots)."""
+    m_out, nd = w.shape[0], taps[0].ndim - 2
+    mult = m_out // taps[0].shape[1]
+    wt = w.astype(jnp.int32).reshape(m_out, -1)  # [M, taps]
+    if zw is not None:
+        zw = jnp.broadcast_to(jnp.reshape(zw, (-1,)), (m_out,)).astype(jnp.int32)
+        wt = wt - zw[:, None]
+    shape = (1, m_out, *[1] * nd)
+    acc = 0
+    for t, tap in enumerate(taps):
+        x = tap.astype(jnp.int32)
+        if mult > 1:
+            x = jnp.repeat(x, mult, axis=1)
+        acc = acc + x * wt[:, t].reshape(shape)
+    if zx is not None:
+        acc = acc - jnp.asarray(zx).astype(jnp.int32).reshape(()) * jnp.sum(wt, 1).reshape(shape)
+    return acc
 
 
 def _conv_acc(x, w, x_zero_point, w_zero_point, *, kernel_shape, group, **attrs):
@@ -357,7 +383,10 @@ def _conv_acc(x, w, x_zero_point, w_zero_point, *, kernel_shape, group, **attrs)
         x, zx = _centered(x, x_zero_point), None
         w, zw = _centered(w, wzp), None
     pad_value = 0 if zx is None else jnp.asarray(zx).astype(x.dtype).reshape(())
-    patches, out_sp = _conv_patches(x, pad_value, kernel, group=g, **attrs)
+    taps, out_sp = _conv_taps(x, pad_value, kernel, **attrs)
+    if g > 1 and g == x.shape[1]:
+        return _depthwise_acc(taps, w, zx, zw)
+    patches = _patches(taps, g)
     q = patches.shape[-1]
     if zx is not None:
         patches = jnp.concatenate([patches, jnp.ones((g, patches.shape[1], 1), x.dtype)], -1)
