@@ -16,6 +16,9 @@ os.environ.setdefault(
 # suite compiles thousands of tiny programs, so it runs without it, except where a test asks
 # for it (tests/test_passes.py::test_real_resnet_exports_with_ynnpack).
 os.environ.setdefault("ONNX2JAX_XLA_LIBRARY", "off")
+# Most of the suite's time is XLA compiling thousands of tiny programs; JAX's "disable most
+# optimizations" skips the costly HLO passes (about 10% off tests/test_ops_{conv,pool,image}.py).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import sys  # noqa: E402
 

@@ -112,6 +112,11 @@ def _params() -> list[Any]:
     for case in load_cases():
         reason = EXPECTED_FAILURES.get(case.name)
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        if case.name.endswith("_expanded") or "_expanded_" in case.name:
+            # The same cases with the op replaced by its ONNX function body (480 of 1,884):
+            # they test the primitive ops the body uses, which have cases of their own, so
+            # they run under `-m slow` to keep the default suite under 10 minutes.
+            marks.append(pytest.mark.slow)
         params.append(pytest.param(case, id=case.name, marks=marks))
     return params
 
