@@ -424,6 +424,8 @@ CONV_CASES = [
     ((1, 3, 9, 8), (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
     ((2, 3, 11), (4, 3, 4), {"strides": [3], "pads": [2, 1]}),
     ((1, 2, 4, 5, 5), (2, 2, 2, 3, 2), {"auto_pad": "VALID"}),
+    # windows that tile the input (stride = kernel: a patch embedding), with a remainder
+    ((2, 4, 9, 7), (4, 2, 3, 2), {"group": 2, "strides": [3, 2]}),
     # depthwise (one input channel per group; a fused sum of taps, not a grouped dot)
     ((2, 4, 6, 6), (4, 1, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}),
     ((1, 3, 7, 6), (6, 1, 3, 2), {"group": 3, "strides": [2, 1], "pads": [0, 1, 2, 0]}),
@@ -465,7 +467,7 @@ def test_conv_integer_per_channel_weight_zero_point():
     )
 
 
-@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES[:5] + CONV_CASES[6:])
+@pytest.mark.parametrize("xs,ws,attrs", CONV_CASES[:5] + CONV_CASES[6:])  # not the 3-D case
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 def test_qlinear_conv(xs, ws, attrs, dtype):
     """int8 weights; uint8 activations are where onnxruntime saturates without VNNI."""

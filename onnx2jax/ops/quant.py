@@ -333,7 +333,35 @@ def _patches(taps, group):
     """Taps [N, C, *out] stacked as [group, C/group * taps, N * out] (N = 1: no transpose)."""
     n = taps[0].shape[0]
     patches = jnp.stack(taps, axis=2).reshape(n, group, -1, math.prod(taps[0].shape[2:]))
-    return jnp.moveaxis(patches, 0, 2).reshape(group, patches.shape[2], -1)
+    return _group_major(patches)
+
+
+def _group_major(patches):
+    """[N, group, K, out] -> [group, K, N * out]."""
+    return jnp.moveaxis(patches, 0, 2).reshape(patches.shape[1], patches.shape[2], -1)
+
+
+def _tiles(x, kernel, group, *, auto_pad, dilations, pads, strides):
+    """Patches of a conv whose windows tile the input (stride = kernel, no padding or dilation,
+    e.g. a ViT patch embedding) by one reshape and transpose, or None for any other conv: a
+    16x16 kernel would otherwise be 256 slices (a 20 s compile)."""
+    nd, kernel = x.ndim - 2, list(kernel)
+    if (
+        (strides and ints(strides) != kernel)
+        or (not strides and kernel != [1] * nd)
+        or (dilations and ints(dilations) != [1] * nd)
+        or (pads and any(ints(pads)))
+        or auto_pad not in ("NOTSET", "VALID")
+    ):
+        return None
+    n, c, sp = x.shape[0], x.shape[1], x.shape[2:]
+    out = [s // k for s, k in zip(sp, kernel, strict=True)]
+    x = x[(slice(None), slice(None), *[slice(0, o * k) for o, k in zip(out, kernel, strict=True)])]
+    x = x.reshape(n, c, *[d for o, k in zip(out, kernel, strict=True) for d in (o, k)])
+    # [n, c, o1, k1, o2, k2, ...] -> [n, c, k1, k2, ..., o1, o2, ...]
+    order = [0, 1, *[3 + 2 * i for i in range(nd)], *[2 + 2 * i for i in range(nd)]]
+    x = jnp.transpose(x, order).reshape(n, group, -1, math.prod(out))
+    return _group_major(x), out
 
 
 def _depthwise_acc(taps, w, zx, zw):
@@ -383,10 +411,14 @@ def _conv_acc(x, w, x_zero_point, w_zero_point, *, kernel_shape, group, **attrs)
         x, zx = _centered(x, x_zero_point), None
         w, zw = _centered(w, wzp), None
     pad_value = 0 if zx is None else jnp.asarray(zx).astype(x.dtype).reshape(())
-    taps, out_sp = _conv_taps(x, pad_value, kernel, **attrs)
-    if g > 1 and g == x.shape[1]:
-        return _depthwise_acc(taps, w, zx, zw)
-    patches = _patches(taps, g)
+    tiled = None if g == x.shape[1] > 1 else _tiles(x, kernel, g, **attrs)
+    if tiled is not None:
+        patches, out_sp = tiled
+    else:
+        taps, out_sp = _conv_taps(x, pad_value, kernel, **attrs)
+        if g > 1 and g == x.shape[1]:
+            return _depthwise_acc(taps, w, zx, zw)
+        patches = _patches(taps, g)
     q = patches.shape[-1]
     if zx is not None:
         patches = jnp.concatenate([patches, jnp.ones((g, patches.shape[1], 1), x.dtype)], -1)
