@@ -112,7 +112,9 @@ class OnnxJaxBackendRep(BackendRep):
 
         Stays False for graphs that ``Model.__call__`` runs eagerly (string outputs).
         """
-        return getattr(self.model._program, "_jit", None) is not None
+        prog = self.model._program
+        ran_jit = "main" in prog.compiled or "stages" in prog.compiled
+        return ran_jit and not prog.string_outputs
 
 
 class OnnxJaxBackend(Backend):

@@ -198,3 +198,28 @@ def test_onnx_official_runner_accepts_the_backend():
     problems = [f"{t}: {msg[-300:]}" for t, msg in result.failures + result.errors]
     assert not problems, "\n".join(problems)
     assert result.testsRun - len(result.skipped) == 4
+
+
+def test_jitted_tells_which_path_a_run_took():
+    """The node suite's pass count rests on this: numeric graphs run through the whole-graph
+    jit, graphs with string outputs eagerly."""
+    from onnx import TensorProto, helper
+
+    from onnx2jax.backend import OnnxJaxBackend
+
+    def model(op, elem):
+        g = helper.make_graph(
+            [helper.make_node(op, ["x"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", elem, [2])],
+            [helper.make_tensor_value_info("y", elem, [2])],
+        )
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    numeric = OnnxJaxBackend.prepare(model("Abs", TensorProto.FLOAT), "CPU")
+    assert not numeric.jitted  # nothing has run yet
+    numeric.run([np.array([-1.0, 2.0], np.float32)])
+    assert numeric.jitted
+    strings = OnnxJaxBackend.prepare(model("Identity", TensorProto.STRING), "CPU")
+    strings.run([np.array(["a", "b"], dtype=object)])
+    assert not strings.jitted
