@@ -239,6 +239,40 @@ class Model:
             call_args = (self.params, self._prepared_values(), dynamic)
             return _jitted(prog).lower(*call_args, static), call_args
 
+    def prepare(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The param-only values for ``params`` (default ``self.params``): weights laid out for
+        the kernels, folded BatchNorms, dequantized weights and the integer buffers.
+
+        Compute it once and pass it to :meth:`apply_prepared` in your own ``jit``/``vmap``
+        (a server batching requests, an exported program) so those steps do not rerun per call.
+        """
+        if params is None or params is self.params:
+            return self._prepared_values()
+        prog = self._program
+        return {**prog.buffers, **_prep_fn(prog)(params)} if prog.prep else dict(prog.buffers)
+
+    def apply_prepared(
+        self, params: Mapping[str, Any], prepared: Mapping[str, Any], *args: Any, **kwargs: Any
+    ) -> tuple[Any, ...]:
+        """:meth:`apply` with the param-only steps already done: ``prepared`` is
+        ``model.prepare(params)``. Pure; what ``model(...)`` runs inside its jit.
+
+        Gradients flow to ``params`` only through the steps that read them directly; take
+        gradients with :meth:`apply`. Graphs with breaks raise ``Onnx2JaxError``.
+        """
+        prog = self._program
+        if prog.stages is not None:
+            raise Onnx2JaxError(
+                "apply_prepared(): this graph has breaks and runs as several programs; "
+                "call the model or use apply()"
+            )
+        with prog.context():
+            bound = _bind(prog, args, kwargs)
+            static = {k: _concrete(v) for k, v in bound.items() if k in prog.value_inputs}
+            env = dict(prepared)
+            env.update({k: v for k, v in bound.items() if k not in prog.value_inputs})
+            return _run(prog, params, env, static, skip=frozenset(prog.prep.steps))
+
     @property
     def pass_report(self):
         """What the graph passes did at load (``onnx2jax.passes.Report``), or None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -177,3 +178,30 @@ def test_lower_is_the_call_ahead_of_time(model):
     lowered, call_args = model.lower(X)
     got = lowered.compile()(*call_args)
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(model(X)[0]))
+
+
+def test_apply_prepared_skips_param_only_steps_and_matches_call():
+    """prepare() + apply_prepared() is model(...)'s program: the laid-out weights are inputs."""
+    path = Path(__file__).parent.parent / "examples" / "tiny_cnn.onnx"
+    cnn = onnx2jax.load(path)
+    assert cnn._program.prep, "the nhwc pass should leave weight transposes for prep"
+    images = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    prepared = cnn.prepare()
+    assert prepared is cnn.prepare()  # cached per params object
+    (want,) = cnn.apply(cnn.params, images)
+    (got,) = jax.jit(cnn.apply_prepared)(cnn.params, prepared, images)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    # vmapped over examples, prepared weights broadcast (the serving pattern)
+    per_example = jax.vmap(lambda x: cnn.apply_prepared(cnn.params, prepared, x[None])[0][0])
+    np.testing.assert_allclose(
+        np.asarray(per_example(images)), np.asarray(want), rtol=1e-5, atol=1e-6
+    )
+    # the prepared values are really used: zeroed, the output changes
+    zeroed = {k: jnp.zeros_like(v) for k, v in prepared.items()}
+    (bad,) = cnn.apply_prepared(cnn.params, zeroed, images)
+    assert not np.allclose(np.asarray(bad), np.asarray(want))
+    # other params: prepare(params) recomputes
+    doubled = {k: v * 2 for k, v in cnn.params.items()}
+    (want2,) = cnn.apply(doubled, images)
+    (got2,) = cnn.apply_prepared(doubled, cnn.prepare(doubled), images)
+    np.testing.assert_allclose(np.asarray(got2), np.asarray(want2), rtol=1e-5, atol=1e-5)
