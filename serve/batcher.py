@@ -1,8 +1,8 @@
 """The dynamic batcher: an asyncio queue that stacks requests and runs them through ``jax.vmap``.
 
 It knows nothing of HTTP (app.py translates the protocol onto it), and it uses only the public
-``onnx2jax`` API: ``Model.inputs`` / ``outputs`` for the signature, ``Model.apply`` (pure) and
-``Model.params`` for the computation.
+``onnx2jax`` API: ``Model.inputs`` / ``outputs`` for the signature, ``Model.prepare`` (the
+param-only values, computed once) and ``Model.apply_prepared`` (pure) for the computation.
 """
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ class Batcher:
     shared by the inputs, or a batch-1 export whose first dims are 1), each input carries that
     axis with k >= 1 examples. Examples of several requests with the same per-example shapes
     are stacked, padded to the next bucket (``BatchConfig.buckets``) and run as one call of
-    ``jax.jit(jax.vmap(model.apply))``; each request gets back exactly its rows. Models
-    without a batch axis run one request at a time.
+    ``jax.jit(jax.vmap(model.apply_prepared))``, with the params and ``model.prepare()`` (the
+    laid-out, folded and dequantized weights, computed once at start-up) broadcast to every
+    example; each request gets back exactly its rows. Models without a batch axis run one
+    request at a time (``model(...)``, which reuses its prepared weights too).
 
     Args:
         model: the loaded model.
@@ -136,6 +138,7 @@ class Batcher:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"serve-{name}")
         self._compiled: dict[tuple, Any] = {}
         self._fn = None
+        self._prepared: tuple[Any, Any] | None = None  # (params, model.prepare()), at warm-up
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -393,7 +396,7 @@ class Batcher:
             if bucket > n:  # pad with copies of the last example: valid values for any model
                 x = np.concatenate([x, np.repeat(x[-1:], bucket - n, axis=0)])
             xs.append(x)
-        outs = self._program(key, bucket)(self.model.params, *xs)
+        outs = self._program(key, bucket)(*self._weights(), *xs)
         outs = [self._declared(spec, o) for spec, o in zip(self.model.outputs, outs)]
         results, start = [], 0
         for r in batch:
@@ -410,29 +413,38 @@ class Batcher:
             a = a.astype(spec.dtype)
         return a
 
+    def _weights(self) -> tuple[Any, Any]:
+        """``(params, prepared)``: the param-only steps (weights transposed to the kernels'
+        layout, folded BatchNorms, dequantized weights) run once here, not in every batch."""
+        if self._prepared is None:
+            # On the device once, so no batch copies host arrays in (a no-op for jax arrays).
+            self._prepared = jax.device_put((self.model.params, self.model.prepare()))
+        return self._prepared
+
     def _batched_fn(self):
-        """``(params, *xs[B, ...]) -> outputs[B, ...]`` for the configured batch mode."""
+        """``(params, prepared, *xs[B, ...]) -> outputs[B, ...]`` for the batch mode."""
         if self._fn is not None:
             return self._fn
         model = self.model
         if self.config.batch_mode == "axis":
 
-            def fn(params, *xs):
-                return model.apply(params, *xs)
+            def fn(params, prepared, *xs):
+                return model.apply_prepared(params, prepared, *xs)
 
         else:
 
-            def one(params, *xs):
+            def one(params, prepared, *xs):
                 # One example keeps a batch axis of 1 (both a symbolic axis and a batch-1
                 # export take that); an output whose first dim is 1 loses it again, so the
                 # stacked result has one row per example.
-                outs = model.apply(params, *(x[None] for x in xs))
+                outs = model.apply_prepared(params, prepared, *(x[None] for x in xs))
                 return tuple(o[0] if o.ndim and o.shape[0] == 1 else o for o in outs)
 
-            in_axes = (None,) + (0,) * len(model.inputs)
+            # The weights are broadcast (in_axes None): the same arrays for every example.
+            in_axes = (None, None) + (0,) * len(model.inputs)
 
-            def fn(params, *xs):
-                return jax.vmap(one, in_axes=in_axes)(params, *xs)
+            def fn(params, prepared, *xs):
+                return jax.vmap(one, in_axes=in_axes)(params, prepared, *xs)
 
         self._fn = jax.jit(fn, compiler_options=compiler_options())
         return self._fn
@@ -447,13 +459,16 @@ class Batcher:
                 )
                 for spec, shape in zip(self.model.inputs, key)
             ]
-            prog = self._batched_fn().lower(self.model.params, *args).compile()
+            prog = self._batched_fn().lower(*self._weights(), *args).compile()
             self._compiled[(key, bucket)] = prog
             self.observer.compiled(self.name, phase, time.perf_counter() - t0)
         return prog
 
     def _warmup(self) -> None:
-        """Compile every bucket for the per-example shapes known now; run each once."""
+        """Prepare the weights, compile every bucket for the per-example shapes known now and
+        run each once."""
+        if self.batched:
+            self._weights()
         key = self._warmup_key()
         if key is None:
             return
@@ -462,7 +477,7 @@ class Batcher:
                 np.zeros((bucket, *shape), jax.dtypes.canonicalize_dtype(wire_dtype(spec)))
                 for spec, shape in zip(self.model.inputs, key)
             ]
-            outs = self._program(key, bucket, "warmup")(self.model.params, *xs)
+            outs = self._program(key, bucket, "warmup")(*self._weights(), *xs)
             jax.block_until_ready(outs)
 
     def _warmup_key(self) -> tuple | None:

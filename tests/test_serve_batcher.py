@@ -258,3 +258,56 @@ def test_model_without_batch_axis_runs_alone():
     for x, out in zip(xs, outs):
         _check_mlp(x, out)
     assert rec.batches == [(1, 1), (1, 1)]
+
+
+def _primitives(fn, *args) -> list[tuple[str, tuple]]:
+    """Every primitive of ``fn``'s jaxpr (nested ones too) with its first output's shape."""
+    import jax
+    from jax.extend.core import jaxprs_in_params
+
+    out = []
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            for sub in jaxprs_in_params(e.params):
+                walk(sub)
+            out.append((e.primitive.name, tuple(e.outvars[0].aval.shape) if e.outvars else ()))
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return out
+
+
+def test_weights_prepared_once_not_per_batch():
+    """The served program reads ``model.prepare()``: the nhwc pass's weight transposes (and
+    folded BatchNorms, dequantized weights) run once at start-up, not inside every batch."""
+    import pathlib
+
+    import jax
+    import onnx
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "tiny_cnn.onnx"
+    cnn = onnx2jax.load(path)
+    laid_out = {tuple(v.shape) for v in cnn.prepare().values()}
+    assert laid_out, "the nhwc pass should leave weight transposes to prepare"
+    x = RNG.standard_normal((4, 3, 32, 32)).astype(np.float32)
+
+    async def main():
+        b = Batcher(cnn, "cnn", BatchConfig(max_batch_size=4))
+        await b.start()
+        try:
+            outs = await asyncio.gather(*(b.infer({"image": x[i : i + 1]}) for i in range(4)))
+        finally:
+            await b.stop()
+        return b, outs
+
+    b, outs = _run(main())
+    ref = ort(onnx.load(path), image=x)["logits"]
+    np.testing.assert_allclose(np.concatenate([o["logits"] for o in outs]), ref, 1e-4, 1e-4)
+
+    def transposed(fn, *args):
+        return [s for p, s in _primitives(fn, *args) if p == "transpose" and s in laid_out]
+
+    assert not transposed(b._batched_fn(), *b._weights(), x)
+    # the check can fail: vmap of the plain apply transposes the weights in the program
+    one = jax.vmap(lambda p, e: cnn.apply(p, e[None])[0][0], in_axes=(None, 0))
+    assert transposed(one, cnn.params, x)
