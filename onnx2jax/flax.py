@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,34 @@ import onnx2jax
 
 class OnnxBuffer(nnx.Variable):
     """A non-float weight of an imported model: state that ``nnx.grad`` and optimizers skip."""
+
+
+def _without_buffers(model: onnx2jax.Model) -> tuple[onnx2jax.Model, dict[str, Any]]:
+    """The model with its integer buffers (quantized weights) moved from the program into
+    params, so they can be module state; and those buffers.
+
+    The program's buffers are device arrays it passes into every jit; a program without them
+    reads the same names from ``params`` instead (``apply`` and ``model(...)`` look params up
+    after buffers), so the module's state is what runs, and it is not held twice.
+    """
+    program = model._program  # no public field for buffers yet
+    buffers = dict(program.buffers)
+    if not buffers:
+        return model, {}
+    # compiled={}: the program's cached jits close over the program that holds the buffers.
+    bare = dataclasses.replace(program, buffers={}, compiled={})
+    return onnx2jax.Model(bare, {**model.params, **buffers}), buffers
+
+
+class _Last:
+    """The last ``onnx2jax.Model`` an ``OnnxModule`` ran, keyed by its weights' identities, so
+    calls with unchanged weights reuse its prepared (param-only) values. Static for NNX."""
+
+    __slots__ = ("key", "model")
+
+    def __init__(self):
+        self.key: tuple[int, ...] | None = None
+        self.model: onnx2jax.Model | None = None
 
 
 def _as_model(model_or_path: Any, load_kwargs: dict[str, Any]) -> onnx2jax.Model:
@@ -35,10 +64,13 @@ def _trainable(value: Any) -> bool:
 class OnnxModule(nnx.Module):
     """An imported ONNX model as an NNX module.
 
-    Float initializers become ``nnx.Param`` (keyed by their ONNX names in ``self.params``),
-    other weights ``OnnxBuffer`` (non-trainable); the graph is static. The module works under
-    ``nnx.jit``, ``nnx.grad`` and as a submodule of a larger NNX model (an imported backbone with
-    a new head). Integer initializers that are shapes or indices stay constants of the graph.
+    Float initializers become ``nnx.Param`` (keyed by their ONNX names in ``self.params``);
+    large integer initializers (quantized weights) become ``OnnxBuffer`` variables in
+    ``self.buffers``, non-trainable module state that ``nnx.state`` / ``nnx.split`` see and
+    the graph reads (replace one and the outputs follow). The graph is static. The module works
+    under ``nnx.jit``, ``nnx.grad`` and as a submodule of a larger NNX model (an imported
+    backbone with a new head). Integer initializers that are shapes or indices stay constants
+    of the graph.
 
     Example:
         >>> backbone = OnnxModule("resnet.onnx")
@@ -52,20 +84,37 @@ class OnnxModule(nnx.Module):
     """
 
     def __init__(self, model_or_path: Any, **load_kwargs: Any):
-        model = _as_model(model_or_path, load_kwargs)
-        names = sorted(model.params)
-        # The treedef holds the static program; params are its leaves (sorted by name).
-        self._names = tuple(names)
+        model, buffers = _without_buffers(_as_model(model_or_path, load_kwargs))
+        # The treedef holds the static program; params and buffers are its leaves (by name).
+        self._names = tuple(sorted(model.params))
         self._treedef = jax.tree_util.tree_structure(model)
         self.params = nnx.Dict(
-            {k: nnx.Param(v) if _trainable(v) else OnnxBuffer(v) for k, v in model.params.items()}
+            {
+                k: nnx.Param(v) if _trainable(v) else OnnxBuffer(v)
+                for k, v in model.params.items()
+                if k not in buffers
+            }
         )
+        self.buffers = nnx.Dict({k: OnnxBuffer(v) for k, v in buffers.items()})
+        self._last = _Last()
 
     @property
     def model(self) -> onnx2jax.Model:
-        """The wrapped ``onnx2jax.Model``, holding this module's current weights."""
-        leaves = [self.params[k][...] for k in self._names]
-        return jax.tree_util.tree_unflatten(self._treedef, leaves)
+        """The wrapped ``onnx2jax.Model``, holding this module's current weights (its params
+        include the buffers)."""
+        leaves = [
+            (self.buffers[k] if k in self.buffers else self.params[k])[...] for k in self._names
+        ]
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            return jax.tree_util.tree_unflatten(self._treedef, leaves)
+        # Outside a transformation: the same Model while the weights are the same arrays, so
+        # model(...) computes the param-only steps once (it caches them per params object).
+        # The cached model holds the arrays, so their ids cannot be reused meanwhile.
+        key = tuple(id(x) for x in leaves)
+        if self._last.key != key:
+            self._last.model = jax.tree_util.tree_unflatten(self._treedef, leaves)
+            self._last.key = key
+        return self._last.model
 
     @property
     def input_names(self) -> list[str]:
@@ -114,6 +163,7 @@ class OnnxLinen(linen.Module):
             for k, v in self.model.params.items()
             if _trainable(v)
         }
-        # Non-float weights (none today: the loader keeps them as graph constants) stay as loaded.
+        # Non-float params (none today) stay as loaded; integer buffers (quantized weights)
+        # stay in the program here (OnnxModule makes them module state).
         rest = {k: v for k, v in self.model.params.items() if k not in params}
         return self.model.apply({**rest, **params}, *inputs, **named)

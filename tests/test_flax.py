@@ -7,13 +7,15 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx
+import onnx.helper as oh
 import onnxruntime as ort
 import optax
 import pytest
 from flax import nnx
 
 import onnx2jax
-from onnx2jax.flax import OnnxLinen, OnnxModule
+from onnx2jax.flax import OnnxBuffer, OnnxLinen, OnnxModule
 
 CNN = str(pathlib.Path(__file__).parents[1] / "examples" / "tiny_cnn.onnx")
 X = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
@@ -124,3 +126,75 @@ def test_linen_wrapper(model):
         np.asarray(ref["classifier.weight"]),
         rtol=1e-5,
     )
+
+
+@pytest.fixture(scope="module")
+def int8_mlp(tmp_path_factory) -> str:
+    """A float MLP dynamically quantized by onnxruntime: int8 MatMulInteger weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    c = onnx.numpy_helper.from_array
+    inits = [
+        c((rng.standard_normal((64, 128)) / 8).astype(np.float32), "fc1.weight"),
+        c((rng.standard_normal(128) * 0.1).astype(np.float32), "fc1.bias"),
+        c((rng.standard_normal((128, 32)) / 11).astype(np.float32), "fc2.weight"),
+        c((rng.standard_normal(32) * 0.1).astype(np.float32), "fc2.bias"),
+    ]
+    nodes = [
+        oh.make_node("MatMul", ["x", "fc1.weight"], ["h0"]),
+        oh.make_node("Add", ["h0", "fc1.bias"], ["h"]),
+        oh.make_node("Relu", ["h"], ["r"]),
+        oh.make_node("MatMul", ["r", "fc2.weight"], ["o"]),
+        oh.make_node("Add", ["o", "fc2.bias"], ["y"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "mlp",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 32])],
+        inits,
+    )
+    folder = tmp_path_factory.mktemp("int8")
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), folder / "f.onnx")
+    quantize_dynamic(folder / "f.onnx", folder / "q.onnx", weight_type=QuantType.QInt8)
+    return str(folder / "q.onnx")
+
+
+def test_int8_weights_are_non_trainable_module_state(int8_mlp):
+    x = np.random.default_rng(2).standard_normal((5, 64), dtype=np.float32)
+    plain = onnx2jax.load(int8_mlp)
+    quantized = {"fc1.weight_quantized", "fc2.weight_quantized"}
+    assert set(plain._program.buffers) == quantized  # what the loader made buffers
+    module = OnnxModule(int8_mlp)
+    # In the module state as OnnxBuffer, not in the program, not trainable.
+    assert set(module.buffers) == quantized
+    assert not module.model._program.buffers
+    buffers = {p[-1]: v[...] for p, v in nnx.to_flat_state(nnx.state(module, OnnxBuffer))}
+    assert set(buffers) == quantized and buffers["fc1.weight_quantized"].dtype == np.int8
+    params = {p[-1] for p, _ in nnx.to_flat_state(nnx.state(module, nnx.Param))}
+    assert params == {"fc1.bias", "fc2.bias", "fc1.weight_scale", "fc2.weight_scale"}
+    ref = ort.InferenceSession(int8_mlp, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (want,) = module(x)
+    np.testing.assert_allclose(np.asarray(want), ref[0], rtol=1e-4, atol=1e-4)
+    run = nnx.jit(lambda m, x: m(x)[0])
+    np.testing.assert_array_equal(np.asarray(run(module, x)), np.asarray(want))
+    # split / merge round trip keeps them state
+    graphdef, state = nnx.split(module)
+    again = nnx.merge(graphdef, state)
+    np.testing.assert_array_equal(np.asarray(again(x)[0]), np.asarray(want))
+    # the graph reads the state: a replaced weight changes the output, eagerly and jitted
+    module.buffers["fc2.weight_quantized"][...] = -buffers["fc2.weight_quantized"]
+    proto = onnx.load(int8_mlp)
+    for init in proto.graph.initializer:
+        if init.name == "fc2.weight_quantized":
+            flipped = -onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(flipped, init.name))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    want_flipped = sess.run(None, {"x": x})[0]
+    assert not np.allclose(want_flipped, ref[0], atol=1e-2)
+    np.testing.assert_allclose(np.asarray(module(x)[0]), want_flipped, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(run(module, x)), want_flipped, rtol=1e-4, atol=1e-4)
+    # nnx.grad differentiates the float params only
+    grads = nnx.eval_shape(lambda m: nnx.grad(lambda m: jnp.sum(m(x)[0] ** 2))(m), module)
+    assert {p[-1] for p, _ in nnx.to_flat_state(grads)} == params
