@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -284,7 +285,8 @@ class Generator:
         sampling = {"temperature": temp, "top_k": top_k, "top_p": top_p, "mode": mode}
         batch = ids.shape[0]
         lengths = mask.sum(1)
-        cache = self.init_cache(batch, capacity)
+        windows = decode_windows(ids.shape[1], capacity)
+        cache = self.init_cache(batch, windows[0])
         first = lengths - ids.shape[1]  # position of column 0: minus the row's left padding
         if self._prefill is not None:
             logits, cache = self._prefill_step(pparams, cache, ids, first)
@@ -296,9 +298,11 @@ class Generator:
         out = jnp.full((batch, n_new), jnp.maximum(eos, 0), jnp.int32)
         done = jnp.zeros((batch,), bool)
 
-        def cond(state):
-            i, _, _, _, done, _ = state
-            return (i < n_new) & ~jnp.all(done)
+        def cond(state, window):
+            i, _, _, pos, done, _ = state
+            go = (i < n_new) & ~jnp.all(done)
+            # A step writes slot `pos`: the phase ends when a row's next slot leaves its window.
+            return go if window == capacity else go & (jnp.max(pos) < window)
 
         def body(state):
             i, cache, logits, pos, done, out = state
@@ -310,7 +314,15 @@ class Generator:
             return i + 1, cache, logits[:, -1], pos + 1, done, out
 
         state = (jnp.int32(0), cache, logits[:, -1], lengths.astype(jnp.int32), done, out)
-        return lax.while_loop(cond, body, state)[5]
+        # One loop per window: a step attends over its whole buffer, so the buffer grows in a
+        # few steps (each doubling copies the cache once) instead of every token paying for
+        # the full capacity (at 768 slots a GPT-2 step cost 2.5x one at 32; NOTES, issue 10).
+        for window in windows:
+            i, cache, logits, pos, done, out = state
+            cache = {k: _grow(v, window, self._layout.axis) for k, v in cache.items()}
+            state = (i, cache, logits, pos, done, out)
+            state = lax.while_loop(functools.partial(cond, window=window), body, state)
+        return state[5]
 
     def compiled_programs(self) -> int:
         """How many programs ``generate`` has compiled: one per batch size, prompt bucket,
@@ -345,6 +357,30 @@ def _sample(logits, key, *, temperature, top_k, top_p, mode):
         return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
     return sample(logits)
+
+
+def decode_windows(width: int, capacity: int, phases: int = 4) -> list[int]:
+    """The cache sizes a ``generate`` loop runs through: ``capacity / 2**k`` for ``k <
+    phases`` (multiples of 16) above the prompt's padded ``width``, ending at ``capacity``.
+
+    Each window is one compiled loop body, so there are few; each at most doubles the last,
+    so a step never attends over more than twice the slots it needs (after the first).
+    Below 128 slots attending over the whole buffer costs little: one window.
+    """
+    if capacity < 128:
+        return [capacity]
+    sizes = {max(16, -(-(capacity >> k) // 16) * 16) for k in range(phases)}
+    return sorted(w for w in sizes if width < w < capacity) + [capacity]
+
+
+def _grow(buffer, size: int, axis: int):
+    """``buffer`` zero-padded to ``size`` positions along ``axis`` (unchanged if that size)."""
+    extra = size - buffer.shape[axis]
+    if extra == 0:
+        return buffer
+    widths = [(0, 0)] * buffer.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(buffer, widths)
 
 
 def _write(buffer, new, positions, axis):

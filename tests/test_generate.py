@@ -225,6 +225,23 @@ def test_ragged_left_padded_batch_matches_rows_alone(gen, ref):
         ref.check_greedy(np.array([row]), batch[r : r + 1])
 
 
+def test_decode_windows_grow_the_cache_and_agree_with_onnxruntime():
+    from onnx2jax.generate import decode_windows
+
+    assert decode_windows(16, 64) == [64]  # small caches: one window
+    assert decode_windows(16, 256) == [32, 64, 128, 256]
+    assert decode_windows(64, 768) == [96, 192, 384, 768]
+    one = _decoder(layers=1, seed=3)
+    g = onnx2jax.Generator(one, capacity=128)
+    rows = [[7, 3, 22, 9, 1, 30, 2], [4, 8]]
+    ids = np.array([[0] * (7 - len(r)) + r for r in rows])
+    mask = (np.arange(7) >= 7 - np.array([[len(r)] for r in rows])).astype(np.int64)
+    out = g.generate(ids, 80, attention_mask=mask)  # windows 32, 64, 128
+    ref = OrtDecoder(one)
+    for r, row in enumerate(rows):
+        ref.check_greedy(np.array([row]), out[r : r + 1])
+
+
 def test_compiles_once_per_bucket():
     g = onnx2jax.Generator(_decoder(layers=1))
     for length in (3, 5, 7, 11):
