@@ -114,6 +114,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) process ``pid`` has used."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _metrics(url: str, name: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -168,9 +174,10 @@ async def _drive(url: str, name: str, clients: int, seconds: float, pool, refs) 
         finally:
             await c.close()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(j) for j in range(clients)))
-    return {"wall_s": time.perf_counter() - t0, "latencies": lat, **counts}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"wall_s": wall, "cpu_s": cpu, "latencies": lat, **counts}
 
 
 def _drive_proc(args: tuple) -> dict:
@@ -198,6 +205,9 @@ def _load(url, name, clients, procs, seconds, pool, refs) -> dict:
         "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))] if lat else None,
         "lost": sum(p["lost"] for p in parts),
         "mismatched": sum(p["mismatched"] for p in parts),
+        # What the load generator spent per request: on a small machine it competes with the
+        # server for the same cores, so served/direct there says more about the client.
+        "client_cpu_ms_per_request": 1e3 * sum(p["cpu_s"] for p in parts) / max(n, 1),
     }
 
 
@@ -261,9 +271,9 @@ def run(args: argparse.Namespace) -> dict:
             try:
                 rss0 = _rss_mb(proc.pid)
                 _load(url, name, args.clients, args.client_procs, args.warmup_s, pool, refs)
-                before = _metrics(url, name)
+                before, cpu0 = _metrics(url, name), _cpu_s(proc.pid)
                 r = _load(url, name, args.clients, args.client_procs, args.seconds, pool, refs)
-                after = _metrics(url, name)
+                cpu1, after = _cpu_s(proc.pid), _metrics(url, name)
                 rss1 = _rss_mb(proc.pid)
             finally:
                 _stop(proc)
@@ -282,6 +292,7 @@ def run(args: argparse.Namespace) -> dict:
                     "seconds": args.seconds,
                     **r,
                     "mean_batch": items / batches if batches else None,
+                    "server_cpu_ms_per_request": 1e3 * (cpu1 - cpu0) / max(r["requests"], 1),
                     "runtime_compiles": after.get("compiles_runtime", 0),
                     "rss_before_mb": rss0,
                     "rss_after_mb": rss1,
@@ -318,14 +329,16 @@ def _row(r: dict) -> str:
         f"| {f(r.get('direct_items_per_s'))} | {f(r.get('served_over_direct'), '.0%')} "
         f"| {f(r.get('speedup_over_batch1'), '.1f')} | {f(r['p50_ms'])} | {f(r['p99_ms'])} "
         f"| {r['requests']} | {r['lost']} | {r['mismatched']} "
+        f"| {f(r['server_cpu_ms_per_request'], '.2f')} | {f(r['client_cpu_ms_per_request'], '.2f')} "
         f"| {f(r['rss_before_mb'], '.0f')} -> {f(r['rss_after_mb'], '.0f')} | {f(r['ready_s'])} |"
     )
 
 
 HEADER = (
     "| model | setting | req/s | mean batch | direct items/s | served/direct | x batch1 "
-    "| p50 ms | p99 ms | requests | lost | mismatched | RSS MB | ready s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| p50 ms | p99 ms | requests | lost | mismatched | server CPU ms/req | client CPU ms/req "
+    "| RSS MB | ready s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -61,27 +61,37 @@ class Metrics(Observer):
         self.compiles = Counter(
             "onnx2jax_compiles", "Programs compiled", ["model", "phase"], registry=r
         )
+        # The labelled children, looked up once: ``labels()`` takes a lock and builds a key,
+        # a cost paid on every request otherwise.
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- Observer -----------------------------------------------------------------------------
     def queue_depth(self, model: str, depth: int) -> None:
-        self.depth.labels(model).set(depth)
+        self._child(self.depth, model).set(depth)
 
     def batch(self, model: str, size: int, bucket: int, waits: list[float], compute: float) -> None:
-        self.batch_size.labels(model).observe(size)
-        h = self.queue_seconds.labels(model)
+        self._child(self.batch_size, model).observe(size)
+        h = self._child(self.queue_seconds, model)
         for w in waits:
             h.observe(w)
-        self.compute_seconds.labels(model).observe(compute)
+        self._child(self.compute_seconds, model).observe(compute)
 
     def compiled(self, model: str, phase: str, seconds: float) -> None:
         self.compiles.labels(model, phase).inc()
 
     # -- the HTTP layer -----------------------------------------------------------------------
     def request(self, model: str) -> None:
-        self.requests.labels(model).inc()
+        self._child(self.requests, model).inc()
 
     def failure(self, model: str, reason: str) -> None:
-        self.failures.labels(model, reason).inc()
+        self._child(self.failures, model, reason).inc()
 
     def render(self) -> bytes:
         """The text exposition format for ``GET /metrics``."""
