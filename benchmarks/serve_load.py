@@ -6,7 +6,8 @@
 
 For each model and setting (``batched``: dynamic batching up to ``--max-batch-size``;
 ``batch1``: ``--max-batch-size 1``, batching off; ``axis``: batching along the model's own
-symbolic batch axis instead of ``jax.vmap``), it starts ``onnx2jax serve`` in its own process,
+symbolic batch axis instead of ``jax.vmap``; ``replicas2``: ``batched`` with two batches
+allowed at once), it starts ``onnx2jax serve`` in its own process,
 drives it for ``--seconds`` with ``--clients`` concurrent ``tritonclient.http.aio`` clients
 (one example per request, spread over ``--client-procs`` processes), checks every response
 against onnxruntime, and records requests/s, p50/p99 latency, the mean batch the server
@@ -245,6 +246,7 @@ def _settings(args: argparse.Namespace, kind: str | None) -> list[tuple[str, lis
         "batched": ["--max-batch-size", str(args.max_batch_size)],
         "batch1": ["--max-batch-size", "1"],
         "axis": ["--max-batch-size", str(args.max_batch_size), "--batch-mode", "axis"],
+        "replicas2": ["--max-batch-size", str(args.max_batch_size), "--replicas", "2"],
     }
     out = []
     for s in args.settings.split(","):
@@ -346,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", metavar="NAME=PATH",
                    help="model(s) to serve (default: the example CNN, and ResNet-18 if built)")  # fmt: skip
-    p.add_argument("--settings", default="batched,batch1,axis")
+    p.add_argument("--settings", default="batched,batch1,axis,replicas2",
+                   help="comma-separated: batched, batch1, axis, replicas2")  # fmt: skip
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)),
                    help="processes the clients are spread over")  # fmt: skip

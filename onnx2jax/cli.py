@@ -392,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue_size,
         default_timeout_ms=args.timeout_ms,
         batch_mode=args.batch_mode,
+        replicas=args.replicas,
     )
     serve(models, host=args.host, port=args.port, config=config, dims=parse_dims(args.dim))
     return 0
@@ -412,6 +413,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-queue-size", type=int, default=1024, help="0: unbounded")
     p.add_argument("--timeout-ms", type=float, default=0.0, help="queue timeout (0: none)")
     p.add_argument("--batch-mode", choices=["vmap", "axis"], default="vmap")
+    p.add_argument("--replicas", type=_positive_int, default=1,
+                   help="batches of a model that may run at once, one worker thread each")  # fmt: skip
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a non-batch symbolic dim, to compile its buckets at start-up")  # fmt: skip
     p.set_defaults(func=cmd_serve)

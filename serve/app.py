@@ -27,6 +27,12 @@ VERSION = "1"  # each model is served as its one version
 DEFAULT_BODY_LIMIT = 64 * 2**20
 
 
+def _instance_kind() -> str:
+    import jax
+
+    return "KIND_CPU" if jax.default_backend() == "cpu" else "KIND_GPU"
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -120,6 +126,7 @@ class _Server:
             "max_batch_size": b.max_batch_size,
             "input": tensors(b.model.inputs, False),
             "output": tensors(b.model.outputs, True),
+            "instance_group": [{"count": c.replicas, "kind": _instance_kind()}],
         }
         if b.batched:
             doc["dynamic_batching"] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,7 +136,14 @@ class Batcher:
         self._ids = itertools.count()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"serve-{name}")
+        # One worker thread per replica: up to `replicas` batches run at once, so one batch's
+        # host work (stacking, copying out, splitting) overlaps another's compute.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.config.replicas, thread_name_prefix=f"serve-{name}"
+        )
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._compile_lock = threading.Lock()
         self._compiled: dict[tuple, Any] = {}
         self._fn = None
         self._prepared: tuple[Any, Any] | None = None  # (params, model.prepare()), at warm-up
@@ -154,6 +162,7 @@ class Batcher:
         """Compile every bucket (in the worker thread) and start taking requests."""
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.config.replicas)
         await loop.run_in_executor(self._pool, self._warmup)
         self._task = asyncio.create_task(self._schedule(), name=f"batcher-{self.name}")
         self.ready = True
@@ -165,6 +174,8 @@ class Batcher:
             self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._running:
+            await asyncio.gather(*self._running)
         self.ready = False
         self._pool.shutdown(wait=True)
 
@@ -308,8 +319,7 @@ class Batcher:
 
     # -- scheduling ---------------------------------------------------------------------------
     async def _schedule(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None and self._slots is not None
         delay = self.config.max_queue_delay_ms / 1000
         while True:
             if not self._queued:
@@ -317,6 +327,11 @@ class Batcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            # A free replica first: while all are busy, the queue keeps filling the next batch.
+            await self._slots.acquire()
+            if not self._queued:  # what was queued left (timed out, cancelled) meanwhile
+                self._slots.release()
                 continue
             rid, oldest = next(iter(self._queued.items()))
             deadline = oldest.enqueued + delay
@@ -336,23 +351,35 @@ class Batcher:
                 except asyncio.TimeoutError:  # the builtin's alias only from 3.11
                     break
             if rid not in self._queued:
+                self._slots.release()
                 continue
             batch = self._take(oldest.key)
+            task = asyncio.create_task(self._dispatch(oldest.key, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, key: tuple, batch: list[_Request]) -> None:
+        """Run one batch on a worker thread and answer its requests; frees the replica."""
+        assert self._slots is not None
+        try:
             waits = [time.perf_counter() - r.enqueued for r in batch]
             t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
             try:
-                results = await loop.run_in_executor(self._pool, self._run, oldest.key, batch)
+                results = await loop.run_in_executor(self._pool, self._run, key, batch)
             except Exception as e:  # the model itself failed: every request of the batch hears
                 err = e if isinstance(e, Onnx2JaxError) else ServeError(f"model {self.name!r}: {e}")
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(err)
-                continue
+                return
             n = sum(r.k for r in batch)
             self.observer.batch(self.name, n, self._bucket(n), waits, time.perf_counter() - t0)
             for r, out in zip(batch, results):
                 if not r.future.done():  # cancelled meanwhile: its result is dropped
                     r.future.set_result(out)
+        finally:
+            self._slots.release()
 
     def _examples(self, key: tuple) -> int:
         return sum(r.k for r in self._queued.values() if r.key == key)
@@ -416,7 +443,7 @@ class Batcher:
     def _weights(self) -> tuple[Any, Any]:
         """``(params, prepared)``: the param-only steps (weights transposed to the kernels'
         layout, folded BatchNorms, dequantized weights) run once here, not in every batch."""
-        if self._prepared is None:
+        if self._prepared is None:  # at warm-up, before any replica runs
             # On the device once, so no batch copies host arrays in (a no-op for jax arrays).
             self._prepared = jax.device_put((self.model.params, self.model.prepare()))
         return self._prepared
@@ -450,6 +477,13 @@ class Batcher:
         return self._fn
 
     def _program(self, key: tuple, bucket: int, phase: str = "runtime"):
+        prog = self._compiled.get((key, bucket))
+        if prog is None:
+            with self._compile_lock:  # two replicas meeting a new shape compile it once
+                return self._compile(key, bucket, phase)
+        return prog
+
+    def _compile(self, key: tuple, bucket: int, phase: str):
         prog = self._compiled.get((key, bucket))
         if prog is None:
             t0 = time.perf_counter()

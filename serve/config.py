@@ -27,6 +27,10 @@ class BatchConfig:
         batch_mode: ``"vmap"`` (requests stacked along a new axis and run through
             ``jax.vmap`` of the model's pure ``apply``: works for a batch-1 export too) or
             ``"axis"`` (examples concatenated along the model's own symbolic batch axis).
+        replicas: batches of this model that may run at once, each on its own worker thread
+            (Triton's ``instance_group`` count): one batch's host work (stacking, copying the
+            outputs out, splitting them) overlaps another's compute. The compiled programs
+            and the weights are shared.
     """
 
     max_batch_size: int = 32
@@ -35,6 +39,7 @@ class BatchConfig:
     max_queue_size: int = 1024
     default_timeout_ms: float = 0.0
     batch_mode: str = "vmap"
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         def bad(field: str, value: object, want: str) -> Onnx2JaxError:
@@ -57,6 +62,8 @@ class BatchConfig:
             raise bad("default_timeout_ms", self.default_timeout_ms, "must be >= 0 (0: none)")
         if self.batch_mode not in ("vmap", "axis"):
             raise bad("batch_mode", self.batch_mode, 'must be "vmap" or "axis"')
+        if not isinstance(self.replicas, int) or self.replicas < 1:
+            raise bad("replicas", self.replicas, "must be a whole number >= 1")
 
     @property
     def buckets(self) -> tuple[int, ...]:

@@ -88,6 +88,7 @@ def test_config_buckets_and_checks():
         {"max_queue_size": -1},
         {"default_timeout_ms": -2},
         {"batch_mode": "pmap"},
+        {"replicas": 0},
     ):
         with pytest.raises(onnx2jax.Onnx2JaxError, match="BatchConfig"):
             BatchConfig(**bad)
@@ -311,3 +312,38 @@ def test_weights_prepared_once_not_per_batch():
     # the check can fail: vmap of the plain apply transposes the weights in the program
     one = jax.vmap(lambda p, e: cnn.apply(p, e[None])[0][0], in_axes=(None, 0))
     assert transposed(one, cnn.params, x)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_replicas_run_batches_at_once_and_route_back(replicas):
+    """With ``replicas`` N, up to N batches run at once (one worker thread each); every request
+    still gets exactly its rows, and stop() waits for the batches in flight."""
+    import threading
+
+    busy, most, lock = [0], [0], threading.Lock()
+
+    async def main():
+        b, rec = await _started("mlp", max_batch_size=2, max_queue_delay_ms=1, replicas=replicas)
+        run = b._run
+
+        def slow_run(key, batch):  # each batch holds its worker a while, to see them overlap
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            time.sleep(0.15)
+            with lock:
+                busy[0] -= 1
+            return run(key, batch)
+
+        b._run = slow_run
+        xs = [_x(1) for _ in range(8)]
+        futs = [asyncio.ensure_future(b.infer({"x": x})) for x in xs]
+        await asyncio.sleep(0.05)
+        await b.stop()  # drains the queue and waits for the batches in flight
+        return xs, [f.result() for f in futs], rec
+
+    xs, outs, rec = _run(main())
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out)
+    assert sum(size for size, _ in rec.batches) == 8
+    assert most[0] == replicas

@@ -96,6 +96,7 @@ def test_health_and_metadata(client):
     cfg = client.get_model_config("mlp")
     assert cfg["max_batch_size"] == 4
     assert cfg["dynamic_batching"]["preferred_batch_size"] == [1, 2, 4]
+    assert cfg["instance_group"][0]["count"] == 1
     with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
         client.get_model_metadata("nope")
     with pytest.raises(InferenceServerException, match="no version '2'"):
