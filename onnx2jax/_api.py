@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _tracer
+from . import _compute_dtype, _tracer
 from ._analysis import is_buffer, is_param
 from ._bounded import bounded_step, count_name
 from ._cache import enable_default_cache
@@ -611,6 +611,7 @@ def load(
     max_loop_iterations: int = _tracer.MAX_LOOP_ITERATIONS,
     passes: str | Sequence[str] | None = "default",
     precision: str = "auto",
+    dtype: str | None = None,
 ) -> Model:
     """Load an ONNX model as a :class:`Model`.
 
@@ -657,6 +658,11 @@ def load(
             changed on CPU; ``"highest"``; ``"fast"`` (the backend's default: TF32 on recent
             NVIDIA GPUs, bfloat16 passes on TPU); or a ``jax.default_matmul_precision`` name
             (``"bfloat16"``, ``"tensorfloat32"``, ``"float32"``). docs/jax.md compares them.
+        dtype: ``"bfloat16"`` or ``"float16"`` to run a float model in that dtype: float params
+            are stored in it (saturating: float32's extremes become its largest finite value),
+            float ops compute in it, matmuls and convolutions accumulate in float32, and
+            outputs come back in their declared dtype. ``None`` (default): the graph's own
+            dtypes. Scales of quantization ops keep their precision (docs/jax.md).
 
     Raises:
         ModelLoadError: unreadable, corrupt or malformed model (cycle, dangling input).
@@ -667,6 +673,7 @@ def load(
     if isinstance(max_loop_iterations, bool) or not isinstance(max_loop_iterations, int):
         raise Onnx2JaxError(f"max_loop_iterations must be an int, got {max_loop_iterations!r}")
     matmul_precision = _matmul_precision(precision)
+    compute_dtype = _compute_dtype.resolve(dtype)
     enable_default_cache()
     ir = load_model(source, base_dir, _pass_names(passes))
     missing: list[str] = []
@@ -693,6 +700,9 @@ def load(
                 stacklevel=2,
             )
     plan, counts = _mark_breaks(plan, found)
+    if compute_dtype is not None:
+        plan = _compute_dtype.wrap_plan(plan, compute_dtype, graph.outputs, x64)
+        params = _compute_dtype.cast_params(params, plan, compute_dtype)
     stages = None
     if found.breaks:
         nodes = [step.node for step in plan.steps]

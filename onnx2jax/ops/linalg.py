@@ -8,6 +8,7 @@ from jax import lax
 
 from .._registry import register
 from ._common import xp
+from ._conv_lowering import acc_dtype
 
 
 @register("MatMul")
@@ -16,14 +17,24 @@ def matmul(a, b):
     m = xp(a, b)
     if m is np:
         return np.matmul(a, b)
-    # The result keeps the operand dtype (float16 stays float16); XLA picks the accumulator.
+    # The result keeps the operand dtype (float16 stays float16); half-precision products
+    # accumulate in float32 (as onnxruntime does, and as load(dtype=...) promises).
+    dtype = jnp.result_type(a, b)
+    acc = acc_dtype(dtype)
+    if acc != dtype:
+        return jnp.matmul(a, b, preferred_element_type=acc).astype(dtype)
     return jnp.matmul(a, b)
 
 
 def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
     # One dot_general contracting the right axes: no explicit transposes in the graph.
     dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-    y = lax.dot_general(a, b, dims)
+    dtype = jnp.result_type(a, b)
+    acc = acc_dtype(dtype)
+    if acc != dtype:  # half-precision products accumulate in float32
+        y = lax.dot_general(a, b, dims, preferred_element_type=acc).astype(dtype)
+    else:
+        y = lax.dot_general(a, b, dims)
     use_c = c is not None and beta != 0  # beta == 0 ignores C entirely, as the reference does
     if jnp.issubdtype(y.dtype, jnp.integer) and (alpha != 1 or (use_c and beta != 1)):
         # Float alpha/beta on integers: scale in float, truncate once (as the reference).
@@ -54,9 +65,9 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
 def einsum(*inputs, equation):
     """https://onnx.ai/onnx/operators/onnx__Einsum.html"""
     eq = equation.replace(" ", "")
-    dtype = inputs[0].dtype
-    if dtype == jnp.bfloat16:
-        # Accumulate bfloat16 in float32 (as the reference does), then round once.
+    dtype = jnp.result_type(*inputs)
+    if jnp.issubdtype(dtype, jnp.floating) and acc_dtype(dtype) != dtype:
+        # Accumulate bfloat16/float16 in float32 (as the reference does), then round once.
         return jnp.einsum(eq, *inputs, preferred_element_type=jnp.float32).astype(dtype)
     return jnp.einsum(eq, *inputs)
 
