@@ -77,9 +77,14 @@ class Generator:
         self._layout = _layout(model, names)
         self._model = model
         self.params = model.params
-        # The decode step (one token) runs the rewritten graph, which reads the fixed buffer
-        # in place; prompt chunks run the graph as written (see _append_step for why).
-        self._inplace = None if isinstance(decoder, Model) else _rewritten(decoder, self._layout)
+        # A graph that writes its new keys/values into a past of fixed size itself (onnxruntime's
+        # shared-buffer GroupQueryAttention) is fed the buffers as they are.
+        self.shared_buffer = self._shared_fits()
+        # Otherwise the decode step (one token) runs the rewritten graph, which reads the fixed
+        # buffer in place; prompt chunks run the graph as written (see _append_step for why).
+        self._inplace = None
+        if not self.shared_buffer and not isinstance(decoder, Model):
+            self._inplace = _rewritten(decoder, self._layout)
         if self._inplace is not None and set(self._inplace.params) == set(model.params):
             self._inplace.params = model.params  # one copy of the weights
         if self._inplace is not None and not self._inplace_fits():
@@ -134,7 +139,40 @@ class Generator:
             )
         if token_ids.shape[1] == 1 and self._inplace is not None:
             return self._inplace_step(params, cache, token_ids, positions)
+        return self._chunk_step(params, cache, token_ids, positions)
+
+    def _chunk_step(self, params, cache, token_ids, positions):
+        if self.shared_buffer:
+            return self._shared_step(params, cache, token_ids, positions)
         return self._append_step(params, cache, token_ids, positions)
+
+    def _shared_fits(self) -> bool:
+        """Whether the graph, fed the buffers as its past and a mask as long as them, returns
+        presents of the buffers' size (it writes into its past: no copy, no rewrite)."""
+        cache = jax.eval_shape(lambda: self.init_cache(1, 16))
+        for t in (1, 2):
+            args = (self.params, cache, jnp.zeros((1, t), jnp.int32), jnp.zeros((1,), jnp.int32))
+            try:
+                logits, new = jax.eval_shape(self._shared_step, *args)
+            except Exception:  # noqa: BLE001 - any failure to trace means: not this graph
+                return False
+            if any(new[k].shape != v.shape for k, v in cache.items()) or logits.shape[1] != t:
+                return False
+        return True
+
+    def _shared_step(self, params, cache, token_ids, positions):
+        # The graph writes the t new entries into its past at positions[b] + j: the mask covers
+        # the buffer, valid up to and including the new tokens (GroupQueryAttention derives
+        # seqlens_k and total_sequence_length from it).
+        capacity = next(iter(cache.values())).shape[self._layout.axis]
+        t = token_ids.shape[1]
+        key_mask = jnp.arange(capacity, dtype=jnp.int32)[None] < (positions + t)[:, None]
+        cache_position = positions[:, None] + jnp.arange(t, dtype=jnp.int32)
+        feeds, _ = self._feeds(token_ids, positions, key_mask, cache_position)
+        feeds.update(cache)
+        out = self._model.outputs_dict(self._model.apply(params, **feeds))
+        lay = self._layout
+        return out[lay.roles["logits"]], {past: out[present] for past, present in lay.pairs}
 
     def _inplace_fits(self) -> bool:
         """Whether the rewritten graph traces with a buffer as its key axis (abstractly, no
@@ -291,7 +329,7 @@ class Generator:
         if self._prefill is not None:
             logits, cache = self._prefill_step(pparams, cache, ids, first)
         else:
-            logits, cache = self._append_step(params, cache, ids, first)
+            logits, cache = self._chunk_step(params, cache, ids, first)
         # The body samples from the logits it carries, then runs the step that gives the next
         # ones: one sampling site in the program (each costs compile time), at the price of one
         # step past the last token (its slot is within the capacity).
@@ -459,7 +497,45 @@ def _layout(model: Model, names: dict) -> _Layout:
     for role in ("input_ids", "attention_mask", "position_ids", "cache_position"):
         if roles[role]:
             dtypes[role] = canon(specs[roles[role]].dtype or np.int64)
-    return _Layout(tuple(pairs), roles, axis, shapes, dtypes)
+    lay = _Layout(tuple(pairs), roles, axis, shapes, dtypes)
+    if any(not isinstance(d, int) for s in shapes.values() for d in s):
+        lay = _Layout(lay.pairs, roles, axis, _probe_dims(model, lay), dtypes)
+    return lay
+
+
+def _probe_dims(model: Model, lay: _Layout) -> dict[str, tuple[int, ...]]:
+    """The buffers' fixed dims where the graph leaves them symbolic (onnxruntime-genai writes
+    ``kv_cache_dim``): read off the presents of an abstract one-token step with an empty past."""
+    sds = jax.ShapeDtypeStruct
+    feeds = {lay.roles["input_ids"]: sds((1, 1), lay.dtypes["input_ids"])}
+    for role, shape in (
+        ("attention_mask", (1, 1)),
+        ("position_ids", (1, 1)),
+        ("cache_position", (1,)),
+    ):
+        if lay.roles[role]:
+            feeds[lay.roles[role]] = sds(shape, lay.dtypes[role])
+    for past, _ in lay.pairs:
+        shape = [d if isinstance(d, int) else 1 for d in lay.shapes[past]]
+        shape.insert(0, 1)
+        shape.insert(lay.axis, 0)
+        feeds[past] = sds(tuple(shape), lay.dtypes[past])
+    try:
+        out = jax.eval_shape(
+            lambda p, f: model.outputs_dict(model.apply(p, **f)), model.params, feeds
+        )
+    except Exception as e:  # noqa: BLE001 - reported with what to do
+        raise InputError(
+            f"Generator: the past inputs' shapes {dict(lay.shapes)} leave dims besides batch and "
+            f"the sequence axis ({lay.axis}) symbolic, and a one-token step with an empty past "
+            f"did not reveal them ({type(e).__name__}: {e}); give the past inputs fixed dims"
+        ) from e
+    shapes = {}
+    for past, present in lay.pairs:
+        dims = list(out[present].shape)
+        del dims[lay.axis]
+        shapes[past] = tuple(int(d) for d in dims[1:])
+    return shapes
 
 
 def _cache_axis(specs, pairs: dict[str, str], model: Model):
@@ -483,11 +559,6 @@ def _cache_axis(specs, pairs: dict[str, str], model: Model):
         if len(symbolic) > 1 and not (differ or named):
             axis = len(shape) - 2  # [batch, heads, seq, head_dim], the common layout
         rest = [d for i, d in enumerate(shape) if i not in (0, axis)]
-        if not all(isinstance(d, int) for d in rest):
-            raise InputError(
-                f"Generator: past input {past!r} has shape {shape}: besides batch and the "
-                f"sequence axis ({axis}) its dims must be fixed numbers"
-            )
         axes.add(axis)
         shapes[past] = tuple(rest)
     if len(axes) != 1:
