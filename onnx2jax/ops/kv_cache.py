@@ -54,8 +54,10 @@ def simplified_layer_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_typ
 
 @register("SkipSimplifiedLayerNormalization", domain=MS)
 def skip_simplified_layer_normalization(x, skip, gamma, bias=None, *, epsilon=1e-5, ctx=None):
-    """com.microsoft: ``s = x + skip (+ bias)``, outputs (rms_norm(s) * gamma, mean (unused:
-    zeros), inv_std_var, s)."""
+    """RMS norm of a residual sum: ``s = x + skip (+ bias)``, then ``s / rms(s) * gamma``.
+
+    Outputs: the norm, mean (unused by RMS: zeros), inv_std_var, and ``s``.
+    """
     s = x + skip if bias is None else x + skip + bias
     y, inv = _rms(s, gamma, epsilon)
     n = 1 if ctx is None else ctx.num_outputs
@@ -101,8 +103,9 @@ def group_query_attention(
     smooth_softmax=0,
     qk_output=0,
 ):
-    """com.microsoft GroupQueryAttention (onnxruntime-genai's decoders), as onnxruntime's CPU
-    kernel computes it: row ``b`` holds ``seqlens_k[b] + 1`` tokens after this call, the ``S``
+    """onnxruntime-genai's attention with a KV cache, as onnxruntime's CPU kernel computes it.
+
+    Row ``b`` holds ``seqlens_k[b] + 1`` tokens after this call, the ``S``
     new ones last, at positions ``seqlens_k[b] + 1 - S + j``; they are written into the
     present cache there (rotated first when ``do_rotary``). The present has
     ``max(past length, total_sequence_length)`` positions: equal to the past when the past is
