@@ -35,6 +35,31 @@ def is_param(value: ir.Value | None) -> bool:
     return value is not None and value.is_initializer() and not value.is_graph_input()
 
 
+def param_derived(value: ir.Value | None) -> bool:
+    """Computed from initializers and constants only (so onnx2jax computes it once).
+
+    Iterative (graphs are deep); stops at the first graph input or node with a subgraph.
+    """
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v is None or id(v) in seen or is_param(v):
+            continue
+        seen.add(id(v))
+        producer = v.producer()
+        if producer is None:
+            return False  # a graph input
+        if producer.op_type == "Constant":
+            continue
+        if any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in producer.attributes.values()
+        ):
+            return False
+        stack.extend(producer.inputs)
+    return True
+
+
 def rank(value: ir.Value) -> int | None:
     shape = value.shape
     if shape is None:

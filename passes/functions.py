@@ -1,6 +1,6 @@
 """Standard-ONNX function bodies for the ``ai.onnx2jax`` ops, so optimized files run anywhere.
 
-onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py). ``onnx2jax optimize`` writes the file
+onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py, MatMulTransB in ops/linalg.py). ``onnx2jax optimize`` writes the file
 with one model-local function per op used, whose body is the plain ONNX op between transposes:
 onnxruntime (or any runtime) inlines it, while a reader still sees ``NhwcConv`` in the graph.
 """
@@ -14,7 +14,8 @@ from ._util import DOMAIN
 _INTS, _INT, _STR = ir.AttributeType.INTS, ir.AttributeType.INT, ir.AttributeType.STRING
 _TO_NCHW, _TO_NHWC, _HWIO_TO_OIHW = [0, 3, 1, 2], [0, 2, 3, 1], [3, 2, 0, 1]
 
-# op -> (ONNX op, its inputs, attribute types, input perms; None: passed as is)
+# op -> (ONNX op, its inputs, attribute types, input perms; None: passed as is); the output
+# goes back to NHWC unless the op is listed in _OUTPUT_AS_IS.
 _SPECS = {
     "NhwcConv": (
         "Conv",
@@ -39,7 +40,9 @@ _SPECS = {
     ),
     "NhwcGlobalAveragePool": ("GlobalAveragePool", ["x"], {}, [_TO_NCHW]),
     "NhwcGlobalMaxPool": ("GlobalMaxPool", ["x"], {}, [_TO_NCHW]),
+    "MatMulTransB": ("MatMul", ["a", "bt"], {}, [None, [1, 0]]),
 }  # fmt: skip
+_OUTPUT_AS_IS = {"MatMulTransB"}
 
 
 def function(op_type: str, opset: int) -> ir.Function:
@@ -58,10 +61,12 @@ def function(op_type: str, opset: int) -> ir.Function:
     attr_types = {k: v for k, v in attr_types.items() if k in known}  # e.g. dilations: opset 19+
     refs = [ir.RefAttr(name, name, kind) for name, kind in attr_types.items()]
     core = ir.Node("", onnx_op, args, refs)
-    back = ir.Node("", "Transpose", core.outputs, [ir.AttrInt64s("perm", _TO_NHWC)])
-    nodes += [core, back]
-    back.outputs[0].name = "y"
-    graph = ir.Graph(inputs, back.outputs, nodes=nodes, opset_imports={"": opset})
+    nodes.append(core)
+    if op_type not in _OUTPUT_AS_IS:
+        nodes.append(ir.Node("", "Transpose", core.outputs, [ir.AttrInt64s("perm", _TO_NHWC)]))
+    out = nodes[-1].outputs[0]
+    out.name = "y"
+    graph = ir.Graph(inputs, [out], nodes=nodes, opset_imports={"": opset})
     declared = [ir.Attr(name, kind, None) for name, kind in attr_types.items()]
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=declared)
 

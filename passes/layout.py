@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from ._util import DOMAIN, attr, constant, is_param, rank, replace
+from ._util import DOMAIN, attr, constant, param_derived, rank, replace
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -67,31 +67,6 @@ def _compose(p: tuple[int, ...], q: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(p[i] for i in q)
 
 
-def _param_derived(value: ir.Value | None) -> bool:
-    """Computed from initializers and constants only (so onnx2jax computes it once).
-
-    Iterative (graphs are deep); stops at the first graph input or node with a subgraph.
-    """
-    stack, seen = [value], set()
-    while stack:
-        v = stack.pop()
-        if v is None or id(v) in seen or is_param(v):
-            continue
-        seen.add(id(v))
-        producer = v.producer()
-        if producer is None:
-            return False  # a graph input
-        if producer.op_type == "Constant":
-            continue
-        if any(
-            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-            for a in producer.attributes.values()
-        ):
-            return False
-        stack.extend(producer.inputs)
-    return True
-
-
 def _is_scalar(value: ir.Value | None) -> bool:
     if value is None:
         return True
@@ -136,7 +111,7 @@ class ChannelsLast(ir.passes.InPlacePass):
 
     def _conv(self, graph: ir.Graph, node: ir.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
-        if w is None or rank(w) != 4 or not _param_derived(w):  # a 4-D weight: a 2-D conv
+        if w is None or rank(w) != 4 or not param_derived(w):  # a 4-D weight: a 2-D conv
             return
         if attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
             return
@@ -268,7 +243,7 @@ class ChannelsLast(ir.passes.InPlacePass):
             t = _transposed(v)
             # Only activations lead: a transposed weight (one this rule made) must not, or the
             # rule would fire again on its own output forever.
-            if t is not None and len(t[1]) == 4 and not _param_derived(t[0]):
+            if t is not None and len(t[1]) == 4 and not param_derived(t[0]):
                 perm = t[1]
                 break
         if perm is None:
@@ -286,7 +261,7 @@ class ChannelsLast(ir.passes.InPlacePass):
             elif _is_scalar(v):
                 new_inputs.append(v)
             elif (
-                _param_derived(v)
+                param_derived(v)
                 and rank(v) is not None
                 and rank(v) <= 4
                 and v.shape is not None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from . import batchnorm, layout
+from . import batchnorm, layout, matmul
 from ._util import count_nodes
 
 
@@ -43,6 +43,11 @@ PASSES: dict[str, PassSpec] = {
             "nhwc",
             layout.ChannelsLast,
             "2-D convs and pools run channels-last; transposes sunk and cancelled",
+        ),
+        PassSpec(
+            "matmul_weights",
+            matmul.MatMulTransB,
+            "MatMul weights laid out [N, K] once (the layout CPU dots run fastest)",
         ),
     )
 }

@@ -201,6 +201,78 @@ def test_prepared_weights_follow_the_params():
     assert not np.allclose(first, second)
 
 
+# -- MatMul weights in [N, K] layout ---------------------------------------------------------
+
+
+def _matmul_model(a_shape, w_shape, transposed: bool, opset=17):
+    """y = MatMul(x, W) + 1, W an initializer, given as is or behind Transpose (dynamo style)."""
+    w = _init("w", w_shape)
+    nodes = []
+    b = "w"
+    if transposed:
+        nodes.append(oh.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]))
+        b = "wt"
+    nodes += [
+        oh.make_node("MatMul", ["x", b], ["mm"]),
+        oh.make_node("Add", ["mm", "one"], ["y"]),
+    ]
+    one = numpy_helper.from_array(np.ones((), np.float32), "one")
+    return _model(nodes, [w, one], a_shape, None, opset)
+
+
+@pytest.mark.parametrize(
+    "a_shape, k_n, transposed",
+    [([3, 5], (5, 7), False), ([2, 4, 5], (5, 7), False), ([2, 4, 5], (7, 5), True)],
+)
+def test_matmul_weights_laid_out_once(a_shape, k_n, transposed):
+    model = _matmul_model(a_shape, k_n, transposed)
+    x = RNG.standard_normal(a_shape).astype(np.float32)
+    report = check_pass(model, {"x": x}, ["cleanup", "matmul_weights"])
+    key = "MatMul(Transpose(weight))" if transposed else "MatMul(weight)"
+    assert report.passes[-1].matches == {key: 1}
+    ops = _op_types(model, ["cleanup", "matmul_weights"])
+    assert "MatMul" not in ops and ops.count("MatMulTransB") == 1
+    assert ops.count("Transpose") == (0 if transposed else 1)  # a [K, N] weight: one, in prep
+    m = onnx2jax.load(model)
+    assert bool(m._program.prep) is not transposed
+
+
+def test_matmul_weights_leaves_activations_and_vectors_alone():
+    """x @ y of two activations, and a 1-D left operand (numpy vector rules), stay MatMul."""
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [5])
+    z = oh.make_tensor_value_info("z", TensorProto.FLOAT, [4, 5])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [
+        oh.make_node("MatMul", ["x", "w"], ["v"]),  # 1-D x: left alone
+        oh.make_node("MatMul", ["z", "zt"], ["zz"]),  # both activations
+        oh.make_node("Transpose", ["z"], ["zt"], perm=[1, 0]),
+        oh.make_node("ReduceSum", ["zz"], ["s"], keepdims=0),
+        oh.make_node("Add", ["v", "s"], ["y"]),
+    ]
+    nodes = [nodes[0], nodes[2], nodes[1], nodes[3], nodes[4]]
+    graph = oh.make_graph(nodes, "g", [x, z], [y], [_init("w", [5, 3])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    feeds = {"x": RNG.standard_normal(5).astype(np.float32)}
+    feeds["z"] = RNG.standard_normal((4, 5)).astype(np.float32)
+    report = check_pass(model, feeds, ["cleanup", "matmul_weights"], rtol=1e-4)
+    assert not report.passes[-1].modified
+    assert _op_types(model, ["cleanup", "matmul_weights"]).count("MatMul") == 2
+
+
+def test_matmul_weights_gradient_reaches_the_onnx_named_weight():
+    model = _matmul_model([3, 5], (5, 7), False)
+    x = RNG.standard_normal((3, 5)).astype(np.float32)
+    plain = onnx2jax.load(model, passes=None)
+    m = onnx2jax.load(model)
+
+    def loss(mod):
+        return lambda p: jnp.sum(mod.apply(p, x)[0] ** 2)
+
+    want = jax.grad(loss(plain))(plain.params)["w"]
+    got = jax.grad(loss(m))(m.params)["w"]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
 # -- real exports ---------------------------------------------------------------------------
 
 
@@ -211,7 +283,8 @@ def test_real_resnet_exports(name):
     feeds = {model.graph.input[0].name: x}
     want = _ort(model, feeds)[0]
     m = onnx2jax.load(model)
-    assert m.pass_report.passes[-1].matches.get("Conv", 0) > 0
+    nhwc = next(p for p in m.pass_report.passes if p.name == "nhwc")
+    assert nhwc.matches.get("Conv", 0) > 0
     scale = np.abs(want).max()
     for got in (m(**feeds)[0], m.apply(m.params, **feeds)[0]):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5 * scale)

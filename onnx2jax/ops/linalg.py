@@ -49,6 +49,17 @@ def _gemm(a, b, c, alpha, beta, trans_a, trans_b):
     return y
 
 
+@register("MatMulTransB", domain="ai.onnx2jax")
+def matmul_trans_b(a, bt):
+    """``MatMul(a, Transpose(bt))`` for a 2-D weight ``bt`` in [N, K] layout (passes/matmul.py):
+    one dot contracting both last axes, the layout XLA's CPU dots run fastest."""
+    dims = (((a.ndim - 1,), (1,)), ((), ()))
+    dtype = jnp.result_type(a, bt)
+    if acc_dtype(dtype) != dtype:  # half-precision products accumulate in float32
+        return lax.dot_general(a, bt, dims, preferred_element_type=acc_dtype(dtype)).astype(dtype)
+    return lax.dot_general(a, bt, dims)
+
+
 @register("Gemm", since=1)
 def gemm_1(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
     """https://onnx.ai/onnx/operators/onnx__Gemm.html; ``broadcast`` (opsets 1-6) only allowed
