@@ -251,6 +251,12 @@ def genai_loop(model_dir, batch, n, threads):
     """onnxruntime-genai's generator loop (in-place shared-buffer cache), greedy."""
     import onnxruntime_genai as og
 
+    # The same intra-op threads as the other engines, through the model's genai_config.json.
+    cfg_path = Path(model_dir) / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    cfg["model"]["decoder"]["session_options"]["inter_op_num_threads"] = 1
+    cfg_path.write_text(json.dumps(cfg, indent=4))
     config = og.Config(str(model_dir))
     config.clear_providers()
     model = og.Model(config)
@@ -268,7 +274,7 @@ def genai_loop(model_dir, batch, n, threads):
         while not g.is_done():
             g.generate_next_token()
         seconds = time.perf_counter() - t0
-        seqs = [list(g.get_sequence(b))[PROMPT_LEN:] for b in range(batch)]
+        seqs = [[int(x) for x in g.get_sequence(b)][PROMPT_LEN:] for b in range(batch)]
         return seconds, seqs
 
     run(min(n, 8))  # warm-up
@@ -401,6 +407,9 @@ def _genai_runs(args, batches, lengths) -> list[dict]:
                         "threads": args.threads}  # fmt: skip
                 row[engine] = measure(spec, args.threads)
                 print(engine, b, n, _summary(row[engine], b, n), flush=True)
+            a, g = row["onnx2jax"].get("tokens"), row["genai"].get("tokens")
+            if a is not None and g is not None:
+                row["same_tokens"] = a == g
             rows.append(row)
     return rows
 
@@ -458,15 +467,22 @@ def render(rec: dict) -> str:
     ]
     if rec.get("genai"):
         lines += ["", "## onnxruntime-genai (Llama-style, its model builder, fp32)", ""]
-        lines += ["| batch | new tokens | onnx2jax tok/s | onnxruntime-genai tok/s | ratio |"]
-        lines += ["|---|---|---|---|---|"]
+        lines += [
+            "| batch | new tokens | onnx2jax tok/s | onnxruntime-genai tok/s | ratio "
+            "| same tokens | peak RSS onnx2jax / genai (MiB) |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
         for r in rec["genai"]:
             if "batch" not in r:
                 lines.append(f"\n{r.get('error')}")
                 continue
             b, n = r["batch"], r["new_tokens"]
             ours, theirs = _tps(r["onnx2jax"], b, n), _tps(r["genai"], b, n)
-            lines.append(f"| {b} | {n} | {_f(ours)} | {_f(theirs)} | {_ratio(ours, theirs)} |")
+            lines.append(
+                f"| {b} | {n} | {_f(ours)} | {_f(theirs)} | {_ratio(ours, theirs)} | "
+                f"{r.get('same_tokens', '-')} | {_f(r['onnx2jax'].get('peak_rss_mib'))} / "
+                f"{_f(r['genai'].get('peak_rss_mib'))} |"
+            )
     if errors:
         lines += ["", "Errors:", *errors]
     lines += [
