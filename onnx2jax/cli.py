@@ -440,6 +440,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         x64=args.x64,
         vjp_order=args.vjp_order,
         passes=_passes(args.passes),
+        dtype=args.dtype,
     )
     fixed = ", ".join(f"{k}={v}" for k, v in dims.items())
     print(f"wrote {args.output} ({len(data) / 1e6:.2f} MB)" + (f"; fixed {fixed}" if fixed else ""))
@@ -474,6 +475,11 @@ def _add_convert(sub) -> None:
         "--vjp-order", type=int, default=0, help="store VJPs so jax.grad works (default 0)"
     )
     p.add_argument("--passes", default="default", help="graph passes: default, none, or a,b,...")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16"],
+        help="store float weights and compute in this dtype (float32 accumulation)",
+    )
     p.set_defaults(func=cmd_convert)
 
 

@@ -16,6 +16,8 @@ from jax import export as jax_export
 
 import onnx2jax  # its error classes are plain Python, importable without onnx
 
+from ._compiler import compiler_options  # jax only
+
 # The artifact is a zip: the serialized jax.export.Exported, a JSON header, and the weights
 # (raw bytes), so a fine-tuned params dict can replace them without re-exporting.
 _FORMAT = "onnx2jax-exported/1"
@@ -101,6 +103,7 @@ def convert(
     platforms: Sequence[str] | None = None,
     x64: bool = False,
     vjp_order: int = 0,
+    prepare: bool | None = None,
     **load_kwargs: Any,
 ) -> bytes:
     """Export an ONNX model as a serialized ``jax.export`` artifact with symbolic dims.
@@ -120,6 +123,12 @@ def convert(
         x64: compute int64/float64 in 64 bits (as ``onnx2jax.load(x64=True)``).
         vjp_order: also store this many orders of VJPs, so ``jax.grad`` of the loaded model's
             ``apply`` works (1 for fine-tuning; 0, the default, keeps the artifact small).
+        prepare: store the prepared weights (``Model.prepare()``: weights laid out for the
+            kernels, folded BatchNorms, dequantized weights) and export ``apply_prepared``, so
+            the program does not redo those steps per call; the artifact's params are then the
+            prepared values (internal value names) plus the ONNX params the program still
+            reads. ``False``: the ONNX-named params, prepared inside every call, gradients by
+            ONNX name. Default: ``True`` unless ``vjp_order`` asks for gradients.
         **load_kwargs: other ``onnx2jax.load`` options (``passes``, ``precision``, ...).
 
     Raises:
@@ -140,14 +149,19 @@ def convert(
             "value; make them constants (initializers) in the model"
         )
     specs, symbols = symbolic_specs(model.inputs, dims, constraints, x64)
-    param_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in model.params.items()}
+    if prepare is None:
+        prepare = vjp_order == 0
 
     def run(params, *inputs):
         return model.apply(params, *inputs)
 
     try:
         with jax.enable_x64(x64):
-            exported = jax_export.export(jax.jit(run), platforms=platforms)(param_specs, *specs)
+            weights = dict(model.params)
+            if prepare:
+                weights, run = _prepared_program(model, specs)
+            weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
+            exported = jax_export.export(jax.jit(run), platforms=platforms)(weight_specs, *specs)
     except onnx2jax.Onnx2JaxError as e:
         names = ", ".join(symbols)
         first = str(e).splitlines()[0]  # jax's explanation that follows is pages long
@@ -171,19 +185,53 @@ def convert(
         "symbols": symbols,
         "dims": dict(dims or {}),
         "x64": x64,
-        "params": {k: [str(v.dtype), list(v.shape)] for k, v in model.params.items()},
+        "prepared": bool(prepare),
+        "params": {k: [str(v.dtype), list(v.shape)] for k, v in weights.items()},
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         z.writestr("header.json", json.dumps(header))
         z.writestr("exported.bin", bytes(exported.serialize(vjp_order=vjp_order)))
-        for i, v in enumerate(model.params.values()):
+        for i, v in enumerate(weights.values()):
             z.writestr(f"params/{i}", np.asarray(v).tobytes())
     data = buf.getvalue()
     if output is not None:
         with open(output, "wb") as f:
             f.write(data)
     return data
+
+
+def _prepared_program(model: Any, specs: Sequence[Any]) -> tuple[dict[str, Any], Any]:
+    """The artifact's weights and function for ``convert(prepare=True)``.
+
+    Weights: ``model.prepare()`` (laid-out and folded weights, integer buffers) plus the ONNX
+    params that the rest of the program still reads; params read only by the param-only steps
+    are left out of the artifact (the function passes zeros for them, which XLA drops).
+    """
+    prepared = model.prepare()
+    shapes = {k: (v.shape, v.dtype) for k, v in model.params.items()}
+
+    def run_all(params, prep, *inputs):
+        return model.apply_prepared(params, prep, *inputs)
+
+    def spec(tree):
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in tree.items()}
+
+    closed = jax.make_jaxpr(run_all)(spec(model.params), spec(prepared), *specs)
+    read = {id(v) for e in closed.jaxpr.eqns for v in e.invars}
+    read |= {id(v) for v in closed.jaxpr.outvars}
+    # make_jaxpr flattens the params dict in sorted key order: its first invars.
+    params_in = closed.jaxpr.invars[: len(model.params)]
+    kept = [k for k, v in zip(sorted(model.params), params_in, strict=True) if id(v) in read]
+    weights = {**{k: model.params[k] for k in kept}, **prepared}
+
+    def run(weights, *inputs):
+        params = {
+            k: weights[k] if k in weights else jax.numpy.zeros(*shapes[k]) for k in model.params
+        }
+        return model.apply_prepared(params, {k: weights[k] for k in prepared}, *inputs)
+
+    return weights, run
 
 
 class ExportedModel:
@@ -201,7 +249,10 @@ class ExportedModel:
         self.input_names: list[str] = header["inputs"]
         self.output_names: list[str] = header["outputs"]
         self.x64: bool = header["x64"]
-        self._jitted = jax.jit(exported.call)
+        # ``prepared``: params are Model.prepare()'s values (internal names), not ONNX-named.
+        self.prepared: bool = header.get("prepared", False)
+        # onnx2jax's XLA options (YNNPACK convs/dots on CPU), as ``onnx2jax.load`` compiles with.
+        self._jitted = jax.jit(exported.call, compiler_options=compiler_options())
 
     @property
     def input_shapes(self) -> dict[str, tuple]:

@@ -154,3 +154,57 @@ def test_load_exported_runs_without_onnx_and_without_the_tracer(tmp_path):
     for b in (1, 6):
         x = np.random.default_rng(b).standard_normal((b, 3, 32, 32)).astype(np.float32)
         np.testing.assert_allclose(outs[f"b{b}"], np.asarray(model(x)[0]), rtol=1e-5, atol=1e-6)
+
+
+def _transposes(exported) -> int:
+    return exported.mlir_module().count("stablehlo.transpose")
+
+
+def test_artifact_holds_prepared_weights_and_matches_load():
+    """The default artifact stores model.prepare()'s values: the channels-last pass's weight
+    transposes run once at convert time, not in every call; outputs equal load()'s."""
+    model = onnx2jax.load(CNN)
+    prepared = model.prepare()
+    laid_out = set(prepared) - set(model.params)
+    assert laid_out, "the nhwc pass should leave weight transposes to prepare"
+    fast = onnx2jax.load_exported(onnx2jax.convert(CNN))
+    slow = onnx2jax.load_exported(onnx2jax.convert(CNN, prepare=False))
+    assert fast.prepared and not slow.prepared
+    assert laid_out <= set(fast.params) and set(slow.params) == set(model.params)
+    for k in laid_out:
+        np.testing.assert_array_equal(np.asarray(fast.params[k]), np.asarray(prepared[k]))
+    # ONNX weights read only by the transposes are not stored twice
+    assert sum(np.asarray(v).size for v in fast.params.values()) < sum(
+        np.asarray(v).size for v in {**model.params, **prepared}.values()
+    )
+    # the check can fail: the ONNX-named artifact transposes every conv weight per call
+    assert _transposes(fast.exported) + len(laid_out) <= _transposes(slow.exported)
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+        (want,) = model(x)
+        np.testing.assert_array_equal(np.asarray(fast(x)[0]), np.asarray(want))  # same program
+        np.testing.assert_allclose(np.asarray(slow(x)[0]), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_loaded_artifact_compiles_with_onnx2jax_compiler_options(monkeypatch):
+    """load_exported's jit gets onnx2jax.compiler_options(): a bogus option reaches XLA."""
+    import onnx2jax.export as export
+
+    artifact = onnx2jax.convert(CNN)
+    monkeypatch.setattr(export, "compiler_options", lambda: {"xla_no_such_option_12": "1"})
+    model = onnx2jax.load_exported(artifact)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(Exception, match="xla_no_such_option_12"):
+        model(x)
+
+
+def test_cli_convert_bfloat16_matches_load_with_dtype(tmp_path):
+    out = tmp_path / "cnn_bf16.jaxexp"
+    assert cli(["convert", CNN, "-o", str(out), "--dtype", "bfloat16"]) == 0
+    exported = onnx2jax.load_exported(out)
+    assert {str(v.dtype) for v in exported.params.values()} == {"bfloat16"}
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    (got,) = exported(x)
+    assert got.dtype == np.float32
+    (want,) = onnx2jax.load(CNN, dtype="bfloat16")(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
