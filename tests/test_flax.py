@@ -198,3 +198,10 @@ def test_int8_weights_are_non_trainable_module_state(int8_mlp):
     # nnx.grad differentiates the float params only
     grads = nnx.eval_shape(lambda m: nnx.grad(lambda m: jnp.sum(m(x)[0] ** 2))(m), module)
     assert {p[-1] for p, _ in nnx.to_flat_state(grads)} == params
+
+
+def test_load_options_pass_through_bfloat16_params():
+    module = OnnxModule(CNN, dtype="bfloat16")
+    state = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    assert state and {str(v[...].dtype) for _, v in state} == {"bfloat16"}
+    assert not nnx.to_flat_state(nnx.state(module, OnnxBuffer))
