@@ -297,7 +297,9 @@ def create_app(
 
     m = "/v2/models/{name}"
     v = "/v2/models/{name}/versions/{version}"
-    routes = [
+    # The router tries routes in order, one regex each: the infer routes, the hot path, first.
+    routes = [Route(base + "/infer", s.infer, methods=["POST"]) for base in (m, v)]
+    routes += [
         Route("/v2/health/live", s.live),
         Route("/v2/health/ready", s.ready),
         Route("/v2", s.server_metadata),
@@ -308,7 +310,6 @@ def create_app(
             Route(base, s.model_metadata),
             Route(base + "/ready", s.model_ready),
             Route(base + "/config", s.model_config),
-            Route(base + "/infer", s.infer, methods=["POST"]),
         ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={_HTTPError: _http_error})
 
