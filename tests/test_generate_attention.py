@@ -290,7 +290,7 @@ def test_onnxruntime_genai_llama_agrees_with_onnxruntime(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     sys.modules["bench_generate"] = bench
     spec.loader.exec_module(bench)
-    path = bench.llama_genai_dir(2, 64, 500) / "model.onnx"
+    path = bench.llama_genai_dir(2, 128, 500) / "model.onnx"  # 8 heads of 16
     gen = onnx2jax.Generator(str(path))
     assert gen.shared_buffer
     ref = OrtLoop(onnx.load(str(path)), dims=gen._layout.shapes["past_key_values.0.key"])
