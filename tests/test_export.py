@@ -41,39 +41,130 @@ def test_transformer_runs_at_any_batch_and_seq(build):
         np.testing.assert_allclose(np.asarray(got), _ort(proto, feeds)[0], rtol=1e-4, atol=1e-4)
 
 
-def _flatten_by_shape() -> onnx.ModelProto:
-    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape: reads the batch dim as a value."""
+def _shape_chains() -> onnx.ModelProto:
+    """The shape arithmetic of torch's TorchScript exporter on a symbolic batch and seq:
+    Shape -> Gather -> Mul / Div -> Unsqueeze -> Concat -> Reshape, Shape -> Slice, Cast,
+    Expand to a computed shape."""
     c = onnx.numpy_helper.from_array
+
+    def i64(v, name):
+        return c(np.array(v, np.int64), name)
+
     nodes = [
-        oh.make_node("Shape", ["x"], ["s"], name="read_shape"),
-        oh.make_node("Gather", ["s", "zero"], ["b"], axis=0),
-        oh.make_node("Unsqueeze", ["b", "axes"], ["b1"]),
-        oh.make_node("Concat", ["b1", "minus1"], ["shape"], axis=0),
-        oh.make_node("Reshape", ["x", "shape"], ["y"]),
+        oh.make_node("Shape", ["x"], ["s"]),
+        oh.make_node("Cast", ["s"], ["s64"], to=onnx.TensorProto.INT64),
+        oh.make_node("Gather", ["s64", "zero"], ["b"], axis=0),
+        oh.make_node("Gather", ["s64", "one"], ["q"], axis=0),
+        oh.make_node("Mul", ["b", "q"], ["bq"]),
+        oh.make_node("Div", ["bq", "one"], ["bq1"]),
+        oh.make_node("Unsqueeze", ["bq1", "axes"], ["bq2"]),
+        oh.make_node("Concat", ["bq2", "minus1"], ["flat_shape"], axis=0),
+        oh.make_node("Reshape", ["x", "flat_shape"], ["rows"]),  # [batch * seq, 4]
+        oh.make_node("Slice", ["s64", "zero1", "two1"], ["bs"]),
+        oh.make_node("Concat", ["bs", "two1", "two1"], ["split_shape"], axis=0),
+        oh.make_node("Reshape", ["x", "split_shape"], ["split"]),  # [batch, seq, 2, 2]
+        oh.make_node("Expand", ["half", "s"], ["halves"]),
+        oh.make_node("Mul", ["x", "halves"], ["scaled"]),
     ]
     graph = oh.make_graph(
         nodes,
-        "flatten",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 4])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 12])],
+        "chains",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", 4])],
         [
-            c(np.array(0, np.int64), "zero"),
-            c(np.array([0], np.int64), "axes"),
-            c(np.array([-1], np.int64), "minus1"),
+            oh.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, None),
+            oh.make_tensor_value_info("split", onnx.TensorProto.FLOAT, None),
+            oh.make_tensor_value_info("scaled", onnx.TensorProto.FLOAT, None),
+        ],
+        [
+            i64(0, "zero"),
+            i64(1, "one"),
+            i64([0], "axes"),
+            i64([-1], "minus1"),
+            i64([0], "zero1"),
+            i64([2], "two1"),
+            c(np.array(0.5, np.float32), "half"),
         ],
     )
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
+def test_shape_arithmetic_exports_with_symbolic_dims():
+    proto = _shape_chains()
+    exported = onnx2jax.load_exported(onnx2jax.convert(proto))
+    assert [str(d) for d in exported.input_shapes["x"]] == ["batch", "seq", "4"]
+    for batch, seq in [(1, 3), (4, 5)]:
+        x = np.random.default_rng(batch).standard_normal((batch, seq, 4)).astype(np.float32)
+        got = exported(x)
+        for g, r in zip(got, _ort(proto, {"x": x}), strict=True):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(np.asarray(g), r, rtol=1e-6)
+
+
+def _positions_by_shape() -> onnx.ModelProto:
+    """Range over the sequence length: an output whose length is a value read from a dim."""
+    c = onnx.numpy_helper.from_array
+    nodes = [
+        oh.make_node("Shape", ["x"], ["s"]),
+        oh.make_node("Gather", ["s", "one"], ["n"], axis=0),
+        oh.make_node("Range", ["zero", "n", "one"], ["pos"], name="positions"),
+        oh.make_node("Cast", ["pos"], ["posf"], to=onnx.TensorProto.FLOAT),
+        oh.make_node("Add", ["x", "posf"], ["y"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "positions",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq"])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq"])],
+        [c(np.array(0, np.int64), "zero"), c(np.array(1, np.int64), "one")],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
 def test_a_dim_read_as_a_value_names_the_node_and_dim_specialises(tmp_path):
-    with pytest.raises(onnx2jax.NodeError, match=r"read_shape.*--dim NAME=N"):
-        onnx2jax.convert(_flatten_by_shape())
-    exported = onnx2jax.load_exported(onnx2jax.convert(_flatten_by_shape(), dims={"batch": 4}))
-    assert exported.input_shapes["x"] == (4, 3, 4)
-    x = np.random.default_rng(0).standard_normal((4, 3, 4)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(exported(x)[0]), x.reshape(4, 12))
+    with pytest.raises(onnx2jax.NodeError, match=r"positions.*--dim NAME=N"):
+        onnx2jax.convert(_positions_by_shape())
+    exported = onnx2jax.load_exported(onnx2jax.convert(_positions_by_shape(), dims={"seq": 6}))
+    assert [str(d) for d in exported.input_shapes["x"]] == ["batch", "6"]
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(exported(x)[0]), x + np.arange(6, dtype=np.float32))
     with pytest.raises(onnx2jax.Onnx2JaxError, match="not symbolic dims"):
-        onnx2jax.convert(_flatten_by_shape(), dims={"btach": 4})
+        onnx2jax.convert(_positions_by_shape(), dims={"sqe": 4})
+
+
+@pytest.mark.slow
+def test_torchscript_export_with_view_exports_symbolically(tmp_path):
+    """torch.onnx's TorchScript exporter writes x.view(b, n, h, d) as Shape/Gather/Concat."""
+    import torch  # only -m slow needs torch (the dev venv has it; CI's does not)
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Linear(16, 16)
+            self.fc = torch.nn.Linear(16 * 8, 4)
+
+        def forward(self, x):
+            b, n, d = x.shape
+            q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+            return self.fc(q.transpose(1, 2).reshape(b, n, d).reshape(x.size(0), -1))
+
+    path = str(tmp_path / "heads.onnx")
+    torch.onnx.export(
+        Heads().eval(),
+        (torch.randn(2, 8, 16),),
+        path,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        dynamo=False,
+        opset_version=17,
+    )
+    assert "Shape" in {n.op_type for n in onnx.load(path).graph.node}
+    exported = onnx2jax.load_exported(onnx2jax.convert(path))
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 8, 16)).astype(np.float32)
+        np.testing.assert_allclose(
+            np.asarray(exported(x)[0]), _ort(path, {"x": x})[0], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_cli_convert_with_dim(tmp_path, capsys):

@@ -25,8 +25,21 @@ def xp(*arrays: Any):
 
 
 def ints(v: Any) -> list[int]:
-    """A static integer tensor (or list) as a list of Python ints."""
-    return [int(x) for x in np.asarray(v).reshape(-1)]
+    """A static integer tensor (or list) as a list of Python ints (symbolic dims of jax.export
+    kept as they are: Shape of a symbolic input gives an object array of them)."""
+    a = np.asarray(v)
+    if a.dtype == object:
+        return [x if _symbolic(x) else int(x) for x in a.reshape(-1)]
+    return [int(x) for x in a.reshape(-1)]
+
+
+def _symbolic(x: Any) -> bool:
+    return not isinstance(x, (int, np.integer)) and hasattr(x, "_to_term")  # jax DimExpr
+
+
+def symbolic_dims(v: Any) -> bool:
+    """True for a static value holding symbolic dims (Shape of an input under jax.export)."""
+    return isinstance(v, np.ndarray) and v.dtype == object and any(map(_symbolic, v.reshape(-1)))
 
 
 def axis(a: int, rank: int) -> int:

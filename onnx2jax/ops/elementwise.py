@@ -13,7 +13,7 @@ import numpy as np
 
 from .._dtypes import canonical
 from .._registry import register
-from ._common import dtype_of, xp
+from ._common import dtype_of, symbolic_dims, xp
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -144,6 +144,8 @@ def mul(a, b):
 def div(a, b):
     """https://onnx.ai/onnx/operators/onnx__Div.html: integers truncate toward zero, like C."""
     m = xp(a, b)
+    if symbolic_dims(a) or symbolic_dims(b):  # shape arithmetic on jax.export dims (>= 0)
+        return np.floor_divide(a, b)
     if not _is_int(a):
         return m.divide(a, b)
     if m is np:
@@ -356,6 +358,8 @@ def _to_e8m0(x, saturate: int, round_mode: str):
 
 def _cast(x, dtype, saturate: int = 1, round_mode: str = "up"):
     dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and symbolic_dims(x):  # jax.export dims stay dims
+        return x
     if _is_string(dtype) or _is_string(x.dtype):
         return _cast_strings(x, dtype)
     if dtype == _E8M0:

@@ -50,6 +50,10 @@ def identity(x):
 @register("Shape")
 def shape(x, *, start=0, end=None):
     """https://onnx.ai/onnx/operators/onnx__Shape.html; start/end clamp like Python slices."""
+    if not all(isinstance(d, int) for d in x.shape):
+        # Symbolic dims (jax.export): an object array of ints and dim expressions, which
+        # numpy shape arithmetic (Gather, Concat, Mul, ...) carries to Reshape & co.
+        return np.array(list(x.shape), dtype=object)[start:end]
     return np.asarray(x.shape, np.int64)[start:end]
 
 
@@ -222,8 +226,19 @@ def slice_(x, starts, ends, axes=None, steps=None):
 @register("Expand", since=8)
 def expand(x, shape):
     """https://onnx.ai/onnx/operators/onnx__Expand.html (two-way broadcast)."""
-    out = np.broadcast_shapes(tuple(x.shape), tuple(ints(shape)))
+    dims = ints(shape)
+    if any(not isinstance(d, int) for d in (*x.shape, *dims)):
+        out = _broadcast_symbolic(tuple(x.shape), tuple(dims))
+    else:
+        out = np.broadcast_shapes(tuple(x.shape), tuple(dims))
     return xp(x).broadcast_to(x, out)
+
+
+def _broadcast_symbolic(a: tuple, b: tuple) -> tuple:
+    """numpy broadcasting of shapes holding jax.export dims (a 1 gives way to the other)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    return tuple(y if isinstance(x, int) and x == 1 else x for x, y in zip(a, b, strict=True))
 
 
 @register("Tile")
