@@ -393,6 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         default_timeout_ms=args.timeout_ms,
         batch_mode=args.batch_mode,
         replicas=args.replicas,
+        devices=args.devices,
     )
     serve(models, host=args.host, port=args.port, config=config, dims=parse_dims(args.dim))
     return 0
@@ -415,6 +416,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--batch-mode", choices=["vmap", "axis"], default="vmap")
     p.add_argument("--replicas", type=_positive_int, default=1,
                    help="batches of a model that may run at once, one worker thread each")  # fmt: skip
+    p.add_argument("--devices", type=int, default=1,
+                   help="local devices a batch is split over (0: all)")  # fmt: skip
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a non-batch symbolic dim, to compile its buckets at start-up")  # fmt: skip
     p.set_defaults(func=cmd_serve)

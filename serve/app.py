@@ -131,7 +131,7 @@ class _Server:
         }
         if b.batched:
             doc["dynamic_batching"] = {
-                "preferred_batch_size": list(c.buckets),
+                "preferred_batch_size": list(b.buckets),
                 "max_queue_delay_microseconds": int(c.max_queue_delay_ms * 1000),
                 "default_queue_policy": {
                     "timeout_action": "REJECT",

@@ -144,6 +144,10 @@ class Batcher:
         self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task] = set()
         self._compile_lock = threading.Lock()
+        self._mesh = self._device_mesh()
+        # With a batch split over n devices, every bucket is a multiple of n.
+        n = 1 if self._mesh is None else self._mesh.size
+        self.buckets = tuple(sorted({-(-b // n) * n for b in self.config.buckets}))
         self._compiled: dict[tuple, Any] = {}
         self._fn = None
         self._prepared: tuple[Any, Any] | None = None  # (params, model.prepare()), at warm-up
@@ -403,7 +407,7 @@ class Batcher:
     def _bucket(self, n: int) -> int:
         if not self.batched:
             return 1
-        return next(b for b in self.config.buckets if b >= n)
+        return next(b for b in self.buckets if b >= n)
 
     # -- the worker thread --------------------------------------------------------------------
     def _run(self, key: tuple, batch: list[_Request]) -> list[dict[str, np.ndarray]]:
@@ -423,6 +427,8 @@ class Batcher:
             if bucket > n:  # pad with copies of the last example: valid values for any model
                 x = np.concatenate([x, np.repeat(x[-1:], bucket - n, axis=0)])
             xs.append(x)
+        if self._mesh is not None:  # each device takes its slice of the batch
+            xs = jax.device_put(xs, self._sharding(True))
         outs = self._program(key, bucket)(*self._weights(), *xs)
         outs = [self._declared(spec, o) for spec, o in zip(self.model.outputs, outs)]
         results, start = [], 0
@@ -440,12 +446,36 @@ class Batcher:
             a = a.astype(spec.dtype)
         return a
 
+    def _device_mesh(self):
+        """The mesh a batch is split over (``BatchConfig.devices``), or None for one device."""
+        want = self.config.devices
+        have = jax.local_devices()
+        n = len(have) if want == 0 else want
+        if n > len(have):
+            raise Onnx2JaxError(
+                f"model {self.name!r}: BatchConfig.devices={want}, but this process sees "
+                f"{len(have)} {have[0].platform} device(s); use at most {len(have)} (0: all)"
+            )
+        if n <= 1 or not self.batched:
+            return None
+        from jax.sharding import AxisType, Mesh
+
+        # Auto axes: the ops carry no sharding annotations, XLA propagates the batch split.
+        return Mesh(np.array(have[:n]), ("batch",), axis_types=(AxisType.Auto,))
+
+    def _sharding(self, split: bool):
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        assert self._mesh is not None
+        return NamedSharding(self._mesh, PartitionSpec("batch" if split else None))
+
     def _weights(self) -> tuple[Any, Any]:
         """``(params, prepared)``: the param-only steps (weights transposed to the kernels'
         layout, folded BatchNorms, dequantized weights) run once here, not in every batch."""
         if self._prepared is None:  # at warm-up, before any replica runs
             # On the device once, so no batch copies host arrays in (a no-op for jax arrays).
-            self._prepared = jax.device_put((self.model.params, self.model.prepare()))
+            where = None if self._mesh is None else self._sharding(False)  # on every device
+            self._prepared = jax.device_put((self.model.params, self.model.prepare()), where)
         return self._prepared
 
     def _batched_fn(self):
@@ -487,9 +517,12 @@ class Batcher:
         prog = self._compiled.get((key, bucket))
         if prog is None:
             t0 = time.perf_counter()
+            split = None if self._mesh is None else self._sharding(True)
             args = [
                 jax.ShapeDtypeStruct(
-                    (bucket, *shape), jax.dtypes.canonicalize_dtype(wire_dtype(spec))
+                    (bucket, *shape),
+                    jax.dtypes.canonicalize_dtype(wire_dtype(spec)),
+                    sharding=split,
                 )
                 for spec, shape in zip(self.model.inputs, key)
             ]
@@ -506,11 +539,13 @@ class Batcher:
         key = self._warmup_key()
         if key is None:
             return
-        for bucket in self.config.buckets:
+        for bucket in self.buckets:
             xs = [
                 np.zeros((bucket, *shape), jax.dtypes.canonicalize_dtype(wire_dtype(spec)))
                 for spec, shape in zip(self.model.inputs, key)
             ]
+            if self._mesh is not None:
+                xs = jax.device_put(xs, self._sharding(True))
             outs = self._program(key, bucket, "warmup")(*self._weights(), *xs)
             jax.block_until_ready(outs)
 

@@ -31,6 +31,9 @@ class BatchConfig:
             (Triton's ``instance_group`` count): one batch's host work (stacking, copying the
             outputs out, splitting them) overlaps another's compute. The compiled programs
             and the weights are shared.
+        devices: local devices one batch is split over along its batch axis (``jax.sharding``,
+            the weights replicated on each); 0: all of them. Buckets are rounded up to a
+            multiple of it. 1 (default): one device.
     """
 
     max_batch_size: int = 32
@@ -40,6 +43,7 @@ class BatchConfig:
     default_timeout_ms: float = 0.0
     batch_mode: str = "vmap"
     replicas: int = 1
+    devices: int = 1
 
     def __post_init__(self) -> None:
         def bad(field: str, value: object, want: str) -> Onnx2JaxError:
@@ -64,6 +68,8 @@ class BatchConfig:
             raise bad("batch_mode", self.batch_mode, 'must be "vmap" or "axis"')
         if not isinstance(self.replicas, int) or self.replicas < 1:
             raise bad("replicas", self.replicas, "must be a whole number >= 1")
+        if not isinstance(self.devices, int) or self.devices < 0:
+            raise bad("devices", self.devices, "must be a whole number >= 0 (0: all)")
 
     @property
     def buckets(self) -> tuple[int, ...]:

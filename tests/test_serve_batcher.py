@@ -347,3 +347,34 @@ def test_replicas_run_batches_at_once_and_route_back(replicas):
         _check_mlp(x, out)
     assert sum(size for size, _ in rec.batches) == 8
     assert most[0] == replicas
+
+
+@pytest.mark.parametrize("mode", ["vmap", "axis"])
+def test_batch_split_over_devices(mode):
+    """``devices=0``: a batch is split over every local device (conftest makes 4 CPU devices),
+    buckets rounded up to a multiple of them; the results are still each request's rows."""
+    import jax
+
+    n = jax.local_device_count()
+    assert n == 4, "tests/conftest.py sets --xla_force_host_platform_device_count=4"
+
+    async def main():
+        b, rec = await _started(
+            "mlp", max_batch_size=6, max_queue_delay_ms=50, devices=0, batch_mode=mode
+        )
+        xs = [_x(1), _x(2), _x(1), _x(1)]
+        outs = await asyncio.gather(*(b.infer({"x": x}) for x in xs))
+        await b.stop()
+        return b, rec, xs, outs
+
+    b, rec, xs, outs = _run(main())
+    assert b.buckets == (4, 8)  # 1, 2, 4, 6 rounded up to multiples of 4
+    for x, out in zip(xs, outs):
+        _check_mlp(x, out)
+    assert rec.batches == [(5, 8)]
+    (prog,) = [p for (key, bucket), p in b._compiled.items() if bucket == 8]
+    placed = prog.input_shardings[0][-1]  # the input x: split over all four devices
+    assert placed.device_set == set(jax.local_devices())
+    assert not placed.is_fully_replicated
+    with pytest.raises(onnx2jax.Onnx2JaxError, match="devices=9"):
+        Batcher(_model("mlp"), "mlp", BatchConfig(devices=9))
