@@ -602,6 +602,10 @@ def _rewritten(source, lay: _Layout) -> Model | None:
         model = ir.from_proto(source)
     else:
         return None  # a file object: let load() read it once, as written
+    try:  # value types where the graph does not declare them (an Attention mask's, say)
+        model = ir.passes.common.ShapeInferencePass()(model).model
+    except Exception:  # noqa: BLE001 - ops onnx cannot infer: rewrite with what is declared
+        pass
     rewrite = _kv.FixedKvCache(lay.pairs)
     if not rewrite(model).modified or any(a != lay.axis for a in rewrite.axes.values()):
         return None

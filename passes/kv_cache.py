@@ -16,6 +16,10 @@ comes out as C, the buffer's length. The attention mask then covers the whole bu
 past a row's length masked). ``onnx2jax.Generator`` applies the pass to its decode step; it is not in
 the default pipeline because it changes what the graph's outputs mean.
 
+An opset-23 ``Attention(Q, K, V, mask, past_key, past_value)`` whose presents are the pairs'
+outputs becomes ``Attention(Q, KvCacheUpdate(buffer_k, K, pos), KvCacheUpdate(buffer_v, V,
+pos), mask & slots <= pos)`` (not causal: the decode step has one query per row).
+
 The pairs come from the exporters' naming conventions (:func:`find_pairs`) or are given.
 """
 
@@ -24,9 +28,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, attr, replace
+from ._util import DOMAIN, attr, constant, replace
 
 WRITE_POSITION = "onnx2jax.kv_write_position"
 BUFFER_SUFFIX = ".onnx2jax_buffer"
@@ -116,12 +121,17 @@ class FixedKvCache(ir.passes.InPlacePass):
             self.reason = "already rewritten"
             return ir.passes.PassResult(model, False)
         found = []
+        attention: dict[ir.Node, dict[int, ir.Value]] = {}  # Attention node -> {1: past k, 2: v}
         for past_name, present_name in pairs:
             past, present = inputs.get(past_name), outputs.get(present_name)
             if past is None or present is None:
                 self.reason = f"{past_name!r} is no graph input or {present_name!r} no output"
                 return ir.passes.PassResult(model, False)
             node = present.producer()
+            slot = None if node is None else _attention_slot(node, present, past)
+            if slot is not None:
+                attention.setdefault(node, {})[slot] = past
+                continue
             axis = None if node is None else concat_axis(node, past)
             if axis is None:
                 what = "a graph input" if node is None else f"{node.op_type} node {node.name!r}"
@@ -130,6 +140,11 @@ class FixedKvCache(ir.passes.InPlacePass):
                 )
                 return ir.passes.PassResult(model, False)
             found.append((node, past, axis))
+        for node, slots in attention.items():
+            why = _attention_unfit(node, slots)
+            if why:
+                self.reason = why
+                return ir.passes.PassResult(model, False)
         position = ir.Value(
             name=WRITE_POSITION,
             type=ir.TensorType(ir.DataType.INT64),
@@ -155,6 +170,92 @@ class FixedKvCache(ir.passes.InPlacePass):
             out.type, out.shape = past.type, past.shape
             replace(graph, [node], tape, [node.outputs[0]], [out])
             self.axes[past.name] = axis
+        for node, slots in attention.items():
+            _rewrite_attention(graph, node, slots, position)
+            for past in slots.values():
+                self.axes[past.name] = 2
         model.opset_imports.setdefault(DOMAIN, 1)
         self.matches = {f"Concat(past, new) -> {OP}": len(found)}
+        if attention:
+            self.matches[f"Attention(past) -> {OP} + Attention"] = len(attention)
         return ir.passes.PassResult(model, True)
+
+
+def _attention_slot(node: ir.Node, present: ir.Value, past: ir.Value) -> int | None:
+    """1 or 2 when ``present`` is the present key/value of an opset-23+ ``Attention`` whose
+    past key/value input is ``past``; else None."""
+    if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+        return None
+    for slot, past_slot in ((1, 4), (2, 5)):
+        if (
+            len(node.outputs) > slot
+            and node.outputs[slot] is present
+            and len(node.inputs) > past_slot
+            and _through_copies(node.inputs[past_slot]) is past
+        ):
+            return slot
+    return None
+
+
+def _attention_unfit(node: ir.Node, slots: dict[int, ir.Value]) -> str | None:
+    """Why an Attention with past cannot read a buffer instead (None: it can)."""
+    name = f"Attention node {node.name!r}"
+    if set(slots) != {1, 2}:
+        return f"{name}: only one of its present key/value is a graph output pair"
+    # 3-D Q/K/V come with q_num_heads/kv_num_heads (the spec asks for them only then).
+    ranks = {None if k is None or k.shape is None else len(k.shape) for k in node.inputs[1:3]}
+    if ranks - {4, None} or (None in ranks and attr(node, "kv_num_heads") is not None):
+        return f"{name}: K and V are not 4-D [batch, heads, seq, size]"
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if mask is not None and mask.dtype is None:
+        return f"{name}: the attn_mask's type is unknown (infer shapes first)"
+    if len(node.inputs) > 6 and node.inputs[6] is not None:
+        return f"{name}: has nonpad_kv_seqlen"
+    if len(node.outputs) > 3 and node.outputs[3].uses():
+        return f"{name}: its qk_matmul_output is used"
+    return None
+
+
+def _rewrite_attention(graph: ir.Graph, node: ir.Node, slots, position: ir.Value) -> None:
+    """``Attention(Q, K, V, mask, past_k, past_v)`` -> ``Attention(Q, KvCacheUpdate(buffer_k,
+    K, pos), KvCacheUpdate(buffer_v, V, pos), mask & slots <= pos)``, not causal: one query
+    per row (the decode step) sees the slots up to its own position, which the mask says."""
+    tape = ir.tape.Tape()
+    buffers = {}
+    for slot, past in slots.items():
+        dims = list(past.shape.dims) if past.shape is not None else None
+        if dims is not None:
+            dims[2] = "kv_capacity"
+        buffers[slot] = ir.Value(
+            name=past.name + BUFFER_SUFFIX,
+            type=past.type,
+            shape=None if dims is None else ir.Shape(dims),
+        )
+        graph.inputs.append(buffers[slot])
+    k = tape.op(OP, [buffers[1], node.inputs[1], position], attributes={"axis": 2}, domain=DOMAIN)
+    v = tape.op(OP, [buffers[2], node.inputs[2], position], attributes={"axis": 2}, domain=DOMAIN)
+    # slots <= position, as [batch, 1, 1, capacity]
+    length = tape.op("Shape", [buffers[1]], attributes={"start": 2, "end": 3})
+    zero, one = constant(tape, np.array(0)), constant(tape, np.array(1))
+    slots_range = tape.op("Range", [zero, tape.op("Squeeze", [length]), one])
+    pos = tape.op("Unsqueeze", [position, constant(tape, [1])])
+    allowed = tape.op("LessOrEqual", [slots_range, pos])
+    allowed = tape.op("Unsqueeze", [allowed, constant(tape, [1, 2])])
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    if mask is None:
+        mask = allowed
+    elif mask.dtype == ir.DataType.BOOL:
+        mask = tape.op("And", [mask, allowed])
+    else:
+        inf = tape.op("CastLike", [constant(tape, np.array(-np.inf, np.float32)), mask])
+        mask = tape.op("Where", [allowed, mask, inf])
+    attrs = {a.name: a for a in node.attributes.values() if a.name != "is_causal"}
+    y = tape.op(
+        "Attention",
+        [node.inputs[0], k, v, mask],
+        attributes=attrs,
+        name=f"{node.name}/over_buffer",
+    )
+    for out, like in ((k, node.outputs[1]), (v, node.outputs[2])):
+        out.type, out.shape = like.type, like.shape
+    replace(graph, [node], tape, list(node.outputs[:3]), [y, k, v])

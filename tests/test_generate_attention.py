@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx2jax.passes.kv_cache import FixedKvCache
 
 import onnx2jax
 
@@ -244,8 +246,15 @@ def _agree(gen, ref, n):
 
 def test_opset23_attention_with_past_agrees_with_onnxruntime():
     model = attention23_decoder()
+    rewrite = FixedKvCache()
+    assert rewrite(ir.from_proto(model)).modified is False  # the mask's type is not declared
+    assert "attn_mask's type is unknown" in rewrite.reason
+    inferred = ir.passes.common.ShapeInferencePass()(ir.from_proto(model)).model
+    assert rewrite(inferred).modified
+    assert rewrite.matches == {"Concat(past, new) -> KvCacheUpdate": 0,
+                               "Attention(past) -> KvCacheUpdate + Attention": 2}  # fmt: skip
     gen = onnx2jax.Generator(model)
-    assert not gen.shared_buffer and not gen.rewritten  # runs as written (Concat inside the op)
+    assert not gen.shared_buffer and gen.rewritten  # decode steps attend over the buffer
     _agree(gen, OrtLoop(model), 24)
 
 
