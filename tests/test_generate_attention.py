@@ -124,6 +124,48 @@ def attention23_decoder(layers=2, seed=0):
     return model
 
 
+def mha_decoder(layers=2, seed=0):
+    """com.microsoft MultiHeadAttention with past inputs (3-D Q/K/V, a key padding mask from
+    attention_mask, unidirectional), LayerNormalization, learned positions."""
+    b = _Builder(seed)
+    op, w, c = b.op, b.w, b.c
+    w("wte", VOCAB, EMBED)
+    w("wpe", MAX_POS, EMBED, scale=0.1)
+    h = op("Add", [op("Gather", ["wte", "input_ids"], "tok"),
+                   op("Gather", ["wpe", "position_ids"], "pos")], "h0")  # fmt: skip
+    kpm = op("Cast", ["attention_mask"], "kpm", to=TensorProto.INT32)
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])]
+    for i in range(layers):
+        p = f"l{i}."
+        c(p + "b1", np.zeros(EMBED, np.float32))
+        x = op("LayerNormalization", [h, w(p + "g1", EMBED, scale=0.1), p + "b1"], p + "ln1")
+        q, k, v = (op("MatMul", [x, w(p + "w" + n, EMBED, EMBED)], p + n) for n in "qkv")
+        pk, pv = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        for name in (pk, pv):
+            inputs.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, ["batch", HEADS, "past_seq", HEAD_DIM]))  # fmt: skip
+        outs = [p + "att", f"present.{i}.key", f"present.{i}.value"]
+        for name in outs[1:]:
+            outputs.append(helper.make_tensor_value_info(
+                name, TensorProto.FLOAT, ["batch", HEADS, "total_seq", HEAD_DIM]))  # fmt: skip
+        a = op("MultiHeadAttention", [q, k, v, "", kpm, "", pk, pv], outs,
+               domain="com.microsoft", num_heads=HEADS, unidirectional=1)  # fmt: skip
+        h = op("Add", [h, op("MatMul", [a, w(p + "wo", EMBED, EMBED)], p + "proj")], p + "h1")
+        m = op("Tanh", [op("MatMul", [h, w(p + "w1", EMBED, 2 * EMBED)], p + "fc")], p + "act")
+        h = op("Add", [h, op("MatMul", [m, w(p + "w2", 2 * EMBED, EMBED)], p + "fc2")], p + "h2")
+    op("MatMul", [h, w("head", EMBED, VOCAB, scale=1.0)], "logits")
+    graph = helper.make_graph(b.nodes, "mha", inputs, outputs, b.inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
 def gqa_decoder(layers=2, seed=0):
     """An onnxruntime-genai-style decoder: packed QKV into com.microsoft GroupQueryAttention
     (rotary inside, 4 query heads, 2 kv heads), seqlens_k and total_sequence_length computed
@@ -256,6 +298,13 @@ def test_opset23_attention_with_past_agrees_with_onnxruntime():
     gen = onnx2jax.Generator(model)
     assert not gen.shared_buffer and gen.rewritten  # decode steps attend over the buffer
     _agree(gen, OrtLoop(model), 24)
+
+
+def test_multi_head_attention_with_past_agrees_with_onnxruntime():
+    model = mha_decoder()
+    gen = onnx2jax.Generator(model)
+    assert not gen.shared_buffer and not gen.rewritten  # as written: the op appends inside
+    _agree(gen, OrtLoop(model), 16)
 
 
 def test_group_query_attention_decoder_agrees_with_onnxruntime():

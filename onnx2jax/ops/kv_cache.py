@@ -3,6 +3,7 @@ onnxruntime-genai decoder ops (com.microsoft GroupQueryAttention, (Skip)Simplifi
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -173,3 +174,75 @@ def group_query_attention(
     probs = (e / jnp.where(total_e == 0, 1.0, total_e)).astype(pv.dtype)
     y = jnp.einsum("bhrsl,bhld->bshrd", probs, pv).reshape(b, s, hq * d)
     return y, pk, pv
+
+
+@register("MultiHeadAttention", domain=MS)
+def multi_head_attention(
+    query,
+    key=None,
+    value=None,
+    bias=None,
+    key_padding_mask=None,
+    attention_bias=None,
+    past_key=None,
+    past_value=None,
+    past_sequence_length=None,
+    cache_indirection=None,
+    *,
+    num_heads,
+    scale=0.0,
+    unidirectional=0,
+    mask_filter_value=-10000.0,
+    ctx=None,
+):
+    """Attention with a past (decoders exported for onnxruntime), as onnxruntime's CPU kernel.
+
+    3-D ``query``/``key``/``value`` ``[batch, seq, heads * size]`` (optional ``bias``), the new
+    keys/values appended to ``past_key``/``past_value`` ``[batch, heads, past, size]``;
+    ``key_padding_mask`` ``[batch, total]`` (0: masked) and ``attention_bias`` add
+    ``mask_filter_value`` / the bias; ``unidirectional`` is causal after the past.
+    """
+    if key is None or query.ndim != 3 or key.ndim != 3 or value.ndim != 3:
+        raise NotImplementedError(
+            "MultiHeadAttention: only 3-D query, key and value [batch, seq, hidden] are "
+            "supported (not packed QKV/KV, nor 4-D key/value)"
+        )
+    if past_sequence_length is not None or cache_indirection is not None:
+        raise NotImplementedError(
+            "MultiHeadAttention: past_sequence_length (a shared buffer) and cache_indirection "
+            "(beam search) are not supported"
+        )
+    b, s, n = query.shape[0], query.shape[1], int(num_heads)
+    if bias is not None:
+        dq, dk = query.shape[-1], key.shape[-1]
+        query, key, value = query + bias[:dq], key + bias[dq : dq + dk], value + bias[dq + dk :]
+
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], n, -1).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(query), heads(key), heads(value)
+    plen = 0
+    if past_key is not None:
+        plen = past_key.shape[2]
+        k = jnp.concatenate([past_key.astype(k.dtype), k], axis=2)
+        v = jnp.concatenate([past_value.astype(v.dtype), v], axis=2)
+    total = k.shape[2]
+    d = q.shape[-1]
+    logits = jnp.einsum("bnsd,bntd->bnst", q, k).astype(jnp.float32)
+    logits = logits * (float(scale) or 1.0 / np.sqrt(d))
+    if attention_bias is not None:
+        logits = logits + attention_bias.astype(jnp.float32)
+    if key_padding_mask is not None:
+        if key_padding_mask.ndim != 2:
+            raise NotImplementedError(
+                "MultiHeadAttention: only a [batch, total] key_padding_mask is supported"
+            )
+        keep = (key_padding_mask != 0)[:, None, None, :]
+        logits = jnp.where(keep, logits, jnp.float32(mask_filter_value))
+    if unidirectional:
+        causal = jnp.arange(total)[None, :] <= (jnp.arange(s) + plen)[:, None]
+        logits = jnp.where(causal, logits, jnp.float32(mask_filter_value))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    y = jnp.einsum("bnst,bntd->bnsd", probs, v).transpose(0, 2, 1, 3).reshape(b, s, -1)
+    count = 1 if ctx is None else ctx.num_outputs
+    return y if count == 1 else (y, k, v)[:count]
