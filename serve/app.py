@@ -115,7 +115,9 @@ class _Server:
                 out.append(
                     {
                         "name": s.name,
-                        "data_type": "TYPE_" + protocol.datatype(s.dtype),
+                        # Triton's config calls the protocol's BYTES TYPE_STRING
+                        "data_type": "TYPE_"
+                        + protocol.datatype(s.dtype).replace("BYTES", "STRING"),
                         "dims": dims[1:] if b.batched else dims,
                     }
                 )

@@ -260,7 +260,12 @@ class Batcher:
         k = ks.pop() if ks else 1
         # JAX computes int64/float64 as int32/float32 (x64 off): convert here, on the event
         # loop, where the request is still alone, not in the batch.
-        arrays = [a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False) for a in arrays]
+        arrays = [
+            a
+            if a.dtype.kind in "OSU"
+            else a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
+            for a in arrays
+        ]
         return arrays, k, tuple(shapes)
 
     def _check_shape(self, spec: TensorSpec, shape: tuple, dims: dict) -> tuple:

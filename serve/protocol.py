@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 
 from onnx2jax import InputError
 
-# The protocol's datatype names <-> numpy. BYTES (strings) is not served.
+# The protocol's datatype names <-> numpy. BYTES (strings) travels as numpy object arrays of
+# str, what onnx2jax takes and gives for ONNX string tensors; it is handled apart (_bytes_*).
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -139,14 +141,12 @@ def _tensor(t: Any, i: int, rest: memoryview) -> tuple[str, np.ndarray, int]:
         raise InputError(f'input #{i} must be an object with a "name"')
     name = t["name"]
     dt = t.get("datatype")
+    if dt == "BYTES":
+        return _bytes_tensor(t, name, rest)
     if dt not in DATATYPES:
-        known = ", ".join(DATATYPES)
+        known = ", ".join([*DATATYPES, "BYTES"])
         raise InputError(f"input {name!r}: datatype {dt!r} is not served; use one of {known}")
-    shape = t.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InputError(f'input {name!r}: "shape" must be a list of sizes >= 0, got {shape!r}')
+    shape = _shape(t, name)
     dtype = DATATYPES[dt]
     count = math.prod(shape)  # exact Python ints; np.prod of a list costs more than the parse
     p = t.get("parameters") or {}
@@ -176,6 +176,83 @@ def _tensor(t: Any, i: int, rest: memoryview) -> tuple[str, np.ndarray, int]:
     return name, arr.reshape(shape), 0
 
 
+def _shape(t: dict, name: str) -> list[int]:
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputError(f'input {name!r}: "shape" must be a list of sizes >= 0, got {shape!r}')
+    return shape
+
+
+def _bytes_tensor(t: dict, name: str, rest: memoryview) -> tuple[str, np.ndarray, int]:
+    """A BYTES input as an object array of str: from JSON strings, or from the binary
+    extension's elements (each a 4-byte little-endian length, then that many bytes)."""
+    shape = _shape(t, name)
+    count = math.prod(shape)
+    p = t.get("parameters") or {}
+    size = p.get("binary_data_size") if isinstance(p, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(rest):
+            raise InputError(
+                f"input {name!r}: binary_data_size {size!r} exceeds the {len(rest)} bytes of "
+                "binary data left in the body"
+            )
+        raw, items, at = bytes(rest[:size]), [], 0
+        while at < size:
+            if at + 4 > size:
+                raise InputError(f"input {name!r}: BYTES element {len(items)} has a cut length")
+            (n,) = struct.unpack_from("<I", raw, at)
+            if at + 4 + n > size:
+                raise InputError(
+                    f"input {name!r}: BYTES element {len(items)} says {n} bytes, but only "
+                    f"{size - at - 4} are left in its binary data"
+                )
+            items.append(raw[at + 4 : at + 4 + n])
+            at += 4 + n
+        used = size
+    else:
+        if "data" not in t:
+            raise InputError(f'input {name!r} has neither "data" nor parameters.binary_data_size')
+        items, used = _flat(t["data"]), 0
+    if len(items) != count:
+        raise InputError(
+            f"input {name!r}: {len(items)} values given, but shape {shape} needs {count}"
+        )
+    out = np.empty(count, dtype=object)
+    for i, v in enumerate(items):
+        if isinstance(v, (bytes, bytearray)):
+            try:
+                v = bytes(v).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"input {name!r}: BYTES element {i} is not UTF-8 text") from None
+        elif not isinstance(v, str):
+            raise InputError(
+                f"input {name!r}: BYTES element {i} is {type(v).__name__}, not a string"
+            )
+        out[i] = v
+    return name, out.reshape(shape), used
+
+
+def _flat(data: Any) -> list:
+    """JSON tensor data, nested row-major or flat, as one flat list."""
+    if not isinstance(data, list):
+        return [data]
+    out: list = []
+    for d in data:
+        out.extend(_flat(d) if isinstance(d, list) else [d])
+    return out
+
+
+def _bytes_raw(arr: np.ndarray) -> bytes:
+    """An array of strings as the binary extension's BYTES elements."""
+    parts = []
+    for v in arr.ravel():
+        b = v if isinstance(v, bytes) else str(v).encode("utf-8")
+        parts += [struct.pack("<I", len(b)), b]
+    return b"".join(parts)
+
+
 def encode_infer(
     model: str,
     version: str,
@@ -191,10 +268,14 @@ def encode_infer(
             "datatype": datatype(arr.dtype),
             "shape": list(arr.shape),
         }
+        strings = arr.dtype.kind in "OSU"
         if binary:
-            raw = np.ascontiguousarray(arr).tobytes()
+            raw = _bytes_raw(arr) if strings else np.ascontiguousarray(arr).tobytes()
             t["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
+        elif strings:
+            t["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                         for v in arr.ravel()]  # fmt: skip
         else:
             t["data"] = arr.ravel().tolist()
         tensors.append(t)

@@ -82,6 +82,28 @@ def bertish() -> onnx.ModelProto:
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
+def strings() -> onnx.ModelProto:
+    """String (BYTES) tensors: text, ref string[n] -> joined string[n] (text + ref), same
+    bool[n] (text == ref)."""
+    nodes = [
+        oh.make_node("StringConcat", ["text", "ref"], ["joined"]),
+        oh.make_node("Equal", ["text", "ref"], ["same"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "strings",
+        [
+            oh.make_tensor_value_info("text", T.STRING, ["n"]),
+            oh.make_tensor_value_info("ref", T.STRING, ["n"]),
+        ],
+        [
+            oh.make_tensor_value_info("joined", T.STRING, ["n"]),
+            oh.make_tensor_value_info("same", T.BOOL, ["n"]),
+        ],
+    )
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 20)])
+
+
 def ort(model: onnx.ModelProto, **feeds) -> dict[str, np.ndarray]:
     """The model's outputs by name, from onnxruntime."""
     sess = _session(model.SerializeToString())

@@ -21,7 +21,7 @@ import tritonclient.http as th
 import tritonclient.http.aio as tha
 from onnx2jax.serve import BatchConfig, Batcher
 from onnx2jax.serve.metrics import Metrics
-from serve_models import ServerThread, bertish, metric, mlp, ort
+from serve_models import ServerThread, bertish, metric, mlp, ort, strings
 from tritonclient.utils import InferenceServerException
 
 import onnx2jax
@@ -41,6 +41,7 @@ def server():
         "mlp1": Batcher(onnx2jax.load(mlp(1)), "mlp1", fast, observer=metrics),
         "bert": Batcher(onnx2jax.load(bertish()), "bert", fast, dims={"seq": 5}, observer=metrics),
         "slow": Batcher(mlp_model, "slow", slow, observer=metrics),
+        "text": Batcher(onnx2jax.load(strings()), "text", fast, observer=metrics),
     }
     s = ServerThread(batchers, metrics, body_limit=256 * 1024)
     yield s
@@ -128,6 +129,43 @@ def test_requested_output_by_version_and_compressed_request(client):
     )
     np.testing.assert_allclose(r.as_numpy("hidden"), ort(mlp(), x=x)["hidden"], rtol=1e-5)
     assert r.as_numpy("y") is None
+
+
+@pytest.mark.parametrize("binary_in", [False, True])
+@pytest.mark.parametrize("binary_out", [False, True])
+def test_bytes_tensors(server, client, binary_in, binary_out):
+    """BYTES (string) inputs and outputs, JSON and binary, against onnxruntime."""
+    text = np.array(["abc", "Déf", "", "x y"], dtype=object)
+    ref = np.array(["abc", "déf", "", "ü"], dtype=object)
+    outputs = [th.InferRequestedOutput(n, binary_data=binary_out) for n in ("joined", "same")]
+    inputs = [_input("text", text, binary_in, "BYTES"), _input("ref", ref, binary_in, "BYTES")]
+    r = client.infer("text", inputs, outputs=outputs)
+    want = ort(strings(), text=text, ref=ref)
+    got = [v.decode() if isinstance(v, bytes) else v for v in r.as_numpy("joined")]
+    assert got == list(want["joined"]) == ["abcabc", "Défdéf", "", "x yü"]
+    np.testing.assert_array_equal(r.as_numpy("same"), want["same"])
+    m = client.get_model_metadata("text")
+    assert [(i["name"], i["datatype"], i["shape"]) for i in m["inputs"]] == [
+        ("text", "BYTES", [-1]),
+        ("ref", "BYTES", [-1]),
+    ]
+    assert client.get_model_config("text")["input"][0]["data_type"] == "TYPE_STRING"
+    if binary_in:  # malformed BYTES, each a 400 naming what is wrong
+        return
+    ok = {"name": "ref", "datatype": "BYTES", "shape": [1], "data": ["a"]}
+    cases = [  # (the "text" tensor, its binary data, the message)
+        ({"shape": [2], "data": ["a"]}, b"", "1 values given, but shape [2] needs 2"),
+        ({"shape": [1], "data": [3]}, b"", "element 0 is int, not a string"),
+        ({"shape": [1], "parameters": {"binary_data_size": 6}}, b"\x09\0\0\0ab", "says 9 bytes"),
+        ({"shape": [1], "parameters": {"binary_data_size": 3}}, b"\x09\0\0", "cut length"),
+        ({"shape": [1], "parameters": {"binary_data_size": 5}}, b"\x01\0\0\0\xff", "UTF-8"),
+    ]
+    for tensor, blob, message in cases:
+        head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", **tensor}, ok]})
+        headers = {"Inference-Header-Content-Length": str(len(head))} if blob else None
+        status, doc = _raw(server, head.encode() + blob, headers, "/v2/models/text/infer")
+        assert status == 400 and message in doc["error"], (tensor, doc)
+    _good(client)
 
 
 @pytest.mark.parametrize("binary", [False, True])
