@@ -255,3 +255,21 @@ def test_soak_mixed_traffic_rss_and_fds_flat(expected):
     assert metric(text, "onnx2jax_queue_depth", model="cnn") == 0
     assert growth < 0.10
     assert fds1 <= fds0 + 4, f"open file descriptors grew {fds0} -> {fds1}"
+
+
+def test_load_benchmark_script_runs(tmp_path):
+    """benchmarks/serve_load.py end to end, a second per setting: every row checked, 0 lost."""
+    out = tmp_path / "serve.json"
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
+    cmd = [sys.executable, str(script), "--model", f"cnn={CNN}", "--settings", "batched,batch1",
+           "--seconds", "1", "--warmup-s", "0.5", "--direct-s", "0.5", "--clients", "8",
+           "--client-procs", "2", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=300)
+    doc = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in doc["rows"]}
+    assert set(rows) == {"batched", "batch1"}
+    for r in rows.values():
+        assert r["requests"] > 0 and r["lost"] == 0 and r["mismatched"] == 0
+        assert r["direct_items_per_s"] > 0 and r["server_cpu_ms_per_request"] > 0
+    assert rows["batch1"]["mean_batch"] == 1.0
+    assert "speedup_over_batch1" in rows["batched"]
