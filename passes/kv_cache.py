@@ -120,7 +120,7 @@ class FixedKvCache(ir.passes.InPlacePass):
         if WRITE_POSITION in inputs:
             self.reason = "already rewritten"
             return ir.passes.PassResult(model, False)
-        found = []
+        found, moved = [], 0
         attention: dict[ir.Node, dict[int, ir.Value]] = {}  # Attention node -> {1: past k, 2: v}
         for past_name, present_name in pairs:
             past, present = inputs.get(past_name), outputs.get(present_name)
@@ -170,6 +170,7 @@ class FixedKvCache(ir.passes.InPlacePass):
             out.type, out.shape = past.type, past.shape
             replace(graph, [node], tape, [node.outputs[0]], [out])
             self.axes[past.name] = axis
+            moved += _scale_off_buffer(graph, out)
         for node, slots in attention.items():
             _rewrite_attention(graph, node, slots, position)
             for past in slots.values():
@@ -178,7 +179,53 @@ class FixedKvCache(ir.passes.InPlacePass):
         self.matches = {f"Concat(past, new) -> {OP}": len(found)}
         if attention:
             self.matches[f"Attention(past) -> {OP} + Attention"] = len(attention)
+        if moved:
+            self.matches["A @ (c * T(buffer)) -> (c * A) @ T(buffer)"] = moved
         return ir.passes.PassResult(model, True)
+
+
+def _scalar(value: ir.Value | None) -> bool:
+    """A one-element constant (an initializer or a Constant node's value)."""
+    if value is None:
+        return False
+    tensor = value.const_value
+    if tensor is None and value.producer() is not None and value.producer().op_type == "Constant":
+        tensor = attr(value.producer(), "value")
+    return tensor is not None and int(np.prod(tensor.shape)) == 1
+
+
+def _scale_off_buffer(graph: ir.Graph, buffer: ir.Value) -> int:
+    """``MatMul(A, Mul(Transpose(buffer), c))`` -> ``MatMul(Mul(A, c), Transpose(buffer))``.
+
+    torch's scaled-dot-product export scales both Q and K^T by sqrt(scale); on the buffer that
+    is a pass over the whole cache every step (2-3 MB per layer at batch 4 and 768 slots), on
+    A (one query per row) a few hundred numbers. Returns how many were moved.
+    """
+    moved = 0
+    for use in list(buffer.uses()):
+        t = use.node
+        if t.op_type != "Transpose" or t.domain not in ("", "ai.onnx"):
+            continue
+        users = list(t.outputs[0].uses())
+        if len(users) != 1 or users[0].node.op_type != "Mul" or t.outputs[0].is_graph_output():
+            continue
+        mul = users[0].node
+        c = mul.inputs[1] if mul.inputs[0] is t.outputs[0] else mul.inputs[0]
+        scaled = mul.outputs[0]
+        mm = [u for u in scaled.uses()]
+        if not _scalar(c) or len(mm) != 1 or scaled.is_graph_output():
+            continue
+        matmul = mm[0].node
+        if matmul.op_type != "MatMul" or mm[0].idx != 1:
+            continue
+        tape = ir.tape.Tape()
+        a = tape.op("Mul", [matmul.inputs[0], c])
+        out = tape.op("MatMul", [a, t.outputs[0]], name=f"{matmul.name}/scale_moved")
+        out.type, out.shape = matmul.outputs[0].type, matmul.outputs[0].shape
+        replace(graph, [matmul], tape, [matmul.outputs[0]], [out])
+        graph.remove(mul, safe=True)
+        moved += 1
+    return moved
 
 
 def _attention_slot(node: ir.Node, present: ir.Value, past: ir.Value) -> int | None:

@@ -24,11 +24,13 @@ def _decoder(
     past: bool = True,
     past_name: str = "past_key_values.{i}.{kv}",
     present_name: str = "present.{i}.{kv}",
+    sdpa: bool = False,
 ) -> onnx.ModelProto:
     """A GPT-2-style decoder step: token + position embeddings, ``layers`` attention blocks with
     ``present = Concat(past, new)`` on the sequence axis, a causal mask sliced from a
     lower-triangular table by shapes (as torch's GPT-2 export does), the attention mask added
-    as ``(1 - mask) * min``, an MLP, a final LayerNorm and an LM head."""
+    as ``(1 - mask) * min``, an MLP, a final LayerNorm and an LM head. ``sdpa``: Q and K^T each
+    scaled by sqrt(scale) before their product, as torch's scaled-dot-product export does."""
     rng = np.random.default_rng(seed)
     inits = []
 
@@ -50,6 +52,7 @@ def _decoder(
     c("neg", np.float32(-3.4e38))
     c("one", np.float32(1.0))
     c("scale", np.float32(1 / np.sqrt(HEAD_DIM)))
+    c("sqrt_scale", np.float32(HEAD_DIM**-0.25))
     c("heads_shape", np.array([0, 0, HEADS, HEAD_DIM], np.int64))
     c("embed_shape", np.array([0, 0, EMBED], np.int64))
     c("ax0", np.array([0], np.int64))
@@ -105,8 +108,15 @@ def _decoder(
                 )
             )
             kv[name] = present
-        s = op("MatMul", [q, op("Transpose", [kv["key"]], p + "kT", perm=[0, 1, 3, 2])], p + "s")
-        s = op("Mul", [s, "scale"], p + "s_scaled")
+        kt = op("Transpose", [kv["key"]], p + "kT", perm=[0, 1, 3, 2])
+        if sdpa:
+            q, kt = (
+                op("Mul", [q, "sqrt_scale"], p + "q_s"),
+                op("Mul", [kt, "sqrt_scale"], p + "kT_s"),
+            )
+            s = op("MatMul", [q, kt], p + "s_scaled")
+        else:
+            s = op("Mul", [op("MatMul", [q, kt], p + "s"), "scale"], p + "s_scaled")
         klen = op("Gather", [op("Shape", [kv["key"]], p + "kshape"), "idx2"], p + "klen")
         qlen = op("Gather", [op("Shape", [q], p + "qshape"), "idx2"], p + "qlen")
         start = op("Sub", [klen, qlen], p + "start")
@@ -231,7 +241,10 @@ def test_decode_windows_grow_the_cache_and_agree_with_onnxruntime():
     assert decode_windows(16, 64) == [64]  # small caches: one window
     assert decode_windows(16, 256) == [32, 64, 128, 256]
     assert decode_windows(64, 768) == [96, 192, 384, 768]
-    one = _decoder(layers=1, seed=3)
+    one = _decoder(layers=1, seed=3, sdpa=True)
+    rewrite = FixedKvCache()
+    assert rewrite(ir.from_proto(one)).modified
+    assert rewrite.matches["A @ (c * T(buffer)) -> (c * A) @ T(buffer)"] == 1  # off the cache
     g = onnx2jax.Generator(one, capacity=128)
     rows = [[7, 3, 22, 9, 1, 30, 2], [4, 8]]
     ids = np.array([[0] * (7 - len(r)) + r for r in rows])
