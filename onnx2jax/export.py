@@ -16,6 +16,7 @@ from jax import export as jax_export
 
 import onnx2jax  # its error classes are plain Python, importable without onnx
 
+from ._cache import enable_default_cache  # jax only
 from ._compiler import compiler_options  # jax only
 
 # The artifact is a zip: the serialized jax.export.Exported, a JSON header, and the weights
@@ -298,6 +299,7 @@ def load_exported(source: str | os.PathLike | bytes) -> ExportedModel:
         Onnx2JaxError: the file is not such an artifact.
     """
     what = "the given bytes" if isinstance(source, bytes) else repr(os.fspath(source))
+    enable_default_cache()  # as load() does: a restarted process compiles from the cache
     try:
         z = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
         header = json.loads(z.read("header.json"))
