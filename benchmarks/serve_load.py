@@ -7,7 +7,7 @@
 For each model and setting (``batched``: dynamic batching up to ``--max-batch-size``;
 ``batch1``: ``--max-batch-size 1``, batching off; ``axis``: batching along the model's own
 symbolic batch axis instead of ``jax.vmap``; ``replicas2``: ``batched`` with two batches
-allowed at once), it starts ``onnx2jax serve`` in its own process,
+allowed at once; ``processes2``: two server processes on the port), it starts ``onnx2jax serve`` in its own process,
 drives it for ``--seconds`` with ``--clients`` concurrent ``tritonclient.http.aio`` clients
 (one example per request, spread over ``--client-procs`` processes), checks every response
 against onnxruntime, and records requests/s, p50/p99 latency, the mean batch the server
@@ -108,17 +108,32 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``--processes N`` serves from child processes)."""
+    out = [pid]
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += _tree(int(child))
+    return out
+
+
 def _rss_mb(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the server, its child processes included."""
+    total = 0.0
+    for p in _tree(pid):
+        for line in pathlib.Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) process ``pid`` has used."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system, every thread) the server has used, child processes too."""
+    total = 0
+    for p in _tree(pid):
+        fields = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _metrics(url: str, name: str) -> dict[str, float]:
@@ -247,6 +262,7 @@ def _settings(args: argparse.Namespace, kind: str | None) -> list[tuple[str, lis
         "batch1": ["--max-batch-size", "1"],
         "axis": ["--max-batch-size", str(args.max_batch_size), "--batch-mode", "axis"],
         "replicas2": ["--max-batch-size", str(args.max_batch_size), "--replicas", "2"],
+        "processes2": ["--max-batch-size", str(args.max_batch_size), "--processes", "2"],
     }
     out = []
     for s in args.settings.split(","):
@@ -348,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", metavar="NAME=PATH",
                    help="model(s) to serve (default: the example CNN, and ResNet-18 if built)")  # fmt: skip
-    p.add_argument("--settings", default="batched,batch1,axis,replicas2",
-                   help="comma-separated: batched, batch1, axis, replicas2")  # fmt: skip
+    p.add_argument("--settings", default="batched,batch1,axis,replicas2,processes2",
+                   help="comma-separated: batched, batch1, axis, replicas2, processes2")  # fmt: skip
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)),
                    help="processes the clients are spread over")  # fmt: skip

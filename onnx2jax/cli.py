@@ -395,7 +395,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         devices=args.devices,
     )
-    serve(models, host=args.host, port=args.port, config=config, dims=parse_dims(args.dim))
+    serve(
+        models,
+        host=args.host,
+        port=args.port,
+        config=config,
+        dims=parse_dims(args.dim),
+        processes=args.processes,
+    )
     return 0
 
 
@@ -418,6 +425,8 @@ def _add_serve(sub) -> None:
                    help="batches of a model that may run at once, one worker thread each")  # fmt: skip
     p.add_argument("--devices", type=int, default=1,
                    help="local devices a batch is split over (0: all)")  # fmt: skip
+    p.add_argument("--processes", type=_positive_int, default=1,
+                   help="server processes sharing the port (SO_REUSEPORT), each with its own batchers")  # fmt: skip
     p.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
                    help="size of a non-batch symbolic dim, to compile its buckets at start-up")  # fmt: skip
     p.set_defaults(func=cmd_serve)

@@ -352,27 +352,46 @@ def serve(
     dims: Mapping[str, int] | None = None,
     body_limit: int = DEFAULT_BODY_LIMIT,
     log_level: str = "warning",
+    processes: int = 1,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``models`` (name -> path or Model) until SIGTERM/SIGINT, then drain and return.
 
     Binds ``host:port`` (loopback by default; port 0 picks a free one) before warming up, and
     prints one line, ``onnx2jax serve: ready on http://HOST:PORT (models: ...)``, once every
     model is compiled and requests are taken.
+
+    Args:
+        processes: run this many server processes on the one port (``SO_REUSEPORT``, the
+            kernel spreads connections), each with its own batchers; models must be paths.
+        reuse_port: bind with ``SO_REUSEPORT`` (what each of those processes does).
+        on_ready: called when ready, instead of printing the line.
     """
+    config = config or BatchConfig()
+    if processes > 1:
+        from .processes import serve_processes
+
+        kw = dict(host=host, port=port, config=config, dims=dims, body_limit=body_limit)
+        return serve_processes(models, processes, log_level=log_level, **kw)
     import uvicorn
 
     _cache_every_compile()
-    config = config or BatchConfig()
     metrics = Metrics(config.max_batch_size)
     batchers = load_batchers(models, config, metrics, dims)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)  # connections made once "ready" is printed wait in the backlog
     bound = sock.getsockname()[1]
 
     def ready() -> None:
+        if on_ready is not None:
+            on_ready()
+            return
         names = ", ".join(batchers)
         print(f"onnx2jax serve: ready on http://{host}:{bound} (models: {names})", flush=True)
 

@@ -273,3 +273,44 @@ def test_load_benchmark_script_runs(tmp_path):
         assert r["direct_items_per_s"] > 0 and r["server_cpu_ms_per_request"] > 0
     assert rows["batch1"]["mean_batch"] == 1.0
     assert "speedup_over_batch1" in rows["batched"]
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_processes_share_one_port(expected):
+    """``--processes 2``: two spawned servers on one port (SO_REUSEPORT); both take requests,
+    every answer right; SIGTERM stops both and leaves no process behind."""
+    proc, url = _start("--processes", "2", "--max-queue-delay-ms", "2")
+    try:
+        kids = [
+            int(p)
+            for p in pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        ]
+        servers = [k for k in kids if "resource_tracker" not in _cmdline(k)]
+        assert len(servers) == 2, [_cmdline(k) for k in kids]
+        before = [_cpu_ticks(k) for k in servers]
+        r = asyncio.run(_good_requests(url, 600, 16, expected))
+        after = [_cpu_ticks(k) for k in servers]
+    finally:
+        _stop(proc)
+    assert r["lost"] == 0 and r["mismatched"] == 0
+    assert all(a - b > 10 for a, b in zip(after, before)), (before, after)  # both worked
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 10  # the resource tracker leaves once its parent has
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)]
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (exited, not yet reaped) is gone too
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    return pathlib.Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
