@@ -19,6 +19,7 @@ matplotlib is missing). Both engines get the same threads (``--threads``, defaul
 
     python benchmarks/generate.py                    # the measurement (minutes; quiet machine)
     python benchmarks/generate.py --tokens 16 --batch 1 --naive-tokens 8   # a quick check
+    python benchmarks/generate.py --profile   # per-step time by cache size, both engines
 """
 
 from __future__ import annotations
@@ -282,7 +283,54 @@ def genai_loop(model_dir, batch, n, threads):
     return {"seconds": seconds, "tokens": tokens}
 
 
+def profile_step(path, batch, n, threads, **_):
+    """Per-step CPU and wall time of ``gen.step`` (one token) by cache size, onnxruntime's
+    step at the same past lengths, and the LM-head product alone (``[batch, K] x [K, vocab]``):
+    the measurements behind docs/generate.md's batch-4 profile. CPU time as well as wall:
+    on a shared machine wall time is mostly other people's load (onnxruntime's CPU time
+    includes its thread pool's spin-waiting, so read its wall time on a quiet machine)."""
+    import jax
+    import jax.numpy as jnp
+
+    import onnx2jax
+
+    gen = onnx2jax.Generator(path)
+    sess = _ort_session(path, threads)
+    tok = np.ones((batch, 1), np.int32)
+    out = {"step_ms": {}, "ort_step_ms": {}}
+
+    def clock(fn, reps=50):
+        for _ in range(5):
+            fn()
+        c, w = time.process_time(), time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return {"cpu": (time.process_time() - c) / reps * 1e3,
+                "wall": (time.perf_counter() - w) / reps * 1e3}  # fmt: skip
+
+    for cap in (32, 256, 768):
+        state = {"cache": gen.init_cache(batch, cap)}
+        pos = np.full(batch, min(cap, 64) - 2, np.int32)
+
+        def ours(state=state, pos=pos):
+            logits, state["cache"] = gen.step(gen.params, state["cache"], tok, pos)
+            jax.block_until_ready(logits)
+
+        out["step_ms"][cap] = clock(ours)
+        past = {i.name: np.zeros((batch, i.shape[1], cap - 1, i.shape[3]), np.float32)
+                for i in sess.get_inputs() if i.name.startswith("past")}  # fmt: skip
+        feeds = _ort_feeds(sess, tok, cap - 1, past)
+        out["ort_step_ms"][cap] = clock(lambda feeds=feeds: sess.run(None, feeds))
+    head = next(v for v in gen.params.values() if v.ndim == 2 and v.shape[1] > 4 * v.shape[0])
+    x = jnp.ones((batch, head.shape[0]), jnp.float32)
+    mm = jax.jit(lambda x, w: x @ w, compiler_options=onnx2jax.compiler_options())
+    out["lm_head_ms"] = clock(lambda: jax.block_until_ready(mm(x, head)), reps=200)
+    out["lm_head_shape"] = list(head.shape)
+    return out
+
+
 ENGINES = {
+    "profile": profile_step,
     "onnx2jax": onnx2jax_generate,
     "onnxruntime": ort_loop,
     "naive": ort_naive,
@@ -339,6 +387,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--genai", action="store_true", help="also onnxruntime-genai on a Llama")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--profile", action="store_true", help="per-step times by cache size only")
     args = ap.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
@@ -346,6 +395,15 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batch.split(",")]
     lengths = [int(n) for n in args.tokens.split(",")]
     model = str(gpt2_path(args.layers, args.width, args.vocab))
+    if args.profile:
+        for b in batches:
+            spec = {"engine": "profile", "model": model, "batch": b, "tokens": 0,
+                    "threads": args.threads}  # fmt: skip
+            print(
+                f"batch {b}, load {os.getloadavg()[0]:.2f}:",
+                json.dumps(measure(spec, args.threads)),
+            )
+        return 0
     record = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "load_start": os.getloadavg(),
