@@ -321,11 +321,21 @@ def profile_step(path, batch, n, threads, **_):
                 for i in sess.get_inputs() if i.name.startswith("past")}  # fmt: skip
         feeds = _ort_feeds(sess, tok, cap - 1, past)
         out["ort_step_ms"][cap] = clock(lambda feeds=feeds: sess.run(None, feeds))
-    head = next(v for v in gen.params.values() if v.ndim == 2 and v.shape[1] > 4 * v.shape[0])
-    x = jnp.ones((batch, head.shape[0]), jnp.float32)
-    mm = jax.jit(lambda x, w: x @ w, compiler_options=onnx2jax.compiler_options())
-    out["lm_head_ms"] = clock(lambda: jax.block_until_ready(mm(x, head)), reps=200)
-    out["lm_head_shape"] = list(head.shape)
+    # The LM head alone, in both weight layouts ([K, N] as exported, [N, K] as the
+    # matmul_weights pass lays it out): the largest 2-D parameter.
+    head = max((v for v in gen.params.values() if v.ndim == 2), key=lambda v: v.size)
+    kn = head if head.shape[0] < head.shape[1] else head.T
+    x = jnp.ones((batch, kn.shape[0]), jnp.float32)
+    opts = onnx2jax.compiler_options()
+    for name, w, f in (
+        ("kn", kn, lambda x, w: x @ w),
+        ("nk", jnp.asarray(kn.T), lambda x, w: x @ w.T),
+    ):
+        mm = jax.jit(f, compiler_options=opts)
+        out[f"lm_head_{name}_ms"] = clock(
+            lambda mm=mm, w=w: jax.block_until_ready(mm(x, w)), reps=200
+        )
+    out["lm_head_kn_shape"] = list(kn.shape)
     return out
 
 
