@@ -336,7 +336,42 @@ def profile_step(path, batch, n, threads, **_):
             lambda mm=mm, w=w: jax.block_until_ready(mm(x, w)), reps=200
         )
     out["lm_head_kn_shape"] = list(kn.shape)
+    out["step_ops_us"] = _op_breakdown(gen, batch, 32)
     return out
+
+
+def _op_breakdown(gen, batch: int, capacity: int, steps: int = 30) -> dict[str, float]:
+    """Microseconds per step of each compiled op of ``gen.step`` (XLA's thunks, from a
+    ``jax.profiler`` Perfetto trace), the largest first."""
+    import collections
+    import gzip
+    import tempfile
+
+    import jax
+
+    cache = gen.init_cache(batch, capacity)
+    tok, pos = np.ones((batch, 1), np.int32), np.full(batch, capacity // 2, np.int32)
+    for _ in range(5):
+        logits, cache = gen.step(gen.params, cache, tok, pos)
+    jax.block_until_ready(logits)
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+        for _ in range(steps):
+            logits, cache = gen.step(gen.params, cache, tok, pos)
+            jax.block_until_ready(logits)
+        jax.profiler.stop_trace()
+        files = sorted(Path(tmp).rglob("*.trace.json.gz"))
+        if not files:
+            return {}
+        trace = json.load(gzip.open(files[-1]))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    total = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        # XLA's op thunks: fusions, dots, copies, scatters (not the Python/runtime frames)
+        if e.get("ph") == "X" and not name.startswith(("$", "Thunk", "Pjit", "Common", "Parse")):
+            total[name] += e.get("dur", 0) / steps
+    return {k: round(v, 1) for k, v in total.most_common(25)}
 
 
 ENGINES = {
