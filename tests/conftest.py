@@ -47,6 +47,34 @@ def _enable_compilation_cache() -> None:
 
 _enable_compilation_cache()
 
+
+def _slow_cases() -> frozenset[str]:
+    path = os.path.join(os.path.dirname(__file__), "slow_cases.txt")
+    with open(path) as fh:
+        return frozenset(line.strip() for line in fh if line.strip() and not line.startswith("#"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the cases listed in tests/slow_cases.txt slow; every test function must keep at least
+    one case in the default run (else the list would silently drop a test from CI)."""
+    import pytest
+
+    listed = _slow_cases()
+    kept: dict[str, int] = {}
+    for item in items:
+        function = item.nodeid.split("[")[0]
+        if item.nodeid in listed:
+            item.add_marker(pytest.mark.slow)
+        elif not item.get_closest_marker("slow"):
+            kept[function] = kept.get(function, 0) + 1
+    dropped = {i.nodeid.split("[")[0] for i in items if i.nodeid in listed} - set(kept)
+    if dropped and not any("::" in a for a in config.args):  # not when cases are picked by id
+        raise pytest.UsageError(
+            f"tests/slow_cases.txt moves every case of {sorted(dropped)} out of the default run; "
+            "keep at least one case of each test function there"
+        )
+
+
 _NODE_SUITE = "test_onnx_node_suite.py::test_node["
 _MODEL_SUITE = "test_onnx_model_suite.py::test_model["
 
