@@ -95,6 +95,9 @@ class Generator:
             self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
             _check_prefill(self._prefill, self._layout)
             self.prefill_params = self._prefill.params
+        roles = self._layout.roles
+        if not (roles["position_ids"] or roles["cache_position"] or self.shared_buffer):
+            self._check_positions()
         self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=compiler_options())
         self._run = jax.jit(
             self._generate,
@@ -145,6 +148,24 @@ class Generator:
         if self.shared_buffer:
             return self._shared_step(params, cache, token_ids, positions)
         return self._append_step(params, cache, token_ids, positions)
+
+    def _check_positions(self) -> None:
+        """Refuse a graph that derives positions from its past's length (no position_ids or
+        cache_position input): fed a buffer, it would place every token at the capacity.
+        Probed numerically: the same two tokens with buffers of 16 and 32 slots must give the
+        same logits (the unwritten slots are masked)."""
+        ids = jnp.asarray([[1, 2]], jnp.int32)
+        run = jax.jit(self._chunk_step)
+        got = [run(self.params, self.init_cache(1, c), ids, jnp.zeros((1,), jnp.int32))[0]
+               for c in (16, 32)]  # fmt: skip
+        a, b = (np.asarray(g, np.float64) for g in got)
+        if not np.allclose(a, b, rtol=1e-3, atol=1e-3 * (1 + np.abs(a).max())):
+            raise InputError(
+                "Generator: this decoder has no position_ids (or cache_position) input and its "
+                "output depends on the past's length, so it derives positions from it; fed a "
+                "fixed-size cache it would see every token at the cache's capacity. Export it "
+                "with a position_ids input (e.g. pass position_ids to the model when exporting)"
+            )
 
     def _shared_fits(self) -> bool:
         """Whether the graph, fed the buffers as its past and a mask as long as them, returns

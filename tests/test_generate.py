@@ -25,12 +25,14 @@ def _decoder(
     past_name: str = "past_key_values.{i}.{kv}",
     present_name: str = "present.{i}.{kv}",
     sdpa: bool = False,
+    positions_from_past: bool = False,
 ) -> onnx.ModelProto:
     """A GPT-2-style decoder step: token + position embeddings, ``layers`` attention blocks with
     ``present = Concat(past, new)`` on the sequence axis, a causal mask sliced from a
     lower-triangular table by shapes (as torch's GPT-2 export does), the attention mask added
     as ``(1 - mask) * min``, an MLP, a final LayerNorm and an LM head. ``sdpa``: Q and K^T each
-    scaled by sqrt(scale) before their product, as torch's scaled-dot-product export does."""
+    scaled by sqrt(scale) before their product, as torch's scaled-dot-product export does.
+    ``positions_from_past``: no position_ids input; positions are past length + arange(t)."""
     rng = np.random.default_rng(seed)
     inits = []
 
@@ -62,9 +64,17 @@ def _decoder(
     c("ax12", np.array([1, 2], np.int64))
     w("wte", VOCAB, EMBED)
     w("wpe", MAX_POS, EMBED, scale=0.1)
+    positions = "position_ids"
+    if positions_from_past:
+        c("idx2s", np.array(2, np.int64))
+        c("idx1s", np.array(1, np.int64))
+        c("one_s", np.array(1, np.int64))
+        plen = op("Gather", [op("Shape", ["past_key_values.0.key"], "pshape"), "idx2s"], "plen")
+        t = op("Gather", [op("Shape", ["input_ids"], "ishape"), "idx1s"], "tlen")
+        positions = op("Range", [plen, op("Add", [plen, t], "end"), "one_s"], "positions")
     h = op(
         "Add",
-        [op("Gather", ["wte", "input_ids"], "tok"), op("Gather", ["wpe", "position_ids"], "pos")],
+        [op("Gather", ["wte", "input_ids"], "tok"), op("Gather", ["wpe", positions], "pos")],
         "h0",
     )
     am = op("Cast", ["attention_mask"], "am_f", to=TensorProto.FLOAT)
@@ -73,8 +83,11 @@ def _decoder(
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
-        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
     ]
+    if not positions_from_past:
+        inputs.append(
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])
+        )
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])]
     for i in range(layers):
         p = f"l{i}."
@@ -371,6 +384,11 @@ def test_names_override_and_not_a_decoder_error(proto):
     ref = OrtDecoder(odd)
     ref.pasts = list(pairs)
     np.testing.assert_array_equal(g.generate(PROMPT, 6), ref.greedy(PROMPT, 6))
+
+
+def test_positions_from_the_past_length_are_refused():
+    with pytest.raises(onnx2jax.InputError, match="position_ids"):
+        onnx2jax.Generator(_decoder(layers=1, positions_from_past=True))
 
 
 def test_bad_arguments_name_the_field(gen):
