@@ -47,7 +47,10 @@ def _zoo(names: list[str] | None, small: bool, build_missing: bool):
 def _peers_available() -> list[str]:
     import importlib.util
 
-    return [p for p in PEERS if importlib.util.find_spec(p) is not None]
+    # ONNX2JAX_BENCH_PEERS=openvino limits the peers (jaxonnxruntime and tract take minutes).
+    wanted = os.environ.get("ONNX2JAX_BENCH_PEERS")
+    chosen = PEERS if not wanted else tuple(p for p in PEERS if p in wanted.split(","))
+    return [p for p in chosen if importlib.util.find_spec(p) is not None]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -208,7 +211,9 @@ def _load_results(results: str = RESULTS) -> tuple[dict, list[dict]]:
         if os.path.basename(path) == "run.json":
             continue
         with open(path) as f:
-            recs.append(json.load(f))
+            rec = json.load(f)
+        if "model" in rec:  # other scripts' results (startup.json, generate.json) live here too
+            recs.append(rec)
     order = {n: i for i, n in enumerate(info.get("models", []))}
     recs.sort(key=lambda r: (order.get(r["model"], len(order)), r["model"]))
     return info, recs
