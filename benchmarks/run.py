@@ -474,6 +474,7 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
     lines += problems or [
         "- nothing: every model ran in onnx2jax and onnxruntime at every batch size"
     ]
+    lines += _other_benchmarks(results)
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
         f.write(md)
@@ -536,6 +537,28 @@ def _summary(recs: list[dict]) -> list[str]:
             + ". Their geometric means, unreliable (see above): "
             + means(busy),
         ]
+    return out
+
+
+# Other scripts' generated tables, embedded as they are (each says how it was made).
+_OTHER = (
+    ("generate.md", "benchmarks/generate.py"),
+    ("serve/serve.md", "benchmarks/serve_load.py"),
+    ("startup.md", "benchmarks/startup.py"),
+)
+
+
+def _other_benchmarks(results: str) -> list[str]:
+    out = []
+    for rel, script in _OTHER:
+        path = os.path.join(results, rel)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            body = f.read().strip().splitlines()
+        title = body[0].lstrip("# ") if body and body[0].startswith("#") else script
+        out += ["", f"## {title}", "", f"From `{script}` (results/{rel}):", ""]
+        out += [("#" + line) if line.startswith("## ") else line for line in body[1:]]
     return out
 
 

@@ -8,8 +8,10 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
+import onnx2jax
 from onnx2jax import bench
 from onnx2jax.bench import record as bench_record
 from onnx2jax.cli import main
@@ -203,3 +205,25 @@ def test_results_md_marks_busy_rows(tmp_path):
     assert f"**{(2.5 * 1.0) ** 0.5:.2f}x** OpenVINO (2 models)" in summary
     assert "c b1 (3.10)" in md and "| c | 1 | 3.10 \u2020 |" in md and "| a | 1 | 0.20 |" in md
     assert "**vs OpenVINO**" in md and "no AVX-512" in md
+
+
+def test_traced_flops_count_the_passes_matmul():
+    """The matmul_weights pass's MatMulTransB counts as the MatMul it replaced."""
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+
+    from onnx2jax.bench.flops import traced_flops
+
+    w = numpy_helper.from_array(np.ones((6, 5), np.float32), "w")
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 6])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    x = np.ones((3, 4, 6), np.float32)
+    for passes in ("default", None):
+        m = onnx2jax.load(model, passes=passes)
+        assert traced_flops(m, {"x": x}, {})["flops"] == 2 * 3 * 4 * 5 * 6

@@ -13,8 +13,9 @@ _CONV_W = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 _MATMUL_A = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
 COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
 # onnx2jax's own ops that graph passes put in place of counted ONNX ops, by domain: the traced
-# count sees the graph after the passes. NhwcConv: the layout pass's Conv (x NHWC, w HWIO).
-PASS_OPS = {"ai.onnx2jax": ("NhwcConv",)}
+# count sees the graph after the passes. NhwcConv: the layout pass's Conv (x NHWC, w HWIO);
+# MatMulTransB: the matmul_weights pass's MatMul (weight [N, K]).
+PASS_OPS = {"ai.onnx2jax": ("NhwcConv", "MatMulTransB")}
 
 
 def _counted(domain: str, op: str) -> bool:
@@ -35,8 +36,8 @@ def node_flops(
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[1][:-1]))
     if op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
         return 2 * int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
-    if op in _MATMUL_A:
-        return 2 * int(np.prod(outs[0])) * int(ins[_MATMUL_A[op]][-1])
+    if op in _MATMUL_A or op == "MatMulTransB":
+        return 2 * int(np.prod(outs[0])) * int(ins[_MATMUL_A.get(op, 0)][-1])
     if op == "Gemm":
         a = ins[0]
         return 2 * int(np.prod(outs[0])) * int(a[0] if trans_a else a[1])
