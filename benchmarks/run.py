@@ -212,7 +212,7 @@ def _load_results(results: str = RESULTS) -> tuple[dict, list[dict]]:
             continue
         with open(path) as f:
             rec = json.load(f)
-        if "model" in rec:  # other scripts' results (startup.json, generate.json) live here too
+        if isinstance(rec.get("model"), str) and "batches" in rec:  # not other scripts' JSON
             recs.append(rec)
     order = {n: i for i, n in enumerate(info.get("models", []))}
     recs.sort(key=lambda r: (order.get(r["model"], len(order)), r["model"]))
