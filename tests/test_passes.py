@@ -237,6 +237,24 @@ def test_matmul_weights_laid_out_once(a_shape, k_n, transposed):
     assert bool(m._program.prep) is not transposed
 
 
+def test_matmul_weights_of_a_dequantized_weight():
+    """A QDQ weight (int8 initializer -> DequantizeLinear -> MatMul) is a weight too: the
+    transpose goes after the dequantization, into prep."""
+    wq = numpy_helper.from_array(RNG.integers(-127, 128, (6, 5)).astype(np.int8), "wq")
+    scale = numpy_helper.from_array(np.float32(0.02), "s")
+    zero = numpy_helper.from_array(np.int8(0), "z")
+    nodes = [
+        oh.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
+        oh.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    model = _model(nodes, [wq, scale, zero], [2, 3, 6], opset=19)
+    x = RNG.standard_normal((2, 3, 6)).astype(np.float32)
+    report = check_pass(model, {"x": x}, ["cleanup", "matmul_weights"])
+    assert report.passes[-1].matches == {"MatMul(weight)": 1}
+    m = onnx2jax.load(model)
+    assert m._program.prep  # dequantize + transpose run once
+
+
 def test_matmul_weights_leaves_activations_and_vectors_alone():
     """x @ y of two activations, and a 1-D left operand (numpy vector rules), stay MatMul."""
     x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [5])

@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     activation,
     attention,
+    contrib_llm,
     contrib_quant,
     control_flow,
     conv,
