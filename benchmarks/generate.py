@@ -55,64 +55,11 @@ def gpt2_path(layers: int, width: int, vocab: int) -> Path:
     path = CACHE / f"gpt2-L{layers}-E{width}-V{vocab}.onnx"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        _export_gpt2(path, layers, width, vocab)
+        sys.path.insert(0, str(HERE / "zoo"))
+        from decoders import export_gpt2  # the decode-step export the tests use too
+
+        export_gpt2(path, n_layer=layers, n_embd=width, vocab=vocab)
     return path
-
-
-def _export_gpt2(path: Path, n_layer: int, n_embd: int, vocab: int) -> None:
-    import torch
-    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=4)
-    cfg.attn_implementation = "eager"
-    lm = GPT2LMHeadModel(cfg).eval()
-
-    class Decode(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask, position_ids, *past):
-            pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-            out = self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=DynamicCache(pairs, config=cfg),
-                use_cache=True,
-            )
-            present = []
-            for layer in out.past_key_values.layers:
-                present += [layer.keys, layer.values]
-            return (out.logits, *present)
-
-    b, t, p, hd = 2, 3, 4, n_embd // 4
-    past = [torch.randn(b, 4, p, hd) for _ in range(2 * n_layer)]
-    names = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    outs = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}}
-    axes["attention_mask"] = {0: "batch", 1: "total"}
-    axes |= {n: {0: "batch", 2: "past"} for n in names}
-    axes |= {o: {0: "batch", 2: "total"} for o in outs}
-    axes["logits"] = {0: "batch", 1: "seq"}
-    args = (
-        torch.randint(0, vocab, (b, t)),
-        torch.ones(b, p + t, dtype=torch.long),
-        torch.arange(p, p + t).repeat(b, 1),
-        *past,
-    )
-    with torch.no_grad():
-        torch.onnx.export(
-            Decode(),
-            args,
-            str(path),
-            input_names=["input_ids", "attention_mask", "position_ids", *names],
-            output_names=["logits", *outs],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
 
 
 def llama_genai_dir(layers: int, width: int, vocab: int, precision: str = "fp32") -> Path:

@@ -23,6 +23,11 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import sys  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+# The zoo's model builders (benchmarks/zoo/decoders.py: decode-step exports the Generator tests use).
+sys.path.insert(
+    1,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "zoo"),
+)
 
 
 def _enable_compilation_cache() -> None:

@@ -8,6 +8,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from decoders import export_gpt2
 from onnx import TensorProto, helper, numpy_helper
 from onnx2jax.passes.kv_cache import BUFFER_SUFFIX, WRITE_POSITION, FixedKvCache, find_pairs
 
@@ -436,56 +437,6 @@ def test_cli_generate(tmp_path, capsys):
 # -- a real transformers GPT-2 (random weights), exported by torch: -m slow -------------------
 
 
-def _export_gpt2(path, n_layer: int, n_embd: int, vocab: int) -> None:
-    """GPT-2 decode step with ``position_ids`` and ``past_key_values.N.key`` / ``present.N.key``
-    names (the legacy torch exporter; transformers' DynamicCache inside)."""
-    import torch
-    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=4)
-    cfg.attn_implementation = "eager"
-    lm = GPT2LMHeadModel(cfg).eval()
-
-    class Decode(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, attention_mask, position_ids, *past):
-            pairs = [(past[i], past[i + 1]) for i in range(0, len(past), 2)]
-            out = self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=DynamicCache(pairs, config=cfg),
-                use_cache=True,
-            )
-            present = []
-            for layer in out.past_key_values.layers:
-                present += [layer.keys, layer.values]
-            return (out.logits, *present)
-
-    b, t, p, hd = 2, 3, 4, n_embd // 4
-    past = [torch.randn(b, 4, p, hd) for _ in range(2 * n_layer)]
-    names = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    outs = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}}
-    axes["attention_mask"] = {0: "batch", 1: "total"}
-    axes |= {n: {0: "batch", 2: "past"} for n in names} | {
-        o: {0: "batch", 2: "total"} for o in outs
-    }
-    axes["logits"] = {0: "batch", 1: "seq"}
-    args = (torch.randint(0, vocab, (b, t)), torch.ones(b, p + t, dtype=torch.long),
-            torch.arange(p, p + t).repeat(b, 1), *past)  # fmt: skip
-    with torch.no_grad():
-        torch.onnx.export(
-            Decode(), args, str(path), input_names=["input_ids", "attention_mask",
-            "position_ids", *names], output_names=["logits", *outs], dynamic_axes=axes,
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-
-
 class OrtGpt2(OrtDecoder):
     def __init__(self, path):
         super().__init__(onnx.load(str(path)))
@@ -505,7 +456,7 @@ class OrtGpt2(OrtDecoder):
 @pytest.mark.slow
 def test_real_gpt2_greedy_matches_onnxruntime(tmp_path):
     path = tmp_path / "gpt2-decode.onnx"
-    _export_gpt2(path, n_layer=2, n_embd=64, vocab=500)
+    export_gpt2(path, n_layer=2, n_embd=64, vocab=500)
     gen = onnx2jax.Generator(str(path))
     ref = OrtGpt2(path)
     rows = [[7, 3, 22, 9, 1, 30, 2], [4, 8], [11, 12, 13, 14], [6, 5, 4]]
@@ -524,7 +475,7 @@ def test_real_gpt2_tokens_per_second_vs_onnxruntime(tmp_path):
     import time
 
     path = tmp_path / "gpt2-decode.onnx"
-    _export_gpt2(path, n_layer=4, n_embd=256, vocab=8000)
+    export_gpt2(path, n_layer=4, n_embd=256, vocab=8000)
     gen = onnx2jax.Generator(str(path))
     ref = OrtGpt2(path)
     for batch in (1, 4):
