@@ -149,14 +149,8 @@ def _tensor(t: Any, i: int, rest: memoryview) -> tuple[str, np.ndarray, int]:
     shape = _shape(t, name)
     dtype = DATATYPES[dt]
     count = math.prod(shape)  # exact Python ints; np.prod of a list costs more than the parse
-    p = t.get("parameters") or {}
-    size = p.get("binary_data_size") if isinstance(p, dict) else None
+    size = _binary_size(t, name, rest)
     if size is not None:
-        if not isinstance(size, int) or size < 0 or size > len(rest):
-            raise InputError(
-                f"input {name!r}: binary_data_size {size!r} exceeds the {len(rest)} bytes of "
-                "binary data left in the body"
-            )
         if size != count * dtype.itemsize:
             raise InputError(
                 f"input {name!r}: binary_data_size is {size} bytes, but shape {shape} of "
@@ -176,6 +170,19 @@ def _tensor(t: Any, i: int, rest: memoryview) -> tuple[str, np.ndarray, int]:
     return name, arr.reshape(shape), 0
 
 
+def _binary_size(t: dict, name: str, rest: memoryview) -> int | None:
+    """The input's ``parameters.binary_data_size`` (None: its data is JSON), checked against
+    the binary data left in the body."""
+    p = t.get("parameters") or {}
+    size = p.get("binary_data_size") if isinstance(p, dict) else None
+    if size is not None and (not isinstance(size, int) or size < 0 or size > len(rest)):
+        raise InputError(
+            f"input {name!r}: binary_data_size {size!r} exceeds the {len(rest)} bytes of "
+            "binary data left in the body"
+        )
+    return size
+
+
 def _shape(t: dict, name: str) -> list[int]:
     shape = t.get("shape")
     if not isinstance(shape, list) or not all(
@@ -190,14 +197,8 @@ def _bytes_tensor(t: dict, name: str, rest: memoryview) -> tuple[str, np.ndarray
     extension's elements (each a 4-byte little-endian length, then that many bytes)."""
     shape = _shape(t, name)
     count = math.prod(shape)
-    p = t.get("parameters") or {}
-    size = p.get("binary_data_size") if isinstance(p, dict) else None
+    size = _binary_size(t, name, rest)
     if size is not None:
-        if not isinstance(size, int) or size < 0 or size > len(rest):
-            raise InputError(
-                f"input {name!r}: binary_data_size {size!r} exceeds the {len(rest)} bytes of "
-                "binary data left in the body"
-            )
         raw, items, at = bytes(rest[:size]), [], 0
         while at < size:
             if at + 4 > size:
