@@ -287,7 +287,8 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
     """Write RESULTS.md (in ``out_dir``) and ratios.png (in ``results``) from the JSON files in
     ``results``; returns the markdown."""
     info, recs = _load_results(results)
-    machine = info.get("machine") or (recs[0]["machine"] if recs else {})
+    # The rows' own machine (run.json keeps the last full run's, which may be another machine).
+    machine = recs[-1]["machine"] if recs else info.get("machine") or {}
     v = machine.get("versions", {})
     peak = info.get("peak_gflops") or ((recs[0].get("peak") or {}).get("gflops") if recs else None)
     flags = machine.get("cpu_flags") or []
