@@ -93,10 +93,11 @@ class Generator:
         self.prefill_params: dict[str, Any] = {}
         if prefill is not None:
             self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
-            _check_prefill(self._prefill, self._layout)
+            self._prefill_names = _check_prefill(self._prefill, self._layout)
             self.prefill_params = self._prefill.params
         roles = self._layout.roles
-        if not (roles["position_ids"] or roles["cache_position"] or self.shared_buffer):
+        positions = roles["position_ids"] or roles["cache_position"]
+        if not self.shared_buffer and not (positions and roles["attention_mask"]):
             self._check_positions()
         self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=compiler_options())
         self._run = jax.jit(
@@ -151,15 +152,26 @@ class Generator:
 
     def _check_positions(self) -> None:
         """Refuse a graph that derives positions from its past's length (no position_ids or
-        cache_position input): fed a buffer, it would place every token at the capacity.
-        Probed numerically: the same two tokens with buffers of 16 and 32 slots must give the
-        same logits (the unwritten slots are masked)."""
+        cache_position input): fed a buffer, it would place every token at the capacity; or
+        one without an attention_mask input that attends over every past slot (transformers'
+        exporter leaves the mask out when its sample prompt has no padding): it would attend
+        over the buffer's unwritten slots. Probed numerically: the same two tokens with
+        buffers of 16 and 32 slots must give the same logits (the unwritten slots masked)."""
         ids = jnp.asarray([[1, 2]], jnp.int32)
         run = jax.jit(self._chunk_step)
         got = [run(self.params, self.init_cache(1, c), ids, jnp.zeros((1,), jnp.int32))[0]
                for c in (16, 32)]  # fmt: skip
         a, b = (np.asarray(g, np.float64) for g in got)
         if not np.allclose(a, b, rtol=1e-3, atol=1e-3 * (1 + np.abs(a).max())):
+            lay = self._layout
+            if lay.roles["position_ids"] or lay.roles["cache_position"]:
+                raise InputError(
+                    "Generator: this decoder has no attention_mask input and its output depends "
+                    "on the past's length: it attends over every past slot, so fed a fixed-size "
+                    "cache it would attend over the unwritten ones. Export it with an "
+                    "attention_mask input (transformers' exporter keeps the mask only when the "
+                    "sample prompt has padding: pass a left-padded attention_mask)"
+                )
             raise InputError(
                 "Generator: this decoder has no position_ids (or cache_position) input and its "
                 "output depends on the past's length, so it derives positions from it; fed a "
@@ -264,7 +276,8 @@ class Generator:
         names = set(self._prefill.input_names)
         feeds = {k: v for k, v in feeds.items() if k in names}
         out = self._prefill.outputs_dict(self._prefill.apply(pparams, **feeds))
-        new_cache = {p: _write(cache[p], out[q], positions, lay.axis) for p, q in lay.pairs}
+        names = self._prefill_names
+        new_cache = {p: _write(cache[p], out[names[q]], positions, lay.axis) for p, q in lay.pairs}
         return out[lay.roles["logits"]], new_cache
 
     # -- generation ----------------------------------------------------------------------------
@@ -565,10 +578,10 @@ def _cache_axis(specs, pairs: dict[str, str], model: Model):
     axes = set()
     shapes = {}
     for past, present in pairs.items():
-        shape = specs[past].shape
+        shape = _dims(specs[past].shape)
         if shape is None or len(shape) < 3:
             raise InputError(f"Generator: past input {past!r} needs a declared shape of rank >= 3")
-        out_shape = outs[present].shape
+        out_shape = _dims(outs[present].shape)
         symbolic = [i for i, d in enumerate(shape) if i > 0 and not isinstance(d, int)]
         differ = [
             i
@@ -587,9 +600,23 @@ def _cache_axis(specs, pairs: dict[str, str], model: Model):
     return axes.pop(), shapes
 
 
-def _check_prefill(prefill: Model, lay: _Layout) -> None:
+def _dims(shape):
+    """``shape`` with numeric dim names as ints: transformers' exporter declares fixed dims as
+    dim_params "2", "16" on its cache inputs (and as numbers on the outputs)."""
+    if shape is None:
+        return None
+    return tuple(int(d) if isinstance(d, str) and d.isdigit() else d for d in shape)
+
+
+def _check_prefill(prefill: Model, lay: _Layout) -> dict[str, str]:
+    """The prefill graph's output for each present (checked): the present's own name, or
+    without transformers' ``output.`` prefix (its prefill graph has no past, so no clash)."""
     outs = set(prefill.output_names)
-    missing = [q for _, q in lay.pairs if q not in outs]
+    names = {}
+    for _, q in lay.pairs:
+        bare = q.removeprefix("output.")
+        names[q] = q if q in outs or bare not in outs else bare
+    missing = [q for q in names.values() if q not in outs]
     if missing or lay.roles["logits"] not in outs:
         raise InputError(
             f"Generator: the prefill graph must return the decoder's present outputs and "
@@ -602,6 +629,7 @@ def _check_prefill(prefill: Model, lay: _Layout) -> None:
             f"Generator: the prefill graph has input(s) {other} besides the token ids, "
             "attention_mask, position_ids and cache_position; it should take no past"
         )
+    return names
 
 
 def _rewritten(source, lay: _Layout) -> Model | None:

@@ -27,13 +27,15 @@ def _decoder(
     present_name: str = "present.{i}.{kv}",
     sdpa: bool = False,
     positions_from_past: bool = False,
+    attention_mask: bool = True,
 ) -> onnx.ModelProto:
     """A GPT-2-style decoder step: token + position embeddings, ``layers`` attention blocks with
     ``present = Concat(past, new)`` on the sequence axis, a causal mask sliced from a
     lower-triangular table by shapes (as torch's GPT-2 export does), the attention mask added
     as ``(1 - mask) * min``, an MLP, a final LayerNorm and an LM head. ``sdpa``: Q and K^T each
     scaled by sqrt(scale) before their product, as torch's scaled-dot-product export does.
-    ``positions_from_past``: no position_ids input; positions are past length + arange(t)."""
+    ``positions_from_past``: no position_ids input; positions are past length + arange(t).
+    ``attention_mask=False``: no attention_mask input (every past slot attended)."""
     rng = np.random.default_rng(seed)
     inits = []
 
@@ -78,13 +80,13 @@ def _decoder(
         [op("Gather", ["wte", "input_ids"], "tok"), op("Gather", ["wpe", positions], "pos")],
         "h0",
     )
-    am = op("Cast", ["attention_mask"], "am_f", to=TensorProto.FLOAT)
-    am = op("Mul", [op("Sub", ["one", am], "am_inv"), "neg"], "am_add")
-    am = op("Unsqueeze", [am, "ax12"], "am4")  # [b, 1, 1, K]
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
-    ]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    if attention_mask:
+        am = op("Cast", ["attention_mask"], "am_f", to=TensorProto.FLOAT)
+        am = op("Mul", [op("Sub", ["one", am], "am_inv"), "neg"], "am_add")
+        am = op("Unsqueeze", [am, "ax12"], "am4")  # [b, 1, 1, K]
+        inputs.append(helper.make_tensor_value_info(
+            "attention_mask", TensorProto.INT64, ["batch", "total_seq"]))  # fmt: skip
     if not positions_from_past:
         inputs.append(
             helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"])
@@ -141,7 +143,8 @@ def _decoder(
             p + "causal",
         )  # fmt: skip
         s = op("Where", [causal, s, "neg"], p + "s_causal")
-        s = op("Add", [s, am], p + "s_masked")
+        if attention_mask:
+            s = op("Add", [s, am], p + "s_masked")
         a = op("MatMul", [op("Softmax", [s], p + "probs", axis=-1), kv["value"]], p + "att")
         a = op(
             "Reshape",
@@ -160,6 +163,16 @@ def _decoder(
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+ROWS = [[7, 3, 22, 9, 1, 30, 2], [4, 8], [11, 12, 13, 14], [6]]
+
+
+def _ragged(rows):
+    width = max(map(len, rows))
+    ids = np.array([[0] * (width - len(r)) + r for r in rows])
+    mask = (np.arange(width) >= width - np.array([[len(r)] for r in rows])).astype(np.int64)
+    return ids, mask
 
 
 class OrtDecoder:
@@ -385,6 +398,38 @@ def test_names_override_and_not_a_decoder_error(proto):
     ref = OrtDecoder(odd)
     ref.pasts = list(pairs)
     np.testing.assert_array_equal(g.generate(PROMPT, 6), ref.greedy(PROMPT, 6))
+
+
+def _transformers_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with the past inputs' fixed dims declared as dim_params "4" / "8", as
+    transformers' exporter writes them (its outputs carry the numbers)."""
+    for v in proto.graph.input:
+        if v.name.startswith("input.cache."):
+            for d in v.type.tensor_type.shape.dim[1:]:
+                if d.HasField("dim_value"):
+                    d.dim_param = str(d.dim_value)  # clears dim_value (a oneof)
+    return proto
+
+
+def test_transformers_exporter_names():
+    """transformers' own exporter (transformers.exporters.OnnxExporter): input.cache.layers.N.keys
+    -> output.cache.layers.N.keys, found without names=; a graph without attention_mask (what
+    that exporter writes when its sample prompt has no padding) is refused."""
+    kw = {"layers": 1, "past_name": "input.cache.layers.{i}.{kv}s",
+          "present_name": "output.cache.layers.{i}.{kv}s"}  # fmt: skip
+    proto = _transformers_names(_decoder(**kw))
+    g = onnx2jax.Generator(proto)
+    assert g.pairs == (("input.cache.layers.0.keys", "output.cache.layers.0.keys"),
+                       ("input.cache.layers.0.values", "output.cache.layers.0.values"))  # fmt: skip
+    assert g.rewritten and g._layout.shapes["input.cache.layers.0.keys"] == (HEADS, HEAD_DIM)
+    ref = OrtDecoder(proto)
+    ref.pasts = [p for p, _ in g.pairs]
+    ids, mask = _ragged(ROWS)
+    out = g.generate(ids, 16, attention_mask=mask)
+    for r, row in enumerate(ROWS):
+        ref.check_greedy(np.array([row]), out[r : r + 1])
+    with pytest.raises(onnx2jax.InputError, match="no attention_mask input"):
+        onnx2jax.Generator(_transformers_names(_decoder(**kw, attention_mask=False)))
 
 
 def test_positions_from_the_past_length_are_refused():

@@ -10,7 +10,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx2jax.passes.kv_cache import FixedKvCache
+from onnx2jax.passes.kv_cache import FixedKvCache, find_pairs
 
 import onnx2jax
 
@@ -238,16 +238,15 @@ class OrtLoop:
         )
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.outputs = [o.name for o in self.sess.get_outputs()]
-        self.pasts = [n for n in self.inputs if n.startswith("past")]
+        self.pairs = find_pairs(self.inputs, self.outputs)  # the names the Generator finds
+        self.pasts = [p for p, _ in self.pairs]
 
     def run(self, ids, past):
         bsz, t = ids.shape
         plen = 0 if past is None else past[0].shape[2]
         if past is None:
-            h, d = self.dims or (
-                self.inputs[self.pasts[0]].shape[1],
-                self.inputs[self.pasts[0]].shape[3],
-            )
+            shape = self.inputs[self.pasts[0]].shape
+            h, d = self.dims or (int(shape[1]), int(shape[3]))
             past = [np.zeros([bsz, h, 0, d], np.float32) for n in self.pasts]
         feeds = {"input_ids": ids.astype(np.int64), **dict(zip(self.pasts, past))}
         if "attention_mask" in self.inputs:
@@ -257,7 +256,7 @@ class OrtLoop:
                 np.int64
             )
         res = dict(zip(self.outputs, self.sess.run(None, feeds)))
-        return res["logits"], [res[n.replace("past_key_values", "present")] for n in self.pasts]
+        return res["logits"], [res[q] for _, q in self.pairs]
 
     def check_greedy(self, prompt, tokens, tie=1e-4):
         logits, past = self.run(prompt, None)

@@ -1,12 +1,13 @@
 """Generator on real exports (-m slow: needs torch and transformers): a Llama (RoPE, grouped-query
-attention, RMSNorm) by the legacy torch exporter, GPT-2 by the dynamo exporter, and the INT8
+attention, RMSNorm) by the legacy torch exporter and by transformers' own exporter
+(``transformers.exporters.OnnxExporter``), GPT-2 by the dynamo exporter, and the INT8
 dynamic-quantized GPT-2; 128 greedy tokens, batch 4, ragged, against onnxruntime's own loop."""
 
 from __future__ import annotations
 
 import onnx
 import pytest
-from decoders import export_decode_step, export_gpt2
+from decoders import export_decode_step, export_gpt2, export_transformers
 from test_generate_attention import OrtLoop, _agree
 
 import onnx2jax
@@ -26,7 +27,7 @@ def _check(path, rewritten=True):
     _agree(gen, OrtLoop(onnx.load(str(path))), 128)
 
 
-def test_llama_legacy_export(tmp_path):
+def _llama(attention="eager"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -34,11 +35,30 @@ def test_llama_legacy_export(tmp_path):
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                       num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=512)  # fmt: skip
-    cfg._attn_implementation = "eager"
+    if attention is not None:
+        cfg._attn_implementation = attention
+    return LlamaForCausalLM(cfg).eval(), cfg
+
+
+def test_llama_legacy_export(tmp_path):
     path = tmp_path / "llama.onnx"
-    lm = LlamaForCausalLM(cfg).eval()
+    lm, cfg = _llama()
     export_decode_step(lm, cfg, path, layers=LAYERS, kv_heads=2, head_dim=16, vocab=VOCAB)
     _check(path)
+
+
+def test_llama_transformers_exporter(tmp_path):
+    """transformers' own exporter: input.cache.layers.N.keys -> output.cache.layers.N.keys,
+    fixed dims declared as dim_params "2" / "16", a separate prefill graph without past."""
+    lm, _ = _llama(attention=None)  # transformers' default (sdpa), as users export it
+    prefill, decode = export_transformers(lm, tmp_path, vocab=VOCAB)
+    gen = onnx2jax.Generator(str(decode))
+    assert gen.pairs[0] == ("input.cache.layers.0.keys", "output.cache.layers.0.keys")
+    assert gen.rewritten
+    ref = OrtLoop(onnx.load(str(decode)))
+    _agree(gen, ref, 128)
+    # the prefill graph's presents are cache.layers.N.keys (no "output." prefix)
+    _agree(onnx2jax.Generator(str(decode), prefill=str(prefill)), ref, 128)
 
 
 def test_gpt2_dynamo_export(tmp_path):

@@ -3,8 +3,9 @@ benchmarks/generate.py and the Generator's slow tests (tests/test_generate*.py).
 
 The graph takes ``input_ids``, ``attention_mask``, ``position_ids`` and
 ``past_key_values.N.key`` / ``.value`` and returns ``logits`` and ``present.N.key`` / ``.value``
-(the names torch exporters and Optimum use), with transformers' DynamicCache inside. Needs torch
-and transformers.
+(the names torch exporters and Optimum use), with transformers' DynamicCache inside;
+:func:`export_transformers` uses transformers' own exporter instead (``input.cache.layers.N.keys``
+-> ``output.cache.layers.N.keys``). Needs torch and transformers.
 """
 
 from __future__ import annotations
@@ -76,3 +77,27 @@ def export_gpt2(path: str | Path, *, n_layer: int, n_embd: int, vocab: int, n_po
     lm = GPT2LMHeadModel(cfg).eval()
     export_decode_step(lm, cfg, path, layers=n_layer, kv_heads=4, head_dim=n_embd // 4,
                        vocab=vocab, dynamo=dynamo)  # fmt: skip
+
+
+def export_transformers(lm, out_dir: str | Path, *, vocab: int) -> tuple[Path, Path]:
+    """Export ``lm`` with transformers' own ONNX exporter (``transformers.exporters``,
+    ``OnnxExporter.export_for_generation``, dynamic shapes, multi-token decode): returns the
+    paths of ``prefill.onnx`` (no past; outputs ``cache.layers.N.keys`` / ``.values``) and
+    ``decode.onnx`` (inputs ``input.cache.layers.N.keys`` / ``.values``, outputs
+    ``output.cache.layers.N.keys`` / ``.values``), weights in ``.onnx.data`` files beside them.
+
+    The sample prompt is left-padded: the exporter keeps an ``attention_mask`` input only when
+    the sample's mask has padding (without one the graph attends over every past slot, which a
+    fixed-size cache cannot use).
+    """
+    import torch
+    from transformers.exporters import OnnxConfig, OnnxExporter
+
+    ids = torch.randint(0, vocab, (2, 5))
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    sample = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 3}
+    exported = OnnxExporter().export_for_generation(
+        lm, sample, OnnxConfig(dynamic=True), multi_token_decode=True
+    )
+    exported.save_pretrained(str(out_dir))
+    return Path(out_dir) / "prefill.onnx", Path(out_dir) / "decode.onnx"
