@@ -22,7 +22,7 @@ from ._dtypes import canonical, is_numeric
 from ._errors import InputError, Onnx2JaxError, StaticValueError, UnsupportedOpsError
 from ._ir import Model as IRModel
 from ._ir import TensorSpec
-from ._loader import ModelSource, load_model
+from ._loader import ModelSource, load_model, trim_heap
 from ._prepare import Prep, find_prep
 from ._segments import Break, Breaks, Stage, find_breaks, partition
 
@@ -695,6 +695,8 @@ def load(
                 continue
             if host_views:  # one weight at a time, so at most one is held twice
                 graph.initializers[name] = _host_view(arr, params.get(name, buffers.get(name)))
+        arr = None
+        trim_heap()  # the host copies just freed (BERT-base: -250 MB RSS)
     for s in graph.inputs:
         if s.name in found.value_inputs and s.dtype is not None and s.dtype.kind == "f":
             warnings.warn(
