@@ -111,7 +111,9 @@ def _key(field: int, size: int) -> bytes:
     return bytes(out)
 
 
-def _read_lean(path: Path, base_dir: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+def _read_lean(
+    path: Path, base_dir: str
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray | None]] | None:
     """A model file parsed without ever holding all its bytes and all its weights at once.
 
     ``read_proto`` holds the file's bytes, then the parsed proto, then the arrays decoded from
@@ -120,7 +122,7 @@ def _read_lean(path: Path, base_dir: str) -> tuple[onnx.ModelProto, dict[str, np
     placeholder for each (dims and type only). External, string and ml_dtypes tensors stay in
     the proto whole. None where the file does not scan as expected (read_proto then reports).
     """
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | None] = {}
     if path.stat().st_size == 0:
         return None  # mmap refuses empty files; read_proto reports them
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -151,6 +153,7 @@ def _read_lean(path: Path, base_dir: str) -> tuple[onnx.ModelProto, dict[str, np
                 or t.data_type not in _STANDARD
             ):
                 placeholders.append(t.SerializeToString())  # small, or decoded by convert
+                arrays[t.name] = None
                 continue
             arrays[t.name] = _to_array(t, base_dir)
             stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
@@ -403,13 +406,17 @@ class _Converter:
         self,
         g: onnx.GraphProto,
         outer: frozenset[str] = frozenset(),
-        arrays: dict[str, np.ndarray] | None = None,
+        arrays: dict[str, np.ndarray | None] | None = None,
     ) -> Graph:
-        # ``arrays``: initializers already decoded (and left out of ``g``), first in order.
-        inits = dict(arrays or {})
-        for t in g.initializer:  # a name in ``arrays`` has a data-less placeholder here
-            if t.name not in inits:
-                inits[t.name] = _to_array(t, self.base_dir)
+        # ``arrays``: initializers in order, already decoded (``g`` has a data-less placeholder
+        # or nothing for them) or None (decoded from ``g`` here); then the rest of ``g``'s.
+        protos = {t.name: t for t in g.initializer}
+        inits: dict[str, np.ndarray] = {}
+        for name, arr in (arrays or {}).items():
+            t = protos.pop(name, None)
+            inits[name] = arr if arr is not None or t is None else _to_array(t, self.base_dir)
+        for name, t in protos.items():
+            inits[name] = _to_array(t, self.base_dir)
         for sp in g.sparse_initializer:
             inits[sp.values.name] = self.sparse(sp)
         inputs = [_spec(v, f"graph {g.name!r}: input") for v in g.input if v.name not in inits]
@@ -497,11 +504,12 @@ def _toposort(
 def convert(
     proto: onnx.ModelProto,
     base_dir: str | None = None,
-    arrays: dict[str, np.ndarray] | None = None,
+    arrays: dict[str, np.ndarray | None] | None = None,
 ) -> Model:
     """Convert a ModelProto (external data resolved relative to ``base_dir``) to the IR.
 
-    ``arrays``: main-graph initializers already decoded and absent from ``proto``.
+    ``arrays``: the main graph's initializers in order, decoded (and absent from ``proto`` or
+    a data-less placeholder there) or None (decoded from ``proto``).
     """
     opsets = {
         (o.domain if o.domain != "ai.onnx" else ""): int(o.version) for o in proto.opset_import
@@ -571,8 +579,8 @@ def trim_heap() -> None:
 
 
 def _optimize_for_load(
-    proto: onnx.ModelProto, passes: Sequence[str], read: dict[str, np.ndarray]
-) -> tuple[onnx.ModelProto, Any, dict[str, np.ndarray]]:
+    proto: onnx.ModelProto, passes: Sequence[str], read: dict[str, np.ndarray | None]
+) -> tuple[onnx.ModelProto, Any, dict[str, np.ndarray | None]]:
     """``optimize_proto`` for ``load``: the main graph's initializers come back as numpy arrays
     beside a proto that lacks them, instead of being serialized into a second proto (which held
     every weight a third time: BERT-base +418 MB). External, string and ml_dtypes tensors stay
@@ -586,12 +594,14 @@ def _optimize_for_load(
     model = onnx_ir.serde.deserialize_model(proto)
     inits = model.graph.initializers
     for name, arr in read.items():
-        inits[name].const_value = onnx_ir.Tensor(arr, name=name)
+        if arr is not None:
+            inits[name].const_value = onnx_ir.Tensor(arr, name=name)
     report = optimize(model, passes)
     if not report.modified:
         return proto, report, read
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray | None] = {}
     for name, value in list(inits.items()):
+        arrays[name] = None  # stays in the proto unless decoded below (keeps the order)
         tensor = value.const_value
         if tensor is None or isinstance(tensor, onnx_ir.ExternalTensor):
             continue
