@@ -76,6 +76,8 @@ STATIC_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
     ("com.microsoft", "QLinearAdd"): (1, 2, 4, 5, 6, 7),
     ("com.microsoft", "QLinearMul"): (1, 2, 4, 5, 6, 7),
     ("com.microsoft", "QLinearSoftmax"): (1,),
+    # total_sequence_length sets the present cache's length (ops/contrib_llm.py).
+    ("com.microsoft", "GroupQueryAttention"): (6,),
 }
 
 

@@ -18,7 +18,14 @@ from jax import lax
 from . import InputError, Model, compiler_options, load
 from .passes import kv_cache as _kv
 
-_ROLES = ("input_ids", "attention_mask", "position_ids", "cache_position", "logits")
+_ROLES = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cache_position",
+    "total_sequence_length",
+    "logits",
+)
 DEFAULT_CAPACITY = 512
 
 
@@ -42,6 +49,7 @@ class _Layout:
     axis: int  # the sequence axis of the cache buffers
     shapes: dict[str, tuple[int, ...]]  # past -> buffer shape without batch and sequence
     dtypes: dict[str, np.dtype]  # past and role inputs -> dtype
+    total_shape: tuple[int, ...] = ()  # the total_sequence_length input's shape ([] or [1])
 
 
 class Generator:
@@ -232,6 +240,11 @@ class Generator:
             feeds[lay.roles["position_ids"]] = ids
         if lay.roles["cache_position"]:
             feeds[lay.roles["cache_position"]] = cache_position.astype(lay.dtypes["cache_position"])
+        if lay.roles["total_sequence_length"]:
+            # GroupQueryAttention's present length: the keys the graph sees (numpy, so that it
+            # stays a trace-time constant; the loader specialises on its value).
+            total = np.full(lay.total_shape, key_mask.shape[1], lay.dtypes["total_sequence_length"])
+            feeds[lay.roles["total_sequence_length"]] = total
         return feeds, pos
 
     def _append_step(self, params, cache, token_ids, positions):
@@ -522,18 +535,22 @@ def _layout(model: Model, names: dict) -> _Layout:
     if other:
         raise InputError(
             f"Generator: the decoder has input(s) {other} that are neither token ids, "
-            "attention_mask, position_ids, cache_position nor a past; map them with names=..."
+            "attention_mask, position_ids, cache_position, total_sequence_length nor a past; "
+            "map them with names=..."
         )
     axis, shapes = _cache_axis(specs, dict(pairs), model)
     # What JAX computes in (int64 inputs run as int32 unless the model was loaded with x64).
     canon = jax.dtypes.canonicalize_dtype
     dtypes = {p: canon(specs[p].dtype or np.float32) for p in pasts}
-    for role in ("input_ids", "attention_mask", "position_ids", "cache_position"):
+    for role in _ROLES[:-1]:
         if roles[role]:
             dtypes[role] = canon(specs[roles[role]].dtype or np.int64)
-    lay = _Layout(tuple(pairs), roles, axis, shapes, dtypes)
+    total = roles["total_sequence_length"]
+    total_shape = () if total is None else tuple(d if isinstance(d, int) else 1
+                                                 for d in _dims(specs[total].shape) or ())  # fmt: skip
+    lay = _Layout(tuple(pairs), roles, axis, shapes, dtypes, total_shape)
     if any(not isinstance(d, int) for s in shapes.values() for d in s):
-        lay = _Layout(lay.pairs, roles, axis, _probe_dims(model, lay), dtypes)
+        lay = _Layout(lay.pairs, roles, axis, _probe_dims(model, lay), dtypes, total_shape)
     return lay
 
 
@@ -554,9 +571,13 @@ def _probe_dims(model: Model, lay: _Layout) -> dict[str, tuple[int, ...]]:
         shape.insert(0, 1)
         shape.insert(lay.axis, 0)
         feeds[past] = sds(tuple(shape), lay.dtypes[past])
+    static = {}  # trace-time constants: one key for one token with an empty past
+    if lay.roles["total_sequence_length"]:
+        role = "total_sequence_length"
+        static[lay.roles[role]] = np.full(lay.total_shape, 1, lay.dtypes[role])
     try:
         out = jax.eval_shape(
-            lambda p, f: model.outputs_dict(model.apply(p, **f)), model.params, feeds
+            lambda p, f: model.outputs_dict(model.apply(p, **f, **static)), model.params, feeds
         )
     except Exception as e:  # noqa: BLE001 - reported with what to do
         raise InputError(

@@ -166,11 +166,12 @@ def mha_decoder(layers=2, seed=0):
     return model
 
 
-def gqa_decoder(layers=2, seed=0):
+def gqa_decoder(layers=2, seed=0, total_input=False):
     """An onnxruntime-genai-style decoder: packed QKV into com.microsoft GroupQueryAttention
     (rotary inside, 4 query heads, 2 kv heads), seqlens_k and total_sequence_length computed
     from attention_mask as the model builder writes them, (Skip)SimplifiedLayerNormalization,
-    a past head dim left symbolic (``kv_cache_dim``)."""
+    a past head dim left symbolic (``kv_cache_dim``). ``total_input``: total_sequence_length
+    is a graph input (int32 [1]) instead."""
     b = _Builder(seed)
     op, w, c = b.op, b.w, b.c
     c("one", np.array([1], np.int64))
@@ -183,6 +184,8 @@ def gqa_decoder(layers=2, seed=0):
     seqlens = op("Cast", [seqlens], "seqlens_k", to=TensorProto.INT32)
     total = op("Gather", [op("Shape", ["attention_mask"], "am_shape"), "idx1"], "total")
     total = op("Cast", [total], "total_len", to=TensorProto.INT32)
+    if total_input:
+        total = "total_sequence_length"
     w("wte", VOCAB, EMBED)
     h = op("Gather", ["wte", "input_ids"], "h0")
     x = op("SimplifiedLayerNormalization", [h, w("g0", EMBED, scale=0.1)], "ln0", epsilon=1e-5)
@@ -190,6 +193,8 @@ def gqa_decoder(layers=2, seed=0):
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
     ]
+    if total_input:
+        inputs.append(helper.make_tensor_value_info(total, TensorProto.INT32, [1]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])]
     width = (HEADS + 2 * KV_HEADS) * HEAD_DIM
     for i in range(layers):
@@ -251,6 +256,8 @@ class OrtLoop:
         feeds = {"input_ids": ids.astype(np.int64), **dict(zip(self.pasts, past))}
         if "attention_mask" in self.inputs:
             feeds["attention_mask"] = np.ones((bsz, plen + t), np.int64)
+        if "total_sequence_length" in self.inputs:
+            feeds["total_sequence_length"] = np.array([plen + t], np.int32)
         if "position_ids" in self.inputs:
             feeds["position_ids"] = np.broadcast_to(np.arange(plen, plen + t), (bsz, t)).astype(
                 np.int64
@@ -315,9 +322,13 @@ def test_group_query_attention_decoder_agrees_with_onnxruntime():
 
 
 def test_group_query_attention_step_matches_onnxruntime():
-    model = gqa_decoder(layers=1, seed=2)
+    """total_sequence_length fed as a graph input here (not computed from shapes): the loader
+    specialises on its value, the Generator feeds it the buffer's length."""
+    model = gqa_decoder(layers=1, seed=2, total_input=True)
+    assert onnx2jax.load(model).value_inputs == {"total_sequence_length"}
     ref = OrtLoop(model, dims=(KV_HEADS, HEAD_DIM))
     gen = onnx2jax.Generator(model)
+    assert gen.shared_buffer and gen._layout.roles["total_sequence_length"]
     prompt = np.array([[5, 17, 3], [1, 2, 50]])
     cache = gen.init_cache(2, 32)
     logits, cache = gen.step(gen.params, cache, prompt, np.zeros(2, np.int32))
