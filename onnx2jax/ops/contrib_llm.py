@@ -86,7 +86,8 @@ def group_query_attention(
     """onnxruntime-genai's attention with a KV cache, as onnxruntime's CPU kernel computes it.
 
     Row ``b`` holds ``seqlens_k[b] + 1`` tokens after this call, the ``S``
-    new ones last, at positions ``seqlens_k[b] + 1 - S + j``; they are written into the
+    new ones last, at positions ``seqlens_k[b] + 1 - S + j`` (a first prompt, ``S`` equal to
+    ``total_sequence_length`` with no past: at ``j``, right-padded); they are written into the
     present cache there (rotated first when ``do_rotary``). The present has
     ``max(past length, total_sequence_length)`` positions: equal to the past when the past is
     a buffer of fixed size (onnxruntime's shared-buffer mode, what onnx2jax.Generator feeds).
@@ -129,6 +130,10 @@ def group_query_attention(
     plen = 0 if past_key is None else past_key.shape[2]
     length = max(plen, total)
     start = jnp.asarray(seqlens_k).reshape(b).astype(jnp.int32) + 1 - s  # first new position
+    if s > 1 and s == total and plen == 0:
+        # onnxruntime's first prompt: every row starts at 0, shorter rows padded on the right
+        # (their padding's outputs are not meaningful there either).
+        start = jnp.zeros((b,), jnp.int32)
     pos = start[:, None] + jnp.arange(s, dtype=jnp.int32)  # [b, s]
     if do_rotary:
         rp = pos if position_ids is None else jnp.asarray(position_ids).astype(jnp.int32)
