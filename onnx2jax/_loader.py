@@ -7,6 +7,7 @@ import gc
 import heapq
 import mmap
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -142,23 +143,12 @@ def _read_lean(
             return None
         placeholders = []
         for p, q in tensors:
-            t = onnx.TensorProto()
             try:
-                t.ParseFromString(os.pread(f.fileno(), q - p, p))
-            except Exception:
+                name, arr, placeholder = _read_tensor(f, mm, p, q, base_dir)
+            except (ValueError, IndexError, OSError):
                 return None
-            if (
-                t.data_location == onnx.TensorProto.EXTERNAL
-                or t.data_type == 0
-                or t.data_type not in _STANDARD
-            ):
-                placeholders.append(t.SerializeToString())  # small, or decoded by convert
-                arrays[t.name] = None
-                continue
-            arrays[t.name] = _to_array(t, base_dir)
-            stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
-            del t
-            placeholders.append(stub.SerializeToString())
+            arrays[name] = arr
+            placeholders.append(placeholder)
         graph = b"".join([*parts, *(_key(_GRAPH_INITIALIZER, len(b)) + b for b in placeholders)])
         rest = b"".join(mm[x[2] : x[4]] for x in top if x is not graphs[0])
     proto = onnx.ModelProto()
@@ -169,6 +159,64 @@ def _read_lean(
     return proto, arrays
 
 
+def _read_tensor(
+    f: IO[bytes], mm: mmap.mmap, p: int, q: int, base_dir: str
+) -> tuple[str, np.ndarray | None, bytes]:
+    """One initializer at ``[p, q)``: its name, array (None: left to ``convert``) and the bytes
+    of the TensorProto that stands for it in the proto (data-less where decoded).
+
+    A ``raw_data`` field is read straight from the file into a 64-byte aligned, read-only
+    array: no protobuf copy, and the CPU device array can alias it (``jax.device_put``'s
+    ``may_alias``) instead of copying it again.
+    """
+    fields = list(_fields(mm, p, q))
+    raw = [x for x in fields if x[0] == _TENSOR_RAW_DATA and x[1] == 2]
+    if len(raw) == 1 and sys.byteorder == "little":
+        stub = onnx.TensorProto()
+        stub.ParseFromString(b"".join(mm[x[2] : x[4]] for x in fields if x is not raw[0]))
+        _, _, _, r0, r1 = raw[0]
+        if (
+            stub.data_type in _STANDARD
+            and stub.data_location != onnx.TensorProto.EXTERNAL
+            and not stub.HasField("segment")
+        ):
+            dtype = to_numpy_dtype(stub.data_type)
+            shape = tuple(int(d) for d in stub.dims)
+            if (
+                min(shape, default=1) >= 0
+                and r1 - r0 == np.prod(shape, dtype=object) * dtype.itemsize
+            ):
+                arr = _aligned_empty(r1 - r0).view(dtype).reshape(shape)
+                view = memoryview(arr.reshape(-1).view(np.uint8))
+                f.seek(r0)
+                done = 0
+                while done < len(view):
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise ValueError("file is short")
+                    done += n
+                arr.flags.writeable = False
+                return stub.name, arr, stub.SerializeToString()
+    t = onnx.TensorProto()
+    f.seek(p)
+    try:
+        t.ParseFromString(f.read(q - p))
+    except Exception as e:  # protobuf's DecodeError: read_proto reports the file
+        raise ValueError(str(e)) from None
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type not in _STANDARD:
+        return t.name, None, t.SerializeToString()  # small, or decoded by convert
+    arr = _to_array(t, base_dir)
+    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+    return t.name, arr, stub.SerializeToString()
+
+
+def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
+    buf = np.empty(nbytes + align, np.uint8)
+    start = (-buf.ctypes.data) % align
+    return buf[start : start + nbytes]
+
+
+_TENSOR_RAW_DATA = 9
 # Element types decoded to plain numpy (bool, ints, float16/32/64) by the lean reader.
 _STANDARD = frozenset(
     code
