@@ -275,4 +275,4 @@ def _number(key: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
-        raise InputError(f"{key}={text!r}: expected a {kind.__name__}") from None
+        raise InputError(f"{key}={text!r}: expected {kind.__name__}") from None
