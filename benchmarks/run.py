@@ -545,6 +545,7 @@ def _summary(recs: list[dict]) -> list[str]:
 _OTHER = (
     ("generate.md", "benchmarks/generate.py"),
     ("serve/serve.md", "benchmarks/serve_load.py"),
+    ("serve/serve_zoo.md", "benchmarks/serve_load.py"),
     ("startup.md", "benchmarks/startup.py"),
 )
 

@@ -3,6 +3,9 @@
     python benchmarks/serve_load.py                                  # tiny CNN (+ ResNet-18 if built)
     python benchmarks/serve_load.py --seconds 3 --warmup-s 1         # a short check that it works
     python benchmarks/serve_load.py --model bert=benchmarks/zoo/cache/full/bert.onnx --dim sequence=128
+    python benchmarks/serve_load.py --model resnet18=benchmarks/zoo/cache/full/resnet18.onnx \
+        --settings batched --clients 64 --requests 20000 --seconds 3600 \
+        --out benchmarks/results/serve/serve_zoo.json     # the issue's 20,000-request runs
 
 For each model and setting (``batched``: dynamic batching up to ``--max-batch-size``;
 ``batch1``: ``--max-batch-size 1``, batching off; ``axis``: batching along the model's own
@@ -154,8 +157,11 @@ def _metrics(url: str, name: str) -> dict[str, float]:
 
 
 # -- the clients -----------------------------------------------------------------------------
-async def _drive(url: str, name: str, clients: int, seconds: float, pool, refs) -> dict:
-    """``clients`` concurrent clients, each sending one request after another for ``seconds``."""
+async def _drive(
+    url: str, name: str, clients: int, seconds: float, pool, refs, limit: int | None = None
+) -> dict:
+    """``clients`` concurrent clients, each sending one request after another for ``seconds``
+    or until ``limit`` requests have been sent in all."""
     import tritonclient.http as th
     import tritonclient.http.aio as tha
     from tritonclient.utils import np_to_triton_dtype
@@ -163,12 +169,14 @@ async def _drive(url: str, name: str, clients: int, seconds: float, pool, refs) 
     lat: list[float] = []
     counts = {"ok": 0, "lost": 0, "mismatched": 0}
     deadline = time.perf_counter() + seconds
+    sent = [0]
 
     async def client(j: int) -> None:
         c = tha.InferenceServerClient(url, conn_limit=1)
         i = j
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and (limit is None or sent[0] < limit):
+                sent[0] += 1
                 feeds = pool[i % len(pool)]
                 inputs = []
                 for n, a in feeds.items():
@@ -200,12 +208,15 @@ def _drive_proc(args: tuple) -> dict:
     return asyncio.run(_drive(*args))
 
 
-def _load(url, name, clients, procs, seconds, pool, refs) -> dict:
+def _load(url, name, clients, procs, seconds, pool, refs, requests=None) -> dict:
     """Run the clients in ``procs`` processes (so the load generator is not one core's worth
-    of Python) and merge what they saw."""
+    of Python) and merge what they saw; ``requests``: stop after that many in all."""
     procs = max(1, min(procs, clients))
     shares = [clients // procs + (1 if k < clients % procs else 0) for k in range(procs)]
-    jobs = [(url, name, n, seconds, pool, refs) for n in shares]
+    limits = [None if requests is None else requests * n // clients for n in shares]
+    if requests is not None:
+        limits[0] += requests - sum(limits)
+    jobs = [(url, name, n, seconds, pool, refs, lim) for n, lim in zip(shares, limits, strict=True)]
     if procs == 1:
         parts = [_drive_proc(jobs[0])]
     else:
@@ -290,7 +301,10 @@ def run(args: argparse.Namespace) -> dict:
                 rss0 = _rss_mb(proc.pid)
                 _load(url, name, args.clients, args.client_procs, args.warmup_s, pool, refs)
                 before, cpu0 = _metrics(url, name), _cpu_s(proc.pid)
-                r = _load(url, name, args.clients, args.client_procs, args.seconds, pool, refs)
+                r = _load(
+                    url, name, args.clients, args.client_procs, args.seconds, pool, refs,
+                    args.requests,
+                )  # fmt: skip
                 cpu1, after = _cpu_s(proc.pid), _metrics(url, name)
                 rss1 = _rss_mb(proc.pid)
             finally:
@@ -370,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 4)),
                    help="processes the clients are spread over")  # fmt: skip
     p.add_argument("--seconds", type=float, default=20.0, help="measured load per setting")
+    p.add_argument("--requests", type=int, default=None,
+                   help="stop each setting after this many measured requests (or --seconds)")  # fmt: skip
     p.add_argument("--warmup-s", type=float, default=3.0, help="load before measuring")
     p.add_argument("--direct-s", type=float, default=3.0, help="direct model(batch) timing")
     p.add_argument("--max-batch-size", type=int, default=32)
@@ -392,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     md = [
-        "# Serving: onnx2jax serve under load",
+        "# Serving: onnx2jax serve under load ("
+        + ", ".join(dict.fromkeys(r["model"] for r in result["rows"]))
+        + ")",
         "",
         "Generated by `benchmarks/serve_load.py` (do not edit); clients and server share the "
         f"machine's cores; 1-minute load average at the end {load[0]:.2f}."
