@@ -111,18 +111,22 @@ def _node_ids(graph: ir.Graph) -> set[int]:
     return {id(n) for n in graph.all_nodes()}
 
 
-def optimize(model: ir.Model, passes: Sequence[str] | str | None = DEFAULT) -> Report:
+def optimize(
+    model: ir.Model, passes: Sequence[str] | str | None = DEFAULT, *, infer_shapes: bool = True
+) -> Report:
     """Run ``passes`` on ``model`` in place, repeating the pipeline until nothing changes.
 
     Shapes are inferred first (onnx's shape inference, through onnx-ir), so that passes know
-    ranks even where the exporter wrote no ``value_info``.
+    ranks even where the exporter wrote no ``value_info``; ``infer_shapes=False`` where the
+    caller inferred them already (``onnx2jax.load`` does, on its weightless proto).
     """
     names = resolve(passes)
     report = Report([PassReport(n) for n in names], nodes_before=count_nodes(model.graph))
     if not names:
         report.nodes_after = report.nodes_before
         return report
-    model = common.ShapeInferencePass(strict_mode=False).call(model).model
+    if infer_shapes:
+        model = common.ShapeInferencePass(strict_mode=False).call(model).model
     instances = {n: PASSES[n].make() for n in names}
     for rnd in range(MAX_ROUNDS):
         changed = False
