@@ -21,7 +21,7 @@ import tritonclient.http as th
 import tritonclient.http.aio as tha
 from onnx2jax.serve import BatchConfig
 from onnx2jax.serve import ray as sray
-from serve_models import mlp, ort
+from serve_models import metric, mlp, ort
 from tritonclient.utils import InferenceServerException
 
 import onnx2jax
@@ -186,8 +186,8 @@ def ray_url():
         app = sray.deployment(
             {"cnn": CNN, "mlp": mlp().SerializeToString()},
             num_replicas=2,
-            max_batch_size=8,
-            max_queue_delay_ms=20,
+            max_batch_size=16,
+            max_queue_delay_ms=50,
         )
         serve.run(app, route_prefix="/")
         yield f"127.0.0.1:{port}"
@@ -209,7 +209,7 @@ def test_ray_serve_replicas_answer_like_onnxruntime(ray_url):
     meta = c.get_model_metadata("cnn")
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
-    assert c.get_model_config("cnn")["max_batch_size"] == 8
+    assert c.get_model_config("cnn")["max_batch_size"] == 16
 
     cnn = onnx.load(CNN)
     for k, binary in [(1, True), (3, False)]:
@@ -222,9 +222,9 @@ def test_ray_serve_replicas_answer_like_onnxruntime(ray_url):
     r = c.infer("mlp", [_input("x", x)])
     np.testing.assert_allclose(r.as_numpy("hidden"), ort(mlp(), x=x)["hidden"], rtol=1e-5)
 
-    # 24 requests at once, spread by Ray's router over both replicas and batched in each:
+    # 48 requests at once, spread by Ray's router over both replicas and batched in each:
     # every answer is the one for its own input.
-    xs = [RNG.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(24)]
+    xs = [RNG.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(48)]
 
     async def burst():
         a = tha.InferenceServerClient(ray_url)
@@ -237,6 +237,16 @@ def test_ray_serve_replicas_answer_like_onnxruntime(ray_url):
         np.testing.assert_allclose(
             r.as_numpy("logits"), ort(cnn, image=x)["logits"], rtol=1e-4, atol=1e-5
         )
+    # Batches past Ray's default of 5 requests in a replica formed (max_ongoing_requests is
+    # sized to the batcher): some replica's /metrics (the proxy answers from either) counts a
+    # batch of more than 8 examples.
+    big = []
+    for _ in range(12):
+        with urllib.request.urlopen(f"http://{ray_url}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        n = metric(text, "onnx2jax_batch_size_count", model="cnn")
+        big.append(n - metric(text, "onnx2jax_batch_size_bucket", model="cnn", le="8.0"))
+    assert max(big) > 0, big
     c.close()
 
 
