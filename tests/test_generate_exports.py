@@ -1,5 +1,5 @@
 """Generator on real exports (-m slow: needs torch and transformers): a Llama (RoPE, grouped-query
-attention, RMSNorm) by the legacy torch exporter and by transformers' own exporter
+attention, RMSNorm) by the legacy torch exporter, a Llama and GPT-2 by transformers' own exporter
 (``transformers.exporters.OnnxExporter``), GPT-2 by the dynamo exporter, and the INT8
 dynamic-quantized GPT-2; 128 greedy tokens, batch 4, ragged, against onnxruntime's own loop."""
 
@@ -47,10 +47,21 @@ def test_llama_legacy_export(tmp_path):
     _check(path)
 
 
-def test_llama_transformers_exporter(tmp_path):
+def _gpt2_lm():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=512, n_embd=64, n_layer=LAYERS, n_head=4)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_transformers_exporter(tmp_path, family):
     """transformers' own exporter: input.cache.layers.N.keys -> output.cache.layers.N.keys,
-    fixed dims declared as dim_params "2" / "16", a separate prefill graph without past."""
-    lm, _ = _llama(attention=None)  # transformers' default (sdpa), as users export it
+    fixed dims declared as dim_params "2" / "16", a separate prefill graph without past;
+    transformers' default attention (sdpa), as users export it."""
+    lm = _llama(attention=None)[0] if family == "llama" else _gpt2_lm()
     prefill, decode = export_transformers(lm, tmp_path, vocab=VOCAB)
     gen = onnx2jax.Generator(str(decode))
     assert gen.pairs[0] == ("input.cache.layers.0.keys", "output.cache.layers.0.keys")
