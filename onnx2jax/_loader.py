@@ -215,12 +215,24 @@ def _read_tensor(
 
 
 def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
+    if nbytes >= _HUGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        # A page-aligned anonymous mapping in transparent huge pages where the kernel allows
+        # them: reading a weight into fresh memory is mostly page faults, and 2 MiB pages
+        # take 512x fewer (BERT-base's 418 MB: 1.0-1.5 s -> 0.4 s in a fresh process).
+        # The array keeps the mapping alive; it is unmapped with the last reference.
+        mm = mmap.mmap(-1, nbytes)
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass  # THP off: 4 KiB pages, as np.empty would give
+        return np.frombuffer(mm, np.uint8)
     buf = np.empty(nbytes + align, np.uint8)
     start = (-buf.ctypes.data) % align
     return buf[start : start + nbytes]
 
 
 _TENSOR_RAW_DATA = 9
+_HUGE = 2 << 20  # weights from this size get their own (huge-page) mapping
 # Tensors up to this size keep their data in the proto, so shape inference sees shape
 # constants (onnx-ir's shape inference pass draws the same line).
 _SMALL = 1000
@@ -602,10 +614,14 @@ def load_model(
             stacklevel=3,
         )
         return model
-    del proto, read  # our references: with the onnx-ir graph collected below, memory goes
-    # onnx-ir's graph is a web of cycles whose tensors hold the parsed proto or the arrays
-    # read: collect it now rather than at some later gc run, so that no weight outlives it.
-    gc.collect()
+    if not any(a is not None for a in read.values()):
+        # onnx-ir's graph is a web of cycles whose tensors hold the parsed proto (every
+        # weight): collect it now, not at some later gc run (BERT-base: 1.47 -> 1.06 GB
+        # while converting). After the lean reader the proto holds no weights, and the
+        # arrays the graph holds are the ones the model keeps: no need (a collection costs
+        # ~80 ms with JAX imported).
+        del proto
+        gc.collect()
     model = convert(optimized, folder, arrays)
     model.pass_report = report
     return model

@@ -128,3 +128,23 @@ def test_ir_initializers_share_the_device_params_memory(saved):
     w = np.asarray(model.params["W"])
     assert np.shares_memory(inits["W"], w)  # one copy of each weight, not two
     assert not inits["W"].flags.writeable
+
+
+def test_a_weight_of_megabytes_gets_its_own_mapping_and_the_right_values(tmp_path):
+    # From 2 MiB a weight is read into its own (huge-page) mapping rather than np.empty.
+    w = RNG.standard_normal((4, 1 << 17)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "big",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, w.shape[1]])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "big.onnx"
+    onnx.save_model(proto, path)
+    _, arrays = _loader._read_lean(path, str(tmp_path))
+    np.testing.assert_array_equal(arrays["W"], w)
+    model = onnx2jax.load(path)
+    np.testing.assert_array_equal(np.asarray(model.params["W"]), w)
+    np.testing.assert_allclose(np.asarray(model(X)[0]), X @ w, rtol=1e-5, atol=1e-5)
