@@ -5,6 +5,7 @@
     python benchmarks/startup.py --models path/to/model.onnx --dim sequence=64
     python benchmarks/startup.py --quick                  # tiny_cnn, one repeat: checks the script
     python benchmarks/startup.py --render                 # startup.md again from startup.json
+    python benchmarks/startup.py --phases --models bert   # load + first call phase by phase
 
 Every measurement is its own child process (this file with ``--child``), so nothing is cached
 in-process. Modes: ``load`` (``onnx2jax.load(path)`` + first ``model(...)``), ``load_exported``
@@ -112,6 +113,103 @@ def child(req: dict) -> dict:
         cache_entries_after=_entries(cache),
     )
     return out
+
+
+def phases_child(req: dict) -> dict:
+    """``onnx2jax.load`` + first ``model(...)`` phase by phase: seconds, VmRSS and VmHWM after
+    each. Wraps the loader's internal steps (names as of benchmarks/NOTES.md entry 10), so a
+    step that was renamed simply gets no row of its own (its time goes to the next one)."""
+    import types
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", req["cache_dir"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    import numpy as np
+    import onnx2jax.passes
+    import onnx_ir
+
+    import onnx2jax
+    from onnx2jax import _api, _loader, _tracer
+
+    jax.devices()
+    feeds = dict(np.load(req["inputs"]))
+    rows: list[dict] = []
+    clock = [time.perf_counter()]
+
+    def mark(phase: str) -> None:
+        now = time.perf_counter()
+        rows.append(
+            {"phase": phase, "s": now - clock[0], "rss_mb": _vm("VmRSS"), "hwm_mb": _vm("VmHWM")}
+        )
+        clock[0] = time.perf_counter()
+
+    def wrap(owner, attr: str, label: str) -> None:
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            return
+
+        def timed(*a, **k):
+            out = fn(*a, **k)
+            mark(label)
+            return out
+
+        setattr(owner, attr, timed)
+
+    wrap(_loader, "read_proto", "parse (whole file, protobuf)")
+    wrap(_loader, "_read_lean", "read (one weight at a time)")
+    wrap(_loader, "_infer_shapes", "shape inference (proto)")
+    wrap(onnx_ir.serde, "deserialize_model", "onnx-ir deserialize")
+    wrap(onnx2jax.passes, "optimize", "passes")
+    wrap(onnx_ir.serde, "serialize_model", "weights out + serialize")
+    _loader.gc = types.SimpleNamespace(collect=_loader.gc.collect)
+    wrap(_loader.gc, "collect", "gc.collect")
+    wrap(_loader, "convert", "convert to IR")
+    wrap(_tracer, "build_plan", "build_plan")
+    mark("(imports done)")
+    model = onnx2jax.load(req["path"])
+    mark("breaks, params to device, prep plan")
+    prog = model._program
+    prepared = jax.block_until_ready(model._prepared_values())
+    mark("prep (trace + compile + run)")
+    dynamic = {k: jax.numpy.asarray(v) for k, v in feeds.items()}
+    with prog.context():
+        traced = _api._jitted(prog).trace(model.params, prepared, dynamic, ())
+        mark("trace")
+        lowered = traced.lower()
+        mark("lower")
+        compiled = lowered.compile()
+        mark("compile (XLA)")
+        jax.block_until_ready(compiled(model.params, prepared, dynamic))
+        mark("first run")
+    params_mb = sum(v.nbytes for v in model.params.values()) / 2**20
+    return {"rows": rows, "params_mb": params_mb, "ready_unix": time.time()}
+
+
+def _phases(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    dims = {k: int(v) for k, v in (d.split("=", 1) for d in args.dim)}
+    work = tempfile.mkdtemp(prefix="onnx2jax-phases-")
+    try:
+        for entry in _resolve(args.models.split(","), dims):
+            inputs = os.path.join(work, entry["name"] + ".npz")
+            np.savez(inputs, **_inputs(entry, dims))
+            req = {"mode": "phases", "path": entry["path"], "inputs": inputs}
+            req["cache_dir"] = tempfile.mkdtemp(dir=work)
+            res = _spawn(req, args.timeout, os.path.join(work, "children.log"))
+            if "rows" not in res:
+                print(f"{entry['name']}: {res}")
+                continue
+            print(f"\n{entry['name']} (params {res['params_mb']:.0f} MB), cold cache")
+            print("| phase | s | RSS MB | peak RSS MB |\n|---|---:|---:|---:|")
+            for r in res["rows"]:
+                print(f"| {r['phase']} | {r['s']:.2f} | {r['rss_mb']:.0f} | {r['hwm_mb']:.0f} |")
+            total = sum(r["s"] for r in res["rows"] if r["phase"] != "(imports done)")
+            print(f"| load + first result | {total:.2f} | | |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- the parent ----------------------------------------------------------------------------------
@@ -437,10 +535,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=RESULTS, help="folder for startup.json and startup.md")
     p.add_argument("--keep", action="store_true", help="keep the work folder (artifacts, logs)")
     p.add_argument("--render", action="store_true", help="only regenerate startup.md")
+    p.add_argument(
+        "--phases", action="store_true", help="load + first call phase by phase (one process)"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(MARK + json.dumps(child(json.loads(args.child))), flush=True)
+        req = json.loads(args.child)
+        out = phases_child(req) if req["mode"] == "phases" else child(req)
+        print(MARK + json.dumps(out), flush=True)
+        return
+    if args.phases:
+        _phases(args)
         return
     json_path = os.path.join(args.out, "startup.json")
     if not args.render:
