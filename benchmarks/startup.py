@@ -163,8 +163,9 @@ def phases_child(req: dict) -> dict:
     wrap(onnx_ir.serde, "deserialize_model", "onnx-ir deserialize")
     wrap(onnx2jax.passes, "optimize", "passes")
     wrap(onnx_ir.serde, "serialize_model", "weights out + serialize")
-    _loader.gc = types.SimpleNamespace(collect=_loader.gc.collect)
-    wrap(_loader.gc, "collect", "gc.collect")
+    if hasattr(_loader, "gc"):
+        _loader.gc = types.SimpleNamespace(collect=_loader.gc.collect)
+        wrap(_loader.gc, "collect", "gc.collect")
     wrap(_loader, "convert", "convert to IR")
     wrap(_tracer, "build_plan", "build_plan")
     mark("(imports done)")
