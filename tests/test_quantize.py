@@ -180,7 +180,9 @@ def test_int4_raises_the_opset_and_packs_weights():
     # K = 64 is shorter than a block: one scale per output channel (axis 1 of [K, N])
     dq = next(n for n in q.graph.node if n.input[0] == "W1_quantized")
     assert {a.name: a.i for a in dq.attribute} == {"axis": 1} and len(dq.input) == 2
-    big = onnx2jax.quantize(_big_model(), weight_type="int4")
+    # MatMul weights are MatMulNBits by default (tests/test_quantize_int4.py); "qdq" keeps them
+    # behind DequantizeLinear
+    big = onnx2jax.quantize(_big_model(), weight_type="int4", int4_format="qdq")
     dq = next(n for n in big.graph.node if n.input[0] == "W1_quantized")
     assert {a.name: a.i for a in dq.attribute} == {"axis": 0, "block_size": 128}
     assert len(dq.input) == 2  # symmetric: no zero point stored

@@ -44,6 +44,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         per_channel=not args.per_tensor,
         weight_type=args.weight_type,
         exclude=args.exclude,
+        int4_format=args.int4_format,
     )
     with open(args.output, "wb") as f:
         f.write(q.SerializeToString())
@@ -65,6 +66,9 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=["static", "dynamic"], default="static")
     p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax")
     p.add_argument("--weight-type", choices=["int8", "int4"], default="int8")
+    p.add_argument("--int4-format", choices=["matmulnbits", "qdq"], default="matmulnbits",
+                   help="int4 MatMul weights as com.microsoft MatMulNBits (packed) or "
+                        "DequantizeLinear block_size")  # fmt: skip
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor")
     p.add_argument("--exclude", action="append", default=[], metavar="NODE", help="keep in float")
     p.set_defaults(func=cmd_quantize)

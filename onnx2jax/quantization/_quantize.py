@@ -12,7 +12,7 @@ import onnx.defs
 import onnx_ir as ir
 
 from .. import Onnx2JaxError
-from . import _calibrate
+from . import _calibrate, _nbits
 from ._qdq import (
     DEFAULT_OP_TYPES,
     INT4_BLOCK,
@@ -99,7 +99,7 @@ def _signature(op: str, opset: int) -> tuple | None:
     )
 
 
-def _check(mode, method, weight_type, calibration) -> None:
+def _check(mode, method, weight_type, calibration, int4_format="matmulnbits") -> None:
     if mode not in ("static", "dynamic"):
         raise QuantizationError(f"quantize(): mode must be 'static' or 'dynamic', got {mode!r}")
     if method not in ("minmax", "percentile", "entropy"):
@@ -109,6 +109,10 @@ def _check(mode, method, weight_type, calibration) -> None:
     if weight_type not in ("int8", "int4"):
         raise QuantizationError(
             f"quantize(): weight_type must be 'int8' or 'int4', got {weight_type!r}"
+        )
+    if int4_format not in ("matmulnbits", "qdq"):
+        raise QuantizationError(
+            f"quantize(): int4_format must be 'matmulnbits' or 'qdq', got {int4_format!r}"
         )
     if mode == "static" and weight_type == "int8" and calibration is None:
         raise QuantizationError(
@@ -181,6 +185,7 @@ def quantize(
     weight_type: str = "int8",
     op_types: Collection[str] = DEFAULT_OP_TYPES,
     exclude: Collection[str] = (),
+    int4_format: str = "matmulnbits",
 ):
     """Quantize a float ONNX model into QDQ form (an ``onnx.ModelProto``).
 
@@ -202,6 +207,13 @@ def quantize(
         op_types: which ops get quantized weights (and activations): Conv, Gemm, MatMul, and
             Gather (an embedding table: weights only, one scale per row).
         exclude: node names to leave in float.
+        int4_format: how int4 MatMul weights are written. ``"matmulnbits"`` (default):
+            com.microsoft ``MatMulNBits`` (packed uint8 blocks of 128 along K, as onnxruntime's
+            ``MatMulNBitsQuantizer`` writes them) for each MatMul with a 2-D float32/float16
+            weight: onnx2jax keeps those weights packed in memory and onnxruntime runs them
+            with its 4-bit kernels. ``"qdq"``: opset-21 ``DequantizeLinear`` with
+            ``block_size`` for every weight (standard ONNX, no contrib op). Conv, Gemm,
+            Gather and other MatMul weights use the DequantizeLinear form either way.
 
     Returns:
         The quantized ``onnx.ModelProto``; onnxruntime and ``onnx2jax.load`` both run it.
@@ -209,7 +221,7 @@ def quantize(
     Raises:
         QuantizationError: a bad argument, or an opset the quantized ops cannot use.
     """
-    _check(mode, method, weight_type, calibration)
+    _check(mode, method, weight_type, calibration, int4_format)
     bad = set(op_types) - set(DEFAULT_OP_TYPES)
     if bad:
         raise QuantizationError(
@@ -218,8 +230,21 @@ def quantize(
     irm = _read(model)
     graph = irm.graph
     targets = find_targets(graph, set(op_types), set(exclude))
+    nbits = []
+    if weight_type == "int4" and int4_format == "matmulnbits":
+        nbits = [t for t in targets if _nbits.fits(t, per_channel)]
+        targets = [t for t in targets if not _nbits.fits(t, per_channel)]
+    if nbits:
+        have = irm.opset_imports.get(_nbits.MS)
+        if have is not None and have != 1:
+            raise QuantizationError(
+                f"quantize(): the model imports {_nbits.MS} opset {have}; MatMulNBits is in "
+                "opset 1. Pass int4_format='qdq'."
+            )
+        irm.opset_imports[_nbits.MS] = 1
     if weight_type == "int4":
-        _ensure_opset(irm, 21, "int4 weights (DequantizeLinear block_size)")
+        if targets:  # MatMulNBits alone leaves the default-domain opset as it is
+            _ensure_opset(irm, 21, "int4 weights (DequantizeLinear block_size)")
     elif per_channel:
         _ensure_opset(irm, 13, "per-channel scales (DequantizeLinear axis)")
     else:
@@ -282,6 +307,10 @@ def quantize(
             if x.name not in done:
                 done[x.name] = w.dynamic(x)
             t.node.replace_input_with(0, done[x.name])
+
+    for t in nbits:
+        replaced.add(t.node.inputs[1].name)
+        _nbits.write(w, t)
 
     w.drop_unused_initializers(replaced)
     graph.sort()
