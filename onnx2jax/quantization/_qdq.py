@@ -13,8 +13,9 @@ Choices, and why:
 - Biases of Conv/Gemm (static int8) are int32 with scale ``x_scale * w_scale`` and zero point
   0, the form integer kernels consume.
 - int4 is weight-only, like onnxruntime's MatMulNBits: block-wise symmetric int4 along the
-  reduction axis (``INT4_BLOCK`` values per scale, no zero point) behind an opset-21 DequantizeLinear with
-  ``block_size``; activations stay float.
+  reduction axis (``INT4_BLOCK`` values per scale, no zero point) behind an opset-21
+  DequantizeLinear with ``block_size``; activations stay float. MatMul weights are written as
+  MatMulNBits itself by default (``_nbits.py``), with the same values.
 """
 
 from __future__ import annotations
