@@ -546,6 +546,7 @@ _OTHER = (
     ("generate.md", "benchmarks/generate.py"),
     ("serve/serve.md", "benchmarks/serve_load.py"),
     ("serve/serve_zoo.md", "benchmarks/serve_load.py"),
+    ("serve/soak.md", "tests/test_serve_load.py"),
     ("startup.md", "benchmarks/startup.py"),
 )
 

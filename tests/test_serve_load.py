@@ -243,10 +243,13 @@ def test_soak_mixed_traffic_rss_and_fds_flat(expected):
     finally:
         _stop(proc)
     growth = rss1 / rss0 - 1
-    print(
-        f"\nsoak {seconds:.0f} s: {r['seen']}; RSS {rss0:.0f} -> {rss1:.0f} MB ({growth:+.1%}), "
-        f"open fds {fds0} -> {fds1}"
+    line = (
+        f"soak {seconds:.0f} s: {r['seen']}; RSS {rss0:.0f} -> {rss1:.0f} MB ({growth:+.1%}), "
+        f"open fds {fds0} -> {fds1}, wrong answers {len(r['wrong'])}"
     )
+    print("\n" + line)
+    if os.environ.get("ONNX2JAX_SOAK_OUT"):  # the record RESULTS.md embeds (README, serve)
+        _write_soak(pathlib.Path(os.environ["ONNX2JAX_SOAK_OUT"]), seconds, line)
     assert not r["wrong"], r["wrong"][:5]
     assert after["lost"] == 0 and after["mismatched"] == 0  # it still serves, correctly
     assert r["seen"]["timed_out"] > 0, "no request timed out: the soak did not test timeouts"
@@ -255,6 +258,21 @@ def test_soak_mixed_traffic_rss_and_fds_flat(expected):
     assert metric(text, "onnx2jax_queue_depth", model="cnn") == 0
     assert growth < 0.10
     assert fds1 <= fds0 + 4, f"open file descriptors grew {fds0} -> {fds1}"
+
+
+def _write_soak(out: pathlib.Path, seconds: float, line: str) -> None:
+    """``out``.md: the soak's numbers, the command that made them, load average and CPU."""
+    flags = sorted(set(pathlib.Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_vnni"})  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(
+        "# Serving: a soak of mixed traffic\n\n"
+        f"Written by `ONNX2JAX_SOAK_S={seconds:.0f} ONNX2JAX_SOAK_OUT={out} python -m pytest "
+        "tests/test_serve_load.py -m slow -k soak` (the example CNN, 16 clients cycling through "
+        "good JSON and binary requests, wrong shapes and dtypes, unknown models, malformed "
+        "bodies, 1 us timeouts and clients that disconnect mid-request; every answer checked). "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, 1-minute load average at the end "
+        f"{os.getloadavg()[0]:.2f}, CPU flags {', '.join(flags)}.\n\n{line}\n"
+    )
 
 
 def test_load_benchmark_script_runs(tmp_path):
