@@ -232,6 +232,7 @@ def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
 
 
 _TENSOR_RAW_DATA = 9
+_COLLECT_BYTES = 64 << 20  # a parsed model this large is collected right after the passes
 _HUGE = 2 << 20  # weights from this size get their own (huge-page) mapping
 # Tensors up to this size keep their data in the proto, so shape inference sees shape
 # constants (onnx-ir's shape inference pass draws the same line).
@@ -614,12 +615,13 @@ def load_model(
             stacklevel=3,
         )
         return model
-    if not any(a is not None for a in read.values()):
+    if not any(a is not None for a in read.values()) and proto.ByteSize() > _COLLECT_BYTES:
         # onnx-ir's graph is a web of cycles whose tensors hold the parsed proto (every
         # weight): collect it now, not at some later gc run (BERT-base: 1.47 -> 1.06 GB
         # while converting). After the lean reader the proto holds no weights, and the
-        # arrays the graph holds are the ones the model keeps: no need (a collection costs
-        # ~80 ms with JAX imported).
+        # arrays the graph holds are the ones the model keeps: no need. Nor for a small
+        # model: a collection costs ~100 ms with JAX imported (a test suite's thousands of
+        # loads), more than the memory it frees is worth.
         del proto
         gc.collect()
     model = convert(optimized, folder, arrays)
