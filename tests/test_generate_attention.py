@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx2jax.passes.kv_cache import FixedKvCache, find_pairs
+from test_generate import ROWS, _ragged  # the same ragged prompts as the GPT-style tests
 
 import onnx2jax
 
@@ -272,16 +273,6 @@ class OrtLoop:
             chosen = last[np.arange(len(last)), tokens[:, j]]
             assert np.all(chosen >= last.max(-1) - tie), (j, tokens[:, j], last.argmax(-1))
             logits, past = self.run(tokens[:, j : j + 1], past)
-
-
-ROWS = [[7, 3, 22, 9, 1, 30, 2], [4, 8], [11, 12, 13, 14], [6]]
-
-
-def _ragged(rows):
-    width = max(map(len, rows))
-    ids = np.array([[0] * (width - len(r)) + r for r in rows])
-    mask = (np.arange(width) >= width - np.array([[len(r)] for r in rows])).astype(np.int64)
-    return ids, mask
 
 
 def _agree(gen, ref, n):
