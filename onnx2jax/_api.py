@@ -696,7 +696,7 @@ def load(
             if host_views:  # one weight at a time, so at most one is held twice
                 graph.initializers[name] = _host_view(arr, params.get(name, buffers.get(name)))
         arr = None
-        if sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in params.values()) > 16 << 20:
+        if sum(v.nbytes for v in params.values()) > 16 << 20:
             trim_heap()  # host copies freed above (a model from bytes, BERT-base: -250 MB RSS)
     for s in graph.inputs:
         if s.name in found.value_inputs and s.dtype is not None and s.dtype.kind == "f":

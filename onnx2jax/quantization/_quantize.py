@@ -232,8 +232,9 @@ def quantize(
     targets = find_targets(graph, set(op_types), set(exclude))
     nbits = []
     if weight_type == "int4" and int4_format == "matmulnbits":
-        nbits = [t for t in targets if _nbits.fits(t, per_channel)]
-        targets = [t for t in targets if not _nbits.fits(t, per_channel)]
+        fits = [_nbits.fits(t, per_channel) for t in targets]
+        nbits = [t for t, f in zip(targets, fits, strict=True) if f]
+        targets = [t for t, f in zip(targets, fits, strict=True) if not f]
     if nbits:
         have = irm.opset_imports.get(_nbits.MS)
         if have is not None and have != 1:
