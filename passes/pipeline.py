@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from . import batchnorm, layout, matmul
+from . import arith, attention, batchnorm, layout, matmul
 from ._util import count_nodes
 
 
@@ -35,6 +35,11 @@ PASSES: dict[str, PassSpec] = {
     for spec in (
         PassSpec("cleanup", _cleanup, "Identity elimination, CSE, dead nodes (onnx-ir)"),
         PassSpec(
+            "pow_to_mul",
+            arith.PowToMul,
+            "Pow by a constant 2, 3 or 4 as multiplies (XLA's general power is slow)",
+        ),
+        PassSpec(
             "fold_batchnorm",
             batchnorm.FoldBatchNorm,
             "BatchNormalization after Conv/ConvTranspose/Gemm folded into its weights",
@@ -43,6 +48,11 @@ PASSES: dict[str, PassSpec] = {
             "nhwc",
             layout.ChannelsLast,
             "2-D convs and pools run channels-last; transposes sunk and cancelled",
+        ),
+        PassSpec(
+            "fuse_attention",
+            attention.FuseAttention,
+            "MatMul, scale, mask, Softmax, MatMul chains as one Attention op",
         ),
         PassSpec(
             "matmul_weights",

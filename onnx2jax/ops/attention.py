@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -267,3 +268,89 @@ def rotary_embedding(
     if r < d:
         rot = jnp.concatenate([rot, x[..., r:]], axis=-1)
     return rot.reshape(shape)
+
+
+# Queries per block when the scores are big enough to leave the cache (benchmarks/NOTES.md,
+# entry 12): at 1500 x 1500 scores per head, 256-row blocks run 2.6x faster than one pass.
+_BLOCK = 256
+_BLOCKED_FROM = 512  # query rows; below this one pass is as fast or faster
+
+
+@register("Attention", domain="ai.onnx2jax")
+def fused_attention(q, kt, v, mask, *, scale=1.0, nan_to_zero=0):
+    """``MatMul(Softmax(MatMul(q, kt) * scale + mask), v)``, with ``Where(IsNaN(p), 0, p)``
+    on the probabilities if ``nan_to_zero``: the chain passes/attention.py replaced.
+
+    Long query sequences run in blocks of queries, each normalized after its product with
+    ``v`` (the division touches [rows, Dv] instead of [rows, keys]), so the scores of one
+    block stay in cache; short ones run as written, as fast as that.
+    """
+    if isinstance(mask, np.ndarray) and mask.ndim == 0 and mask == 0:
+        mask = None  # the pass's stand-in for "no mask"
+    sq, sk = q.shape[-2], kt.shape[-1]
+    if sq < _BLOCKED_FROM or sk < _BLOCK:
+        s = jnp.matmul(q, kt)
+        if scale != 1.0:
+            s = s * jnp.asarray(scale, s.dtype)
+        if mask is not None:
+            s = s + mask
+        p = jax.nn.softmax(s, axis=-1)
+        if nan_to_zero:
+            p = jnp.where(jnp.isnan(p), jnp.zeros((), p.dtype), p)
+        return jnp.matmul(p, v)
+    return _blocked_attention(q, kt, v, mask, scale, bool(nan_to_zero))
+
+
+def _blocked_attention(q, kt, v, mask, scale, nan_to_zero):
+    """The same attention, one batch row and ``_BLOCK`` query rows at a time (``lax.map``, so
+    XLA keeps one block's scores live at once: ~9 MB for 6 heads x 256 x 1500)."""
+    batch = q.shape[0] if q.ndim >= 3 else 1
+    same = (
+        batch > 1
+        and kt.shape[0] == v.shape[0] == batch
+        and (mask is None or mask.ndim < q.ndim or mask.shape[0] in (1, batch))
+    )
+    if not same:
+        return _query_blocks(q, kt, v, mask, scale, nan_to_zero)
+    per_row = mask is not None and mask.ndim == q.ndim and mask.shape[0] == batch
+    if mask is not None and mask.ndim == q.ndim and not per_row:
+        mask = mask[0]  # [1, ...]: the same for every batch row
+    return lax.map(
+        lambda a: _query_blocks(a[0], a[1], a[2], a[3] if per_row else mask, scale, nan_to_zero),
+        (q, kt, v, mask if per_row else None),
+    )
+
+
+def _query_blocks(q, kt, v, mask, scale, nan_to_zero):
+    sq = q.shape[-2]
+    blocks = -(-sq // _BLOCK)
+    pad = blocks * _BLOCK - sq
+
+    def split(x):  # [..., sq, n] -> [blocks, ..., _BLOCK, n]
+        if pad:
+            x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
+        x = x.reshape(*x.shape[:-2], blocks, _BLOCK, x.shape[-1])
+        return jnp.moveaxis(x, -3, 0)
+
+    per_row_mask = mask is not None and mask.ndim >= 2 and mask.shape[-2] == sq and sq > 1
+
+    def block(args):
+        qb, mb = args
+        s = jnp.matmul(qb, kt)
+        if scale != 1.0:
+            s = s * jnp.asarray(scale, s.dtype)
+        if mask is not None:
+            s = s + (mb if per_row_mask else mask)
+        m = lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+        # A row of -inf scores: softmax gives NaN there; keep that (or 0 with the guard) below.
+        e = jnp.exp(s - m)
+        total = jnp.sum(e, axis=-1, keepdims=True)
+        y = jnp.matmul(e, v) / total
+        if nan_to_zero:
+            y = jnp.where(jnp.isnan(total), jnp.zeros((), y.dtype), y)
+        return y
+
+    y = lax.map(block, (split(q), split(mask) if per_row_mask else None))
+    y = jnp.moveaxis(y, 0, -3)  # [..., blocks, _BLOCK, dv]
+    y = y.reshape(*y.shape[:-3], blocks * _BLOCK, y.shape[-1])
+    return y[..., :sq, :] if pad else y

@@ -156,9 +156,24 @@ def div(a, b):
 def pow_(x, y):
     """https://onnx.ai/onnx/operators/onnx__Pow.html: the result has the base's type."""
     m = xp(x, y)
+    n = _small_int_exponent(y)
+    if m is jnp and n is not None and not _is_int(x):
+        # x**3 of the tanh GELU, x**2 of a variance: multiplies, not XLA's general power
+        # (exp(y * log|x|) with sign fix-ups), which is slower and no more exact.
+        out = jax.lax.integer_pow(x, n)
+        shape = np.broadcast_shapes(x.shape, y.shape)
+        return out if out.shape == shape else jnp.broadcast_to(out, shape)
     if _is_int(x) and not _is_int(y):  # integer base, float exponent: compute in float
         return _astype(m.power(_astype(x, y.dtype), y), x.dtype)
     return _astype(m.power(x, y), x.dtype)
+
+
+def _small_int_exponent(y) -> int | None:
+    """``y`` as an int when it is one static value in [-4, 4] that is a whole number."""
+    if not isinstance(y, (np.ndarray, np.generic)) or y.size != 1:
+        return None
+    v = float(np.asarray(y).reshape(-1)[0])
+    return int(v) if v.is_integer() and abs(v) <= 4 else None
 
 
 def _binary(name: str) -> Callable:
