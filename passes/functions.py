@@ -1,7 +1,7 @@
 """Standard-ONNX function bodies for the ``ai.onnx2jax`` ops, so optimized files run anywhere.
 
 onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py, MatMulTransB in ops/linalg.py,
-Attention in ops/attention.py). ``onnx2jax optimize`` writes the file
+Attention in ops/attention.py, LayerNormalization in ops/normalization.py). ``onnx2jax optimize`` writes the file
 with one model-local function per op used, whose body is the plain ONNX op between transposes:
 onnxruntime (or any runtime) inlines it, while a reader still sees ``NhwcConv`` in the graph.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from . import attention
+from . import attention, norm_act
 from ._util import DOMAIN
 
 _INTS, _INT, _STR = ir.AttributeType.INTS, ir.AttributeType.INT, ir.AttributeType.STRING
@@ -51,6 +51,8 @@ def function(op_type: str, opset: int) -> ir.Function:
     """The function body of ``ai.onnx2jax::op_type`` in ONNX ``opset``."""
     if op_type == "Attention":
         return attention.function(opset)
+    if op_type == "LayerNormalization":
+        return norm_act.layernorm_function(opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
     nodes, args = [], []

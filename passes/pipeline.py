@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from . import arith, attention, batchnorm, layout, matmul
+from . import arith, attention, batchnorm, layout, matmul, norm_act
 from ._util import count_nodes
 
 
@@ -38,6 +38,16 @@ PASSES: dict[str, PassSpec] = {
             "pow_to_mul",
             arith.PowToMul,
             "Pow by a constant 2, 3 or 4 as multiplies (XLA's general power is slow)",
+        ),
+        PassSpec(
+            "fuse_layernorm",
+            norm_act.FuseLayerNorm,
+            "Decomposed LayerNorm (ReduceMean, Sub, square, ReduceMean, Sqrt, Div) as one op",
+        ),
+        PassSpec(
+            "fuse_gelu",
+            norm_act.FuseGelu,
+            "GELU written out with Erf or Tanh as one Gelu (com.microsoft below opset 20)",
         ),
         PassSpec(
             "fold_batchnorm",

@@ -121,6 +121,22 @@ def gelu(x, *, approximate="none"):
     return jax.nn.gelu(x, approximate=approximate == "tanh")
 
 
+# onnxruntime's contrib ops, which passes/norm_act.py writes for GELUs below opset 20
+# (https://github.com/microsoft/onnxruntime/blob/main/docs/ContribOperators.md).
+@register("Gelu", domain="com.microsoft")
+def ms_gelu(x):
+    """onnxruntime's Gelu (com.microsoft): ``x * 0.5 * (1 + erf(x / sqrt(2)))``."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+@register("FastGelu", domain="com.microsoft")
+def ms_fast_gelu(x, bias=None):
+    """onnxruntime's FastGelu (com.microsoft): the tanh GELU of ``x (+ bias)``."""
+    if bias is not None:
+        x = x + bias
+    return jax.nn.gelu(x, approximate=True)
+
+
 @register("Swish", since=24)
 def swish(x, *, alpha=1.0):
     return x * jax.nn.sigmoid(alpha * x)

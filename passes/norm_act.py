@@ -1,0 +1,379 @@
+"""LayerNorm and GELU as the exporters decompose them -> one normalization / activation op.
+
+Below opset 17 (LayerNormalization) and 20 (Gelu) the legacy torch exporter, tf2onnx and
+transformers' hand-written activations spell these layers out in elementwise ops::
+
+    m = ReduceMean(x, [-1]); d = x - m
+    v = ReduceMean(d ** 2 | d * d, [-1])
+    n = d / Sqrt(v + eps)  |  d * Reciprocal(Sqrt(v + eps))
+    y = n * gamma + beta                              (gamma, beta optional)
+
+    y = x * 0.5 * (1 + Erf(x / sqrt(2) | x * (1 / sqrt(2))))          (any association)
+    y = 0.5 * x * (1 + Tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3)))  (x ** 3: Pow or Muls)
+
+``fuse_layernorm`` writes ``LayerNormalization(x, gamma, beta, axis=-1, epsilon=eps)`` (the
+standard op from opset 17; ``ai.onnx2jax::LayerNormalization`` below it, whose function body
+for ``onnx2jax optimize`` is the decomposition). ``fuse_gelu`` writes the standard ``Gelu``
+from opset 20, else onnxruntime's ``com.microsoft`` ``Gelu`` / ``FastGelu``, which onnxruntime
+runs natively and onnx2jax implements (onnx2jax/ops/activation.py). The point is one op per
+layer for the reader, the report and the lowering (one-pass statistics, XLA's own GELU);
+XLA fuses the elementwise chains as written about as well (benchmarks/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from ._util import DOMAIN, attr, constant, is_param, only_user, replace
+
+_ONNX = ("", "ai.onnx")
+MS = "com.microsoft"
+_RTOL = 1e-4  # how near a constant must be to its exact value (exporters round differently)
+
+
+class FuseLayerNorm(ir.passes.InPlacePass):
+    """``ReduceMean, Sub, square, ReduceMean, +eps, Sqrt, Div, [*gamma], [+beta]`` ->
+    ``LayerNormalization``."""
+
+    def __init__(self):
+        super().__init__()
+        self.matches: dict[str, int] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.matches = {}
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        if opset < 11:  # the function body flattens at axis -1 (negative axes: opset 11)
+            return ir.passes.PassResult(model, False)
+        for node in list(model.graph):
+            if not _is(node, "Sub"):
+                continue
+            match = _match_layernorm(node, opset)
+            if match is None:
+                continue
+            chain, x, gamma, beta, eps, parts = match
+            tape = ir.tape.Tape()
+            d = x.shape[-1]
+            if gamma is None:
+                gamma = constant(tape, np.ones([d], x.dtype.numpy()))
+            inputs = [x, gamma]
+            if beta is not None or opset < 17:  # the function body takes all three
+                zeros = np.zeros([d], x.dtype.numpy())
+                inputs.append(beta if beta is not None else constant(tape, zeros))
+            y = tape.op(
+                "LayerNormalization",
+                inputs,
+                attributes={"axis": -1, "epsilon": eps},
+                domain="" if opset >= 17 else DOMAIN,
+            )
+            # Inserted where the last node was: gamma and beta may be Constant nodes in between.
+            replace(model.graph, chain[-1:] + chain[:-1], tape, [chain[-1].outputs[0]], [y])
+            key = "LayerNormalization" + (f" ({', '.join(parts)})" if parts else "")
+            self.matches[key] = self.matches.get(key, 0) + 1
+        if self.matches and opset < 17:
+            model.opset_imports.setdefault(DOMAIN, 1)
+        return ir.passes.PassResult(model, bool(self.matches))
+
+
+def _match_layernorm(sub: ir.Node, opset: int):
+    """The LayerNorm chain from its ``Sub(x, ReduceMean(x))`` as (nodes in order, x, gamma,
+    beta, eps, variant notes), or None where it is not exactly that chain."""
+    x, m = sub.inputs
+    mean = _sole_producer(m)
+    if not _is(mean, "ReduceMean") or mean.inputs[0] is not x or not _last_axis(mean, x):
+        return None
+    if x.dtype is None or not x.dtype.is_floating_point():
+        return None
+    if opset < 15 and x.dtype != ir.DataType.FLOAT:
+        return None  # the function body below opset 15 has no CastLike for eps
+    if not isinstance(x.shape[-1], int):
+        return None  # gamma's size must be checked against it
+    size = x.shape[-1]
+    d = sub.outputs[0]
+    if d.is_graph_output():
+        return None
+    users = {id(u.node): u.node for u in d.uses()}
+    square = next((u for u in users.values() if _is_square(u, d)), None)
+    if square is None or len(users) != 2:
+        return None
+    var = only_user(square.outputs[0])
+    if not _is(var, "ReduceMean") or not _last_axis(var, x):
+        return None
+    chain = [mean, sub, square, var]
+    add = only_user(var.outputs[0])
+    eps = _other_const(add, "Add", var.outputs[0], x)
+    if eps is None or not eps >= 0:
+        return None
+    sqrt = only_user(add.outputs[0])
+    if not _is(sqrt, "Sqrt"):
+        return None
+    chain += [add, sqrt]
+    parts = []
+    div = only_user(sqrt.outputs[0])
+    if _is(div, "Div") and div.inputs[0] is d and div.inputs[1] is sqrt.outputs[0]:
+        chain.append(div)
+    elif _is(div, "Reciprocal"):
+        mul = only_user(div.outputs[0])
+        if not _is(mul, "Mul") or set(map(id, mul.inputs)) != {id(d), id(div.outputs[0])}:
+            return None
+        chain += [div, mul]
+        parts.append("reciprocal")
+    else:
+        return None
+    if set(users) != {id(square), id(chain[-1])}:
+        return None  # d read elsewhere
+    gamma = beta = None
+    nxt = only_user(chain[-1].outputs[0])
+    other = _other_input(nxt, "Mul", chain[-1].outputs[0])
+    if other is not None and _is_vector(other, size):
+        chain.append(nxt)
+        gamma = other
+        nxt = only_user(nxt.outputs[0])
+    other = _other_input(nxt, "Add", chain[-1].outputs[0])
+    if other is not None and _is_vector(other, size):
+        chain.append(nxt)
+        beta = other
+    parts += [f"no {name}" for name, v in (("gamma", gamma), ("beta", beta)) if v is None]
+    return chain, x, gamma, beta, eps, parts
+
+
+def _is_square(node: ir.Node, d: ir.Value) -> bool:
+    """``Pow(d, 2)`` or ``Mul(d, d)``."""
+    if _is(node, "Mul"):
+        return node.inputs[0] is d and node.inputs[1] is d
+    return _is(node, "Pow") and node.inputs[0] is d and _const(node.inputs[1], d) == 2.0
+
+
+def _last_axis(reduce: ir.Node, x: ir.Value) -> bool:
+    """``reduce`` is ReduceMean over the last axis of ``x`` only, keeping dims."""
+    rank = None if x.shape is None else len(x.shape)
+    if rank is None or rank < 1 or attr(reduce, "keepdims", 1) != 1:
+        return False
+    axes = attr(reduce, "axes")
+    if len(reduce.inputs) > 1 and reduce.inputs[1] is not None:  # opset 18: axes as an input
+        tensor = ir.convenience.get_const_tensor(reduce.inputs[1])
+        axes = None if tensor is None else tensor.numpy().reshape(-1).tolist()
+    return axes is not None and [int(a) % rank for a in axes] == [rank - 1]
+
+
+def _is_vector(value: ir.Value, size: int) -> bool:
+    """A 1-D constant (initializer or Constant node) of ``size`` elements."""
+    if not (is_param(value) or _is(value.producer(), "Constant")):
+        return False
+    shape = value.shape
+    if shape is None and value.const_value is not None:
+        shape = value.const_value.shape
+    return shape is not None and len(shape) == 1 and shape[0] == size
+
+
+# -- GELU -----------------------------------------------------------------------------------
+
+
+class FuseGelu(ir.passes.InPlacePass):
+    """``x * 0.5 * (1 + Erf(x / sqrt 2))`` and its tanh approximation -> ``Gelu``."""
+
+    def __init__(self):
+        super().__init__()
+        self.matches: dict[str, int] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.matches = {}
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        microsoft = False
+        for node in list(model.graph):
+            if not (_is(node, "Erf") or _is(node, "Tanh")):
+                continue
+            match = _match_gelu(node)
+            if match is None:
+                continue
+            chain, x, form = match
+            if opset < 20 and x.dtype != ir.DataType.FLOAT:
+                continue  # onnxruntime's contrib kernels on CPU are float32 only
+            tape = ir.tape.Tape()
+            if opset >= 20:
+                y = tape.op("Gelu", [x], attributes={"approximate": form})
+            else:
+                y = tape.op("Gelu" if form == "none" else "FastGelu", [x], domain=MS)
+                microsoft = True
+            replace(model.graph, chain[-1:] + chain[:-1], tape, [chain[-1].outputs[0]], [y])
+            key = f"Gelu ({'erf' if form == 'none' else 'tanh'})"
+            self.matches[key] = self.matches.get(key, 0) + 1
+        if microsoft:
+            model.opset_imports.setdefault(MS, 1)
+        return ir.passes.PassResult(model, bool(self.matches))
+
+
+def _match_gelu(core: ir.Node):
+    """The GELU chain around its Erf or Tanh as (nodes in order, x, "none" | "tanh")."""
+    arg = _sole_producer(core.inputs[0])
+    if core.op_type == "Erf":
+        found = _erf_argument(arg)
+        form = "none"
+    else:
+        found = _tanh_argument(arg)
+        form = "tanh"
+    if found is None:
+        return None
+    x, inner = found
+    if x.dtype is None or not x.dtype.is_floating_point() or x.shape is None:
+        return None
+    plus = only_user(core.outputs[0])
+    one = _other_const(plus, "Add", core.outputs[0], x)
+    if one is None or not _near(one, 1.0):
+        return None
+    outer = _times_half_x(plus.outputs[0], x)
+    if outer is None:
+        return None
+    return inner + [core, plus] + outer, x, form
+
+
+def _erf_argument(node: ir.Node | None):
+    """``x / sqrt(2)`` or ``x * (1 / sqrt(2))`` -> (x, [node])."""
+    if _is(node, "Div"):
+        x = node.inputs[0]
+        if _near(_const(node.inputs[1], x), math.sqrt(2.0)):
+            return x, [node]
+    elif _is(node, "Mul"):
+        for x, c in (node.inputs, node.inputs[::-1]):
+            if _near(_const(c, x), math.sqrt(0.5)):
+                return x, [node]
+    return None
+
+
+def _tanh_argument(node: ir.Node | None):
+    """``sqrt(2 / pi) * (x + 0.044715 * x ** 3)`` (operands in either order) -> (x, nodes)."""
+    if not _is(node, "Mul"):
+        return None
+    for s, c in (node.inputs, node.inputs[::-1]):
+        add = _sole_producer(s)
+        if not _is(add, "Add") or not _near(_const(c, add.inputs[0]), math.sqrt(2.0 / math.pi)):
+            continue
+        for x, q in (add.inputs, add.inputs[::-1]):
+            scaled = _sole_producer(q)
+            if not _is(scaled, "Mul"):
+                continue
+            for cube_value, k in (scaled.inputs, scaled.inputs[::-1]):
+                cube = _cube(cube_value, x)
+                if cube is not None and _near(_const(k, x), 0.044715):
+                    return x, cube + [scaled, add, node]
+    return None
+
+
+def _cube(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
+    """The nodes computing ``x ** 3`` as ``Pow(x, 3)``, ``Mul(x * x, x)`` or ``Mul(x, x * x)``."""
+    node = _sole_producer(value)
+    if _is(node, "Pow"):
+        return [node] if node.inputs[0] is x and _const(node.inputs[1], x) == 3.0 else None
+    if not _is(node, "Mul"):
+        return None
+    for lin, sq in (node.inputs, node.inputs[::-1]):
+        square = _sole_producer(sq)
+        if lin is x and _is(square, "Mul") and square.inputs[0] is x and square.inputs[1] is x:
+            return [square, node]
+    return None
+
+
+def _times_half_x(a: ir.Value, x: ir.Value) -> list[ir.Node] | None:
+    """The nodes computing ``x * 0.5 * a`` from ``a`` in any association, ending with the one
+    whose output is the product: ``(x * a) * 0.5``, ``(x * 0.5) * a``, ``(0.5 * a) * x``."""
+    mul = only_user(a)
+    if not _is(mul, "Mul"):
+        return None
+    other = mul.inputs[1] if mul.inputs[0] is a else mul.inputs[0]
+    if other is x:  # (x * a) * 0.5
+        last = only_user(mul.outputs[0])
+        half = _other_const(last, "Mul", mul.outputs[0], x)
+        if half is not None and _near(half, 0.5):
+            return [mul, last]
+        return None
+    if _near(_const(other, x), 0.5):  # (0.5 * a) * x
+        last = only_user(mul.outputs[0])
+        if _other_input(last, "Mul", mul.outputs[0]) is x:
+            return [mul, last]
+        return None
+    halved = _sole_producer(other)  # (x * 0.5) * a
+    return [halved, mul] if _near(_other_const(halved, "Mul", x, x), 0.5) else None
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def _is(node: ir.Node | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain in _ONNX
+
+
+def _sole_producer(value: ir.Value | None) -> ir.Node | None:
+    """The node computing ``value`` when nothing else reads it."""
+    if value is None or only_user(value) is None:
+        return None
+    return value.producer()
+
+
+def _other_input(node: ir.Node | None, op_type: str, value: ir.Value) -> ir.Value | None:
+    """The other operand of a binary ``op_type`` node that reads ``value`` (either side)."""
+    if not _is(node, op_type) or len(node.inputs) != 2:
+        return None
+    a, b = node.inputs
+    if a is value and b is not value:
+        return b
+    if b is value and a is not value:
+        return a
+    return None
+
+
+def _other_const(node: ir.Node | None, op_type: str, value: ir.Value, x: ir.Value):
+    """The scalar constant that a binary ``op_type`` node combines ``value`` with."""
+    other = _other_input(node, op_type, value)
+    return None if other is None else _const(other, x)
+
+
+def _const(value: ir.Value | None, x: ir.Value) -> float | None:
+    """The value of a one-element constant that does not raise ``x``'s rank, else None."""
+    if value is None or value.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None or tensor.size != 1 or x.shape is None:
+        return None
+    if len(tensor.shape) > len(x.shape):
+        return None
+    return float(tensor.numpy().reshape(-1)[0])
+
+
+def _near(value: float | None, exact: float) -> bool:
+    return value is not None and abs(value - exact) <= _RTOL * abs(exact)
+
+
+def layernorm_function(opset: int) -> ir.Function:
+    """``ai.onnx2jax::LayerNormalization`` in standard ONNX ops (for ``onnx2jax optimize``'s
+    files below opset 17): the decomposition, over ``x`` flattened at ``axis`` to 2-D."""
+    x, scale, b = (ir.Value(name=n) for n in ("x", "scale", "b"))
+    nodes: list[ir.Node] = []
+
+    def op(op_type, inputs, attributes=()):
+        nodes.append(ir.Node("", op_type, inputs, list(attributes)))
+        return nodes[-1].outputs[0]
+
+    def mean(v):
+        if opset >= 18:  # axes became an input
+            axes = op("Constant", [], [ir.AttrTensor("value", ir.tensor(np.array([1])))])
+            return op("ReduceMean", [v, axes])
+        return op("ReduceMean", [v], [ir.AttrInt64s("axes", [1])])
+
+    flat = op("Flatten", [x], [ir.RefAttr("axis", "axis", ir.AttributeType.INT)])
+    d = op("Sub", [flat, mean(flat)])
+    var = mean(op("Mul", [d, d]))
+    eps = op("Constant", [], [ir.RefAttr("value_float", "epsilon", ir.AttributeType.FLOAT)])
+    if opset >= 15:  # below, the pass fuses float32 models only
+        eps = op("CastLike", [eps, var])
+    n = op("Div", [d, op("Sqrt", [op("Add", [var, eps])])])
+    n = op("Reshape", [n, op("Shape", [x])])
+    y = op("Add", [op("Mul", [n, scale]), b])
+    y.name = "y"
+    graph = ir.Graph([x, scale, b], [y], nodes=nodes, opset_imports={"": opset})
+    attributes = [
+        ir.Attr("axis", ir.AttributeType.INT, None),
+        ir.Attr("epsilon", ir.AttributeType.FLOAT, None),
+    ]
+    return ir.Function(DOMAIN, "LayerNormalization", graph=graph, attributes=attributes)
