@@ -118,7 +118,14 @@ def gelu(x, *, approximate="none"):
     """https://onnx.ai/onnx/operators/onnx__Gelu.html"""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu approximate must be 'none' or 'tanh', got {approximate!r}")
-    return jax.nn.gelu(x, approximate=approximate == "tanh")
+    return jax.nn.gelu(x, approximate=True) if approximate == "tanh" else _gelu_erf(x)
+
+
+def _gelu_erf(x):
+    # As the spec writes it, with erf: jax.nn.gelu(approximate=False) uses erfc, which XLA on
+    # CPU computes at about twice the cost ([8, 128, 1024]: 2.1 vs 1.1 ms); the two differ only
+    # in the far negative tail, where both are ~0.
+    return x * (jax.lax.erf(x * math.sqrt(0.5)) + 1) * 0.5
 
 
 # onnxruntime's contrib ops, which passes/norm_act.py writes for GELUs below opset 20
@@ -126,7 +133,7 @@ def gelu(x, *, approximate="none"):
 @register("Gelu", domain="com.microsoft")
 def ms_gelu(x):
     """onnxruntime's Gelu (com.microsoft): ``x * 0.5 * (1 + erf(x / sqrt(2)))``."""
-    return jax.nn.gelu(x, approximate=False)
+    return _gelu_erf(x)
 
 
 @register("FastGelu", domain="com.microsoft")
