@@ -163,8 +163,9 @@ def _is_vector(value: ir.Value, size: int) -> bool:
     if not (is_param(value) or _is(value.producer(), "Constant")):
         return False
     shape = value.shape
-    if shape is None and value.const_value is not None:
-        shape = value.const_value.shape
+    if shape is None:  # shape inference may have given up on the graph
+        tensor = ir.convenience.get_const_tensor(value)
+        shape = None if tensor is None else tensor.shape
     return shape is not None and len(shape) == 1 and shape[0] == size
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -261,6 +263,21 @@ def test_fast_gelu_bias_input():
     np.testing.assert_allclose(
         np.asarray(m.apply(m.params, **feeds)[0]), want, rtol=1e-4, atol=1e-5
     )
+
+
+def test_grad_with_respect_to_params_through_fused_layers():
+    """LayerNorm's gamma and beta, and the weight before a GELU, keep their ONNX names; their
+    gradients through the fused ops equal those through the graph as written."""
+    feeds = _feeds()
+    for model in (_layernorm(14), _gelu(14, "torch"), _gelu(17, "gelu_new")):
+        grads = []
+        for passes in ("default", None):
+            m = onnx2jax.load(model, passes=passes)
+            loss = lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, **feeds)[0]))  # noqa: E731
+            grads.append(jax.jit(jax.grad(loss))(m.params))
+        assert sorted(grads[0]) == sorted(grads[1]) != []  # ["g", "b"] or ["w"]
+        for k in grads[0]:
+            np.testing.assert_allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 # -- real exports ---------------------------------------------------------------------------
