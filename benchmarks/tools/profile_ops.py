@@ -1,6 +1,9 @@
 """Where a model's compiled program spends its time: top XLA thunks from a jax.profiler trace.
 
-python benchmarks/tools/profile_ops.py MODEL.onnx [--dim name=N ...] [--runs 5] [--top 25]
+python benchmarks/tools/profile_ops.py MODEL.onnx [--dim name=N ...] [--runs 5] [--top 25] [--kinds]
+
+``--kinds`` sums the thunks by name without their ``.N`` suffix (``ynn_fusion`` = YNNPACK dots
+and convolutions, ``loop_*_fusion`` / ``reduce-window`` / ``copy`` = XLA's own kernels).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import collections
 import glob
 import gzip
 import json
+import re
 import tempfile
 
 import jax
@@ -36,6 +40,7 @@ def main() -> None:
     ap.add_argument("--dim", action="append", default=[])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--kinds", action="store_true", help="sum thunks by kind (name sans .N)")
     a = ap.parse_args()
     dims = {k: int(v) for k, v in (d.split("=") for d in a.dim)}
     model = onnx2jax.load(a.model)
@@ -51,7 +56,8 @@ def main() -> None:
     total: collections.Counter[str] = collections.Counter()
     for e in events:
         if e.get("ph") == "X" and "dur" in e:
-            total[e["name"]] += e["dur"] / a.runs / 1e3
+            name = re.sub(r"\.\d+$", "", e["name"]) if a.kinds else e["name"]
+            total[name] += e["dur"] / a.runs / 1e3
     for name, ms in total.most_common(a.top):
         print(f"{ms:9.3f} ms  {name}")
 
