@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> None:
             timeout_s=args.timeout,
             max_load=args.max_load,
             quiet_wait=args.quiet_wait,
+            tune=not args.no_tune,
         )
         inputs_for = None
         if zm is not None:
@@ -747,6 +748,12 @@ def main(argv: list[str] | None = None) -> None:
         default=120.0,
         help="before each batch's timed runs, wait up to this many seconds for the load "
         "average to fall below --max-load (default 120; 0: only record it)",
+    )
+    ap.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="time onnx2jax with its default kernel libraries (by default Model.tune picks "
+        "them per model and batch after the start-up measurements, as a deployment would)",
     )
     ap.add_argument(
         "--render", action="store_true", help="only regenerate RESULTS.md and the chart"

@@ -56,6 +56,8 @@ class Program:
     # jax.default_matmul_precision for every trace of this program (None: JAX's default);
     # resolved from load(precision=...) by _matmul_precision.
     precision: str | None = None
+    # XLA options Model.tune chose for the "main" jit (empty: _compiler.compiler_options()).
+    tuned_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def output_names(self) -> list[str]:
@@ -239,6 +241,21 @@ class Model:
             call_args = (self.params, self._prepared_values(), dynamic)
             return _jitted(prog).lower(*call_args, static), call_args
 
+    def tune(self, *args: Any, rounds: int = 3, **kwargs: Any):
+        """Choose XLA's kernel libraries for this model by timing them on these inputs.
+
+        On CPU, XLA can run matmuls with YNNPACK (the default) or its own Eigen kernels, and
+        which is faster depends on the model and batch (GPT-2 prefill: YNNPACK 1.7x; ViT at
+        batch 8: Eigen 1.2x). ``tune`` compiles ``model(*args, **kwargs)`` once per choice,
+        times each for ``rounds`` interleaved rounds, and keeps the fastest for later calls
+        (and :meth:`lower`) of every model sharing this program. Call it once after loading,
+        with inputs of the shapes you will serve. Elsewhere (GPU, TPU) it has nothing to choose.
+        Returns a ``TuneReport`` (``chosen``, ``ms`` per choice).
+        """
+        from ._tune import tune
+
+        return tune(self, args, kwargs, rounds=rounds)
+
     def prepare(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The param-only values for ``params`` (default ``self.params``): weights laid out for
         the kernels, folded BatchNorms, dequantized weights and the integer buffers.
@@ -332,9 +349,8 @@ def _jitted(prog: Program):
             env.update(dynamic)
             return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
 
-        fn = prog.compiled["main"] = jax.jit(
-            run_static, static_argnums=3, compiler_options=compiler_options()
-        )
+        options = prog.tuned_options or compiler_options()
+        fn = prog.compiled["main"] = jax.jit(run_static, static_argnums=3, compiler_options=options)
     return fn
 
 

@@ -14,7 +14,8 @@ import os
 from typing import Any
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
-_CPU = {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_CONV, _DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+_CPU = {_YNN: f"{_CONV},{_DOT}"}
 
 
 @functools.cache
@@ -37,3 +38,16 @@ def compiler_options() -> dict[str, Any]:
     except Exception:
         return {}
     return dict(_CPU)
+
+
+def candidates() -> dict[str, dict[str, Any]]:
+    """The option sets ``Model.tune`` chooses between, by name; the default first.
+
+    On CPU the dots go to YNNPACK or to XLA's own Eigen kernels; neither wins everywhere
+    (benchmarks/NOTES.md, entry 12: Eigen 18-29% faster on ViT and the GPT-2 decode step at
+    batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). Convolutions stay on YNNPACK.
+    """
+    default = compiler_options()
+    if _YNN not in default:
+        return {"default": default}
+    return {"ynnpack dots": default, "eigen dots": {**default, _YNN: _CONV}}

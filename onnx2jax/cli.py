@@ -319,6 +319,12 @@ def _add_bench(sub) -> None:
         help="before each batch's timed runs, wait up to this long for the load average to fall "
         "below --max-load (default 120; 0: do not wait, only record)",
     )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="after the start-up measurements, let Model.tune pick onnx2jax's kernel "
+        "libraries for each batch size (as a deployment would once)",
+    )
     p.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     p.add_argument(
         "--json", type=_new_file, metavar="OUT.json", help="write the full record as JSON"

@@ -58,6 +58,8 @@ class BenchOptions:
     timeout_s: float = 900.0  # per worker request (load + compile of a big model included)
     max_load: float | None = None  # quiet below this 1-min load average; default 0.25 per core
     quiet_wait: float = 120.0  # wait up to this long for it before timing each batch
+    # onnx2jax: Model.tune after the first run (start-up columns are measured before it)
+    tune: bool = False
 
 
 def measure_peak(threads: int | None = None, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -263,6 +265,7 @@ def _bench_batch(
                     cmd="init",
                     engine=engine,
                     cache_dir=cache_dir if engine == "onnx2jax" else None,
+                    tune=options.tune and engine == "onnx2jax",
                     outputs=os.path.join(tmp, f"out-{engine}.pkl"),
                     **base,
                 )

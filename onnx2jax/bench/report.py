@@ -110,6 +110,7 @@ def main(args) -> int:
         peak=not args.no_peak,
         max_load=args.max_load,
         quiet_wait=args.quiet_wait,
+        tune=getattr(args, "tune", False),
     )
     rec = bench_model(args.model, opts, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_record(rec))
