@@ -387,7 +387,9 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
         f"timed runs ({BUSY}: busy machine, see above). GFLOP/s counts 2 x multiply-adds of "
         "Conv/MatMul/Gemm and their integer forms (the shapes as traced), % of the float32 "
         "matmul peak in brackets. For INT8 models these are integer operations: with AVX-512 "
-        "VNNI an engine can pass the float32 peak.",
+        "VNNI an engine can pass the float32 peak. onnx2jax runs after `Model.tune` (once per "
+        "model and batch, after the start-up measurements): batch marked E = it chose XLA's "
+        "Eigen dots over YNNPACK's (benchmarks/NOTES.md 12).",
         "",
         "| model | batch | load | GFLOP | onnx2jax ms | onnxruntime ms | **vs onnxruntime** | "
         f"p90 ratio |{ov_head} onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | "
@@ -433,8 +435,9 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
                     f" {_f(ov.get('median_ms'), '.3g')} | **{_f(qv.get('median'), '.2f')}** |"
                 )
             diff = (a.get("vs_onnxruntime") or {}).get("max_abs_diff")
+            tuned = " E" if (a.get("warm") or {}).get("tuned") == "eigen dots" else ""
             lines.append(
-                f"| {rec['model']} | {b['batch']} | {_load_cell(rec, b)} | "
+                f"| {rec['model']} | {b['batch']}{tuned} | {_load_cell(rec, b)} | "
                 f"{_f(fl / 1e9 if fl else None, '.3g')} | "
                 f"{_f(a.get('median_ms'), '.3g')} | {_f(o.get('median_ms'), '.3g')} | "
                 f"**{_f(q.get('median'), '.2f')}** | {_f(q.get('p90'), '.2f')} |{ov_cells} "
