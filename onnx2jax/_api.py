@@ -25,8 +25,19 @@ from ._ir import TensorSpec
 from ._loader import ModelSource, load_model, trim_heap
 from ._prepare import Prep, find_prep
 from ._segments import Break, Breaks, Stage, find_breaks, partition
+from ._stages import Staged, run_stages
+from ._values import Frozen, as_output, check_params, concrete
 
 Params = dict[str, jax.Array]
+
+
+@dataclass
+class Jits:
+    """A program's jitted functions, built on first use."""
+
+    main: Any = None  # the whole graph with prepared weights: what model(...) runs
+    prep: Any = None  # params -> the param-only values (_prepare.py)
+    stages: Staged | None = None  # with graph breaks: one jit per segment (_stages.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,8 +62,8 @@ class Program:
     # Large integer initializers (quantized weights) on the device: non-trainable, so not in
     # ``params``, but passed into every jitted program as arguments rather than embedded.
     buffers: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
-    # Lazily built jitted functions ("main", "prep", "stages"), shared by every Model of it.
-    compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Lazily built jitted functions, shared by every Model of it.
+    jits: Jits = dataclasses.field(default_factory=Jits)
     # jax.default_matmul_precision for every trace of this program (None: JAX's default);
     # resolved from load(precision=...) by _matmul_precision.
     precision: str | None = None
@@ -75,40 +86,6 @@ class Program:
             # Read when a dot is traced, so it is baked into every jit (and user trace) of apply.
             stack.enter_context(jax.default_matmul_precision(self.precision))
         return stack
-
-
-def _concrete(value: Any) -> Any:
-    """A value-specialised input as numpy: an array, a list of them (a sequence) or None."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_concrete(v) for v in value]
-    return np.asarray(value)
-
-
-def _key(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return ("seq", tuple(_key(v) for v in value))
-    data = tuple(value.ravel().tolist()) if value.dtype.kind == "O" else value.tobytes()
-    return (value.dtype.str, value.shape, data)
-
-
-class _Frozen:
-    """A concrete input value made hashable, so it can be a static ``jax.jit`` argument."""
-
-    __slots__ = ("value", "_key")
-
-    def __init__(self, value: Any):
-        self.value = _concrete(value)
-        self._key = _key(self.value)
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Frozen) and self._key == other._key
 
 
 @jax.tree_util.register_pytree_node_class
@@ -193,7 +170,7 @@ class Model:
         with prog.context():
             bound = _bind(prog, args, kwargs)
             if prog.stages is not None and not _traced(params, bound):
-                return _run_stages(prog, params, bound, jit=False)
+                return run_stages(prog, params, bound, jit=False)
             return _apply_whole(prog, params, bound)
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -214,7 +191,7 @@ class Model:
                 # jit could not take our compiler options, and would add nothing).
                 return _apply_whole(prog, self.params, bound)
             if prog.stages is not None:
-                return _run_stages(prog, self.params, bound, jit=not prog.string_outputs)
+                return run_stages(prog, self.params, bound, jit=not prog.string_outputs)
             static, dynamic = _split(prog, bound)
             if prog.string_outputs:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
@@ -285,7 +262,7 @@ class Model:
             )
         with prog.context():
             bound = _bind(prog, args, kwargs)
-            static = {k: _concrete(v) for k, v in bound.items() if k in prog.value_inputs}
+            static = {k: concrete(v) for k, v in bound.items() if k in prog.value_inputs}
             env = dict(prepared)
             env.update({k: v for k, v in bound.items() if k not in prog.value_inputs})
             return _run(prog, params, env, static, skip=frozenset(prog.prep.steps))
@@ -309,7 +286,7 @@ class Model:
 
 def _split(prog: Program, bound: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
     """Bound inputs as (value-specialised ones, frozen for a static jit argument; the rest)."""
-    static = tuple(sorted((k, _Frozen(v)) for k, v in bound.items() if k in prog.value_inputs))
+    static = tuple(sorted((k, Frozen(v)) for k, v in bound.items() if k in prog.value_inputs))
     dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
     return static, dynamic
 
@@ -332,7 +309,7 @@ def _apply_whole(
                 f"numpy value: jax.jit(functools.partial(model.apply, {k}=np.array(...)))"
             )
     dynamic = {k: v for k, v in bound.items() if k not in prog.value_inputs}
-    return _run(prog, params, dynamic, {k: _concrete(v) for k, v in static.items()})
+    return _run(prog, params, dynamic, {k: concrete(v) for k, v in static.items()})
 
 
 def _jitted(prog: Program):
@@ -340,7 +317,7 @@ def _jitted(prog: Program):
 
     It takes the prepared param-only values and skips the steps that computed them.
     """
-    fn = prog.compiled.get("main")
+    fn = prog.jits.main
     if fn is None:
         skip = frozenset(prog.prep.steps)
 
@@ -350,13 +327,13 @@ def _jitted(prog: Program):
             return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
 
         options = prog.tuned_options or compiler_options()
-        fn = prog.compiled["main"] = jax.jit(run_static, static_argnums=3, compiler_options=options)
+        fn = prog.jits.main = jax.jit(run_static, static_argnums=3, compiler_options=options)
     return fn
 
 
 def _prep_fn(prog: Program):
     """``params -> {name: value}`` of the param-only steps, jitted once per program."""
-    fn = prog.compiled.get("prep")
+    fn = prog.jits.prep
     if fn is None:
         steps = [prog.plan.steps[i] for i in prog.prep.steps]
 
@@ -373,7 +350,7 @@ def _prep_fn(prog: Program):
             with prog.context():
                 return jitted(params, prog.buffers)
 
-        fn = prog.compiled["prep"] = run_prepare
+        fn = prog.jits.prep = run_prepare
     return fn
 
 
@@ -384,125 +361,14 @@ def _run(
     static: Mapping[str, np.ndarray],
     skip: frozenset[int] = frozenset(),
 ) -> tuple[Any, ...]:
-    _check_params(prog, params)
+    check_params(prog, params)
     env: dict[str, Any] = dict(prog.constants)
     env.update(prog.buffers)  # model(...) passes them in as arguments (in ``dynamic``)
     env.update(params)
     env.update(static)
     env.update(dynamic)
     outs = _tracer.run(prog.plan, env, prog.output_names, skip)
-    return tuple(_as_output(o) for o in outs)
-
-
-def _check_params(prog: Program, params: Mapping[str, Any]) -> None:
-    missing = [
-        k
-        for k in prog.ir.graph.initializers
-        if k not in prog.constants and k not in prog.buffers and k not in params
-    ]
-    if missing:
-        raise InputError(f"params lacks {len(missing)} weight(s): {missing[:5]}; pass model.params")
-
-
-# -- graph breaks: jitted segments with host steps between them ---------------------------------
-
-
-def _segment_fn(prog: Program, stage: Stage):
-    """The function of one segment: ``(params, dynamic, static) -> outputs`` (pure, jittable)."""
-    steps = [prog.plan.steps[i] for i in stage.nodes]
-
-    def run_segment(params, dynamic, static):
-        env: dict[str, Any] = dict(prog.constants)
-        env.update(params)
-        env.update((k, f.value) for k, f in static)
-        env.update(dynamic)
-        _tracer.run_steps(prog.plan, steps, env)
-        return tuple(env[o] for o in stage.outputs)
-
-    return run_segment
-
-
-class _Staged:
-    """A program's segments, each with its own cached ``jax.jit`` (built once per program)."""
-
-    def __init__(self, prog: Program):
-        assert prog.stages is not None
-        self.calls = []
-        for stage in prog.stages:
-            fn = None if stage.host else _segment_fn(prog, stage)
-            dynamic = tuple(k for k in stage.inputs if k not in stage.static)
-            self.calls.append(
-                (
-                    stage,
-                    fn,
-                    jax.jit(fn, static_argnums=2, compiler_options=compiler_options())
-                    if fn
-                    else None,
-                    dynamic,
-                )
-            )
-
-    @property
-    def segments(self) -> list:
-        """The jitted segments, in order (``_cache_size()`` counts compiles)."""
-        return [jitted for _, _, jitted, _ in self.calls if jitted is not None]
-
-
-def _staged(prog: Program) -> _Staged:
-    staged = prog.compiled.get("stages")
-    if staged is None:
-        staged = prog.compiled["stages"] = _Staged(prog)
-    return staged
-
-
-def _run_stages(
-    prog: Program, params: Mapping[str, Any], bound: Mapping[str, Any], jit: bool
-) -> tuple[Any, ...]:
-    """Run a program with graph breaks on concrete values: segments, then host steps."""
-    _check_params(prog, params)
-    params = {**prog.buffers, **params}  # segments take buffers as arguments, as they do params
-    values: dict[str, Any] = dict(bound)
-    for stage, fn, jitted, dynamic in _staged(prog).calls:
-        if stage.host:
-            values.update(_host_step(prog, stage, params, values))
-            continue
-        static = tuple((k, _Frozen(values[k])) for k in stage.static)
-        outs = (jitted if jit else fn)(
-            {k: params[k] for k in stage.params}, {k: values[k] for k in dynamic}, static
-        )
-        values.update(zip(stage.outputs, outs, strict=True))
-    outs = []
-    for name in prog.output_names:
-        v = (
-            values[name]
-            if name in values
-            else params[name]
-            if name in params
-            else prog.constants[name]
-        )
-        outs.append(_as_output(v))
-    return tuple(outs)
-
-
-def _host_step(
-    prog: Program, stage: Stage, params: Mapping[str, Any], values: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Run one break node on numpy values (its inputs are fetched from the device at once)."""
-    fetched = jax.device_get(
-        {**{k: params[k] for k in stage.params}, **{k: values[k] for k in stage.inputs}}
-    )
-    env: dict[str, Any] = dict(prog.constants)
-    env.update({k: _concrete(v) for k, v in fetched.items()})
-    _tracer.run_steps(prog.plan, [prog.plan.steps[i] for i in stage.nodes], env)
-    return {k: env[k] for k in stage.outputs}
-
-
-def _as_output(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v if v.dtype.kind in "OSU" else jnp.asarray(v)
-    if isinstance(v, list):
-        return [_as_output(x) for x in v]
-    return v
+    return tuple(as_output(o) for o in outs)
 
 
 def _bind(prog: Program, args: tuple, kwargs: dict) -> dict[str, Any]:

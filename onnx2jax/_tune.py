@@ -36,13 +36,13 @@ def tune(model, args: tuple, kwargs: dict[str, Any], *, rounds: int = 3, seconds
     for name, opts in options.items():
         prog.tuned_options.clear()
         prog.tuned_options.update(opts)
-        prog.compiled.pop("main", None)
+        prog.jits.main = None
         jax.block_until_ready(model(*args, **kwargs))  # compiles this variant
-        jitted[name] = prog.compiled["main"]
+        jitted[name] = prog.jits.main
     times: dict[str, list[float]] = {name: [] for name in options}
     for _ in range(rounds):
         for name, fn in jitted.items():
-            prog.compiled["main"] = fn
+            prog.jits.main = fn
             runs, end = [], time.perf_counter() + seconds
             while len(runs) < 3 or time.perf_counter() < end:
                 t0 = time.perf_counter()
@@ -53,5 +53,5 @@ def tune(model, args: tuple, kwargs: dict[str, Any], *, rounds: int = 3, seconds
     chosen = min(ms, key=ms.get)
     prog.tuned_options.clear()
     prog.tuned_options.update(options[chosen])
-    prog.compiled["main"] = jitted[chosen]
+    prog.jits.main = jitted[chosen]
     return TuneReport(chosen, ms)

@@ -113,7 +113,7 @@ class OnnxJaxBackendRep(BackendRep):
         Stays False for graphs that ``Model.__call__`` runs eagerly (string outputs).
         """
         prog = self.model._program
-        ran_jit = "main" in prog.compiled or "stages" in prog.compiled
+        ran_jit = prog.jits.main is not None or prog.jits.stages is not None
         return ran_jit and not prog.string_outputs
 
 

@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 
 import onnx2jax
 from onnx2jax import Onnx2JaxError, StaticValueError
-from onnx2jax._api import _staged
+from onnx2jax._stages import staged
 from onnx2jax.cli import main
 
 rng = np.random.default_rng(0)
@@ -51,7 +51,7 @@ def _check(model: onnx.ModelProto, feeds: dict, x64: bool = False, **load_kw) ->
 
 def _compiles(m: onnx2jax.Model) -> list[int]:
     """How often each jitted segment compiled, in order."""
-    return [seg._cache_size() for seg in _staged(m._program).segments]
+    return [seg._cache_size() for seg in staged(m._program).segments]
 
 
 def _kinds(m: onnx2jax.Model) -> list[str]:

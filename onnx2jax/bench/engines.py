@@ -55,7 +55,9 @@ class Engine:
         self.info: dict[str, Any] = {}
         t0 = time.perf_counter()
         self.prepare()
-        self.info["total_s"] = time.perf_counter() - t0 - self.info.get("import_s", 0.0)
+        self.info["total_s"] = (
+            time.perf_counter() - t0 - self.info.get("import_s", 0.0) - self.info.get("tune_s", 0.0)
+        )
         if req.get("outputs"):
             with open(req["outputs"], "wb") as f:
                 pickle.dump(self.first_outputs, f)
@@ -129,14 +131,17 @@ class Onnx2Jax(Engine):
         if req.get("cache_dir"):
             self.info["cache_entries_after"] = len(os.listdir(req["cache_dir"]))
         if req.get("tune") and not model.graph_breaks:
-            # As a deployment would once at start-up; timed apart from the start-up columns.
-            report = self.timed("tune_s", lambda: model.tune(**self.inputs))
+            # As a deployment would once at start-up; its time (tuning, then compiling the
+            # choice) is ``tune_s``, kept out of ``total_s`` and so of the start-up columns.
+            t_tune = time.perf_counter()
+            report = model.tune(**self.inputs)
             self.info["tuned"] = report.chosen
             self.info["tune_ms"] = report.ms
             lowered, call_args = model.lower(**self.inputs)
-            compiled = lowered.compile()
-            self.run = lambda: jax.block_until_ready(compiled(*call_args))
+            tuned = lowered.compile()
+            self.run = lambda: jax.block_until_ready(tuned(*call_args))
             self.first_outputs = as_numpy(self.run())  # the outputs checked are the tuned ones
+            self.info["tune_s"] = time.perf_counter() - t_tune
         if req.get("cost"):
             with contextlib.suppress(Exception):
                 ca = compiled.cost_analysis()

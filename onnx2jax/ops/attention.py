@@ -10,6 +10,7 @@ from jax.dtypes import canonicalize_dtype
 
 from .._registry import register
 from ._common import dtype_of
+from .linalg import matmul  # half precision accumulates in float32, as MatMul does
 
 
 def _split_heads(x, num_heads):
@@ -289,7 +290,7 @@ def fused_attention(q, kt, v, mask, *, scale=1.0, nan_to_zero=0):
         mask = None  # the pass's stand-in for "no mask"
     sq, sk = q.shape[-2], kt.shape[-1]
     if sq < _BLOCKED_FROM or sk < _BLOCK:
-        s = jnp.matmul(q, kt)
+        s = matmul(q, kt)
         if scale != 1.0:
             s = s * jnp.asarray(scale, s.dtype)
         if mask is not None:
@@ -297,7 +298,7 @@ def fused_attention(q, kt, v, mask, *, scale=1.0, nan_to_zero=0):
         p = jax.nn.softmax(s, axis=-1)
         if nan_to_zero:
             p = jnp.where(jnp.isnan(p), jnp.zeros((), p.dtype), p)
-        return jnp.matmul(p, v)
+        return matmul(p, v)
     return _blocked_attention(q, kt, v, mask, scale, bool(nan_to_zero))
 
 
@@ -336,7 +337,7 @@ def _query_blocks(q, kt, v, mask, scale, nan_to_zero):
 
     def block(args):
         qb, mb = args
-        s = jnp.matmul(qb, kt)
+        s = matmul(qb, kt)
         if scale != 1.0:
             s = s * jnp.asarray(scale, s.dtype)
         if mask is not None:
@@ -345,7 +346,7 @@ def _query_blocks(q, kt, v, mask, scale, nan_to_zero):
         # A row of -inf scores: softmax gives NaN there; keep that (or 0 with the guard) below.
         e = jnp.exp(s - m)
         total = jnp.sum(e, axis=-1, keepdims=True)
-        y = jnp.matmul(e, v) / total
+        y = matmul(e, v) / total
         if nan_to_zero:
             y = jnp.where(jnp.isnan(total), jnp.zeros((), y.dtype), y)
         return y
