@@ -282,14 +282,16 @@ def fused_attention(q, kt, v, mask, *, scale=1.0, nan_to_zero=0):
     """``MatMul(Softmax(MatMul(q, kt) * scale + mask), v)``, with ``Where(IsNaN(p), 0, p)``
     on the probabilities if ``nan_to_zero``: the chain passes/attention.py replaced.
 
-    Long query sequences run in blocks of queries, each normalized after its product with
-    ``v`` (the division touches [rows, Dv] instead of [rows, keys]), so the scores of one
-    block stay in cache; short ones run as written, as fast as that.
+    On CPU, long query sequences run in blocks of queries, each normalized after its product
+    with ``v`` (the division touches [rows, Dv] instead of [rows, keys]), so the scores of one
+    block stay in cache; short ones, and every length on other backends, run as written.
     """
     if isinstance(mask, np.ndarray) and mask.ndim == 0 and mask == 0:
         mask = None  # the pass's stand-in for "no mask"
     sq, sk = q.shape[-2], kt.shape[-1]
-    if sq < _BLOCKED_FROM or sk < _BLOCK:
+    # Blocks are for CPU caches: on an H200 they ran 1.5-4x slower than the chain as written
+    # (benchmarks/tools/attention_forms.py; NOTES 12).
+    if sq < _BLOCKED_FROM or sk < _BLOCK or jax.default_backend() != "cpu":
         s = matmul(q, kt)
         if scale != 1.0:
             s = s * jnp.asarray(scale, s.dtype)
