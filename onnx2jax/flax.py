@@ -30,8 +30,13 @@ def _without_buffers(model: onnx2jax.Model) -> tuple[onnx2jax.Model, dict[str, A
     buffers = dict(program.buffers)
     if not buffers:
         return model, {}
-    # compiled={}: the program's cached jits close over the program that holds the buffers.
-    bare = dataclasses.replace(program, buffers={}, compiled={})
+    # New jits: the program's cached ones close over the program that holds the buffers.
+    bare = dataclasses.replace(
+        program,
+        buffers={},
+        jits=type(program.jits)(),
+        tuned_options=dict(program.tuned_options),
+    )
     return onnx2jax.Model(bare, {**model.params, **buffers}), buffers
 
 
