@@ -7,10 +7,25 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-# The domain of the ops that passes introduce; onnx2jax implements them natively
-# (onnx2jax/ops/fused.py) and `onnx2jax optimize` writes a function body for each, in standard
-# ONNX, so that other runtimes (onnxruntime) run the optimized file too.
+# The domain of the ops that passes introduce; onnx2jax implements them natively (ops/nhwc.py,
+# ops/linalg.py, ops/attention.py, ops/normalization.py) and `onnx2jax optimize` writes a
+# function body for each (functions.py), in standard ONNX, so onnxruntime runs the file too.
 DOMAIN = "ai.onnx2jax"
+
+
+class CountingPass(ir.passes.InPlacePass):
+    """An in-place onnx-ir pass that counts its rewrites by pattern (``matches``), which the
+    pipeline's report and ``onnx2jax info`` show; ``call`` starts each run with ``reset()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.matches: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.matches = {}
+
+    def hit(self, key: str) -> None:
+        self.matches[key] = self.matches.get(key, 0) + 1
 
 
 def count_nodes(graph: ir.Graph) -> int:

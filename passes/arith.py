@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ._util import replace
+from ._util import CountingPass, replace
 
 
-class PowToMul(ir.passes.InPlacePass):
+class PowToMul(CountingPass):
     """``Pow(x, 2|3|4)`` on a float ``x`` -> ``Mul`` chains."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         for node in list(model.graph):
             if node.op_type != "Pow" or node.domain not in ("", "ai.onnx"):
                 continue
@@ -41,7 +37,7 @@ class PowToMul(ir.passes.InPlacePass):
                 out = tape.op("Mul", [square, square])
             replace(model.graph, [node], tape, node.outputs, [out])
             key = f"Pow(x, {n})"
-            self.matches[key] = self.matches.get(key, 0) + 1
+            self.hit(key)
         return ir.passes.PassResult(model, bool(self.matches))
 
 

@@ -27,20 +27,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, attr, constant, only_user, replace
+from ._util import DOMAIN, CountingPass, attr, constant, only_user, replace
 
 _ONNX = ("", "ai.onnx")
 
 
-class FuseAttention(ir.passes.InPlacePass):
+class FuseAttention(CountingPass):
     """``MatMul -> [scale] -> [+mask] -> Softmax -> [NaN guard] -> MatMul`` -> ``Attention``."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         graph = model.graph
         if model.opset_imports.get("", 0) < 15:  # the function body for optimize uses CastLike
             return ir.passes.PassResult(model, False)
@@ -72,7 +68,7 @@ class FuseAttention(ir.passes.InPlacePass):
             )
             # Inserted where the last product was: every input (v, the mask) exists by then.
             replace(graph, chain[-1:] + chain[:-1], tape, [chain[-1].outputs[0]], [y])
-            self.matches[key] = self.matches.get(key, 0) + 1
+            self.hit(key)
         if self.matches:
             model.opset_imports.setdefault(DOMAIN, 1)
         return ir.passes.PassResult(model, bool(self.matches))

@@ -12,27 +12,23 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._util import attr, constant, is_param, only_user, rank, replace
+from ._util import CountingPass, attr, constant, is_param, only_user, rank, replace
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
 
-class FoldBatchNorm(ir.passes.InPlacePass):
+class FoldBatchNorm(CountingPass):
     """``BN(Conv|ConvTranspose|Gemm(x, W, B))`` -> ``Conv|ConvTranspose|Gemm(x, W', B')``."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         graph = model.graph
         for bn in list(graph):
             producer = self._check(bn)
             if producer is not None:
                 self._fold(graph, producer, bn)
                 key = f"{producer.op_type}+BatchNormalization"
-                self.matches[key] = self.matches.get(key, 0) + 1
+                self.hit(key)
         return ir.passes.PassResult(model, bool(self.matches))
 
     @staticmethod

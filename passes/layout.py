@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from ._util import DOMAIN, attr, constant, param_derived, rank, replace
+from ._util import DOMAIN, CountingPass, attr, constant, param_derived, rank, replace
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -74,18 +74,11 @@ def _is_scalar(value: ir.Value | None) -> bool:
     return r == 0 or (value.shape is not None and all(d == 1 for d in value.shape.dims) and r <= 1)
 
 
-class ChannelsLast(ir.passes.InPlacePass):
+class ChannelsLast(CountingPass):
     """2-D Conv/pools as ``ai.onnx2jax`` NHWC ops; transposes sunk and cancelled."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
-    def _hit(self, key: str) -> None:
-        self.matches[key] = self.matches.get(key, 0) + 1
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         graph = model.graph
         for node in list(graph):
             if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
@@ -124,7 +117,7 @@ class ChannelsLast(ir.passes.InPlacePass):
         )
         out = tape.op("Transpose", [y], attributes={"perm": list(TO_NCHW)})
         replace(graph, [node], tape, [node.outputs[0]], [out])
-        self._hit("Conv")
+        self.hit("Conv")
 
     def _pool(self, graph: ir.Graph, node: ir.Node) -> None:
         if len(attr(node, "kernel_shape", ())) != 2 or len(node.outputs) != 1:
@@ -142,7 +135,7 @@ class ChannelsLast(ir.passes.InPlacePass):
         )
         out = tape.op("Transpose", [y], attributes={"perm": list(TO_NCHW)})
         replace(graph, [node], tape, [node.outputs[0]], [out])
-        self._hit(node.op_type)
+        self.hit(node.op_type)
 
     def _global_pool(self, graph: ir.Graph, node: ir.Node) -> None:
         x = node.inputs[0]
@@ -153,7 +146,7 @@ class ChannelsLast(ir.passes.InPlacePass):
         y = tape.op(_GLOBAL_POOLS[node.op_type], [xt], domain=DOMAIN, name=node.name)
         out = tape.op("Transpose", [y], attributes={"perm": list(TO_NCHW)})
         replace(graph, [node], tape, [node.outputs[0]], [out])
-        self._hit(node.op_type)
+        self.hit(node.op_type)
 
     # -- step 2: sink transposes -----------------------------------------------------------
 
@@ -172,12 +165,12 @@ class ChannelsLast(ir.passes.InPlacePass):
                     return False  # the output keeps its name; leave the pair
                 ir.convenience.replace_all_uses_with(node.outputs[0], a)
                 graph.remove(node, safe=True)
-                self._hit("cancelled transposes")
+                self.hit("cancelled transposes")
                 return True
             tape = ir.tape.Tape()
             out = tape.op("Transpose", [a], attributes={"perm": list(full)})
             replace(graph, [node], tape, [node.outputs[0]], [out])
-            self._hit("merged transposes")
+            self.hit("merged transposes")
             return True
         if node.op_type in _UNARY:
             inner = _transposed(node.inputs[0])
@@ -188,7 +181,7 @@ class ChannelsLast(ir.passes.InPlacePass):
             y = tape.op(node.op_type, [a, *node.inputs[1:]], attributes=dict(node.attributes))
             out = tape.op("Transpose", [y], attributes={"perm": list(p)})
             replace(graph, [node], tape, [node.outputs[0]], [out])
-            self._hit("sunk through elementwise")
+            self.hit("sunk through elementwise")
             return True
         if node.op_type in _BINARY:
             return self._sink_binary(graph, node)
@@ -234,7 +227,7 @@ class ChannelsLast(ir.passes.InPlacePass):
             else tape.op("Transpose", [y], attributes={"perm": out_perm})
         )
         replace(graph, [node], tape, [node.outputs[0]], [out])
-        self._hit("sunk through reduction")
+        self.hit("sunk through reduction")
         return True
 
     def _sink_binary(self, graph: ir.Graph, node: ir.Node) -> bool:
@@ -275,5 +268,5 @@ class ChannelsLast(ir.passes.InPlacePass):
         y = tape.op(node.op_type, new_inputs, attributes=dict(node.attributes))
         out = tape.op("Transpose", [y], attributes={"perm": list(perm)})
         replace(graph, [node], tape, [node.outputs[0]], [out])
-        self._hit("sunk through elementwise")
+        self.hit("sunk through elementwise")
         return True

@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ._util import DOMAIN, attr, is_param, param_derived, rank, replace
+from ._util import DOMAIN, CountingPass, attr, is_param, param_derived, rank, replace
 
 
-class MatMulTransB(ir.passes.InPlacePass):
+class MatMulTransB(CountingPass):
     """``MatMul(a, W)`` with a 2-D weight ``W`` -> ``MatMulTransB(a, W^T)``, where that holds
     no weight twice (see the module docstring)."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         graph = model.graph
         for node in list(graph):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
@@ -51,7 +47,7 @@ class MatMulTransB(ir.passes.InPlacePass):
                 key = "MatMul(computed weight)"
             y = tape.op("MatMulTransB", [a, source], domain=DOMAIN)
             replace(graph, [node], tape, node.outputs, [y])
-            self.matches[key] = self.matches.get(key, 0) + 1
+            self.hit(key)
         if self.matches:
             model.opset_imports.setdefault(DOMAIN, 1)
         # A Transpose left without readers goes with the cleanup pass's dead-node removal.

@@ -27,23 +27,19 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, attr, constant, is_param, only_user, replace
+from ._util import DOMAIN, CountingPass, attr, constant, is_param, only_user, replace
 
 _ONNX = ("", "ai.onnx")
 MS = "com.microsoft"
 _RTOL = 1e-4  # how near a constant must be to its exact value (exporters round differently)
 
 
-class FuseLayerNorm(ir.passes.InPlacePass):
+class FuseLayerNorm(CountingPass):
     """``ReduceMean, Sub, square, ReduceMean, +eps, Sqrt, Div, [*gamma], [+beta]`` ->
     ``LayerNormalization``."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         if opset < 11:  # the function body flattens at axis -1 (negative axes: opset 11)
             return ir.passes.PassResult(model, False)
@@ -71,7 +67,7 @@ class FuseLayerNorm(ir.passes.InPlacePass):
             # Inserted where the last node was: gamma and beta may be Constant nodes in between.
             replace(model.graph, chain[-1:] + chain[:-1], tape, [chain[-1].outputs[0]], [y])
             key = "LayerNormalization" + (f" ({', '.join(parts)})" if parts else "")
-            self.matches[key] = self.matches.get(key, 0) + 1
+            self.hit(key)
         if self.matches and opset < 17:
             model.opset_imports.setdefault(DOMAIN, 1)
         return ir.passes.PassResult(model, bool(self.matches))
@@ -172,15 +168,11 @@ def _is_vector(value: ir.Value, size: int) -> bool:
 # -- GELU -----------------------------------------------------------------------------------
 
 
-class FuseGelu(ir.passes.InPlacePass):
+class FuseGelu(CountingPass):
     """``x * 0.5 * (1 + Erf(x / sqrt 2))`` and its tanh approximation -> ``Gelu``."""
 
-    def __init__(self):
-        super().__init__()
-        self.matches: dict[str, int] = {}
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.matches = {}
+        self.reset()
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         microsoft = False
         for node in list(model.graph):
@@ -200,7 +192,7 @@ class FuseGelu(ir.passes.InPlacePass):
                 microsoft = True
             replace(model.graph, chain[-1:] + chain[:-1], tape, [chain[-1].outputs[0]], [y])
             key = f"Gelu ({'erf' if form == 'none' else 'tanh'})"
-            self.matches[key] = self.matches.get(key, 0) + 1
+            self.hit(key)
         if microsoft:
             model.opset_imports.setdefault(MS, 1)
         return ir.passes.PassResult(model, bool(self.matches))
