@@ -37,6 +37,7 @@ from onnx.backend.base import Backend, BackendRep, namedtupledict
 from . import _api
 from ._dtypes import to_onnx_dtype
 from ._errors import InputError
+from ._values import concrete  # outputs to numpy: arrays, sequences as lists, None
 
 _PLATFORMS = {"CPU": "cpu", "CUDA": "gpu", "GPU": "gpu", "ROCM": "gpu", "TPU": "tpu"}
 
@@ -53,14 +54,6 @@ def _device(device: str) -> jax.Device | None:
         return None
     i = int(index) if index else 0
     return devices[i] if 0 <= i < len(devices) else None
-
-
-def _to_numpy(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return [_to_numpy(v) for v in value]
-    return np.asarray(value)
 
 
 def _as_input(value: Any) -> Any:
@@ -104,7 +97,7 @@ class OnnxJaxBackendRep(BackendRep):
         else:
             with jax.default_device(self.device):
                 outs = self.model(*args, **named)
-        return self._result_type(*(_to_numpy(o) for o in outs))
+        return self._result_type(*(concrete(o) for o in outs))
 
     @property
     def jitted(self) -> bool:

@@ -28,6 +28,37 @@ class CountingPass(ir.passes.InPlacePass):
         self.matches[key] = self.matches.get(key, 0) + 1
 
 
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def is_op(node: ir.Node | None, op_type: str) -> bool:
+    """``node`` is the standard-domain ``op_type``."""
+    return node is not None and node.op_type == op_type and node.domain in ONNX_DOMAINS
+
+
+def sole_producer(value: ir.Value | None) -> ir.Node | None:
+    """The node computing ``value`` when nothing else reads it."""
+    if value is None or only_user(value) is None:
+        return None
+    return value.producer()
+
+
+def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor of a constant value (initializer or Constant node); None for graph inputs
+    (an initializer that is also an input can be fed) and computed values."""
+    if value is None or value.is_graph_input():
+        return None
+    return ir.convenience.get_const_tensor(value)
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The value of a one-element constant, else None."""
+    tensor = const_tensor(value)
+    if tensor is None or tensor.size != 1:
+        return None
+    return float(tensor.numpy().reshape(-1)[0])
+
+
 def count_nodes(graph: ir.Graph) -> int:
     return sum(1 for _ in graph.all_nodes())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ._util import CountingPass, replace
+from ._util import CountingPass, is_op, replace, scalar
 
 
 class PowToMul(CountingPass):
@@ -21,7 +21,7 @@ class PowToMul(CountingPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.reset()
         for node in list(model.graph):
-            if node.op_type != "Pow" or node.domain not in ("", "ai.onnx"):
+            if not is_op(node, "Pow"):
                 continue
             x, y = node.inputs
             n = _whole_exponent(y)
@@ -43,10 +43,5 @@ class PowToMul(CountingPass):
 
 def _whole_exponent(y: ir.Value | None) -> int | None:
     """2, 3 or 4 when ``y`` is a one-element constant of that value, else None."""
-    if y is None or y.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(y)
-    if tensor is None or tensor.size != 1:
-        return None
-    v = float(tensor.numpy().reshape(-1)[0])
+    v = scalar(y)
     return int(v) if v in (2.0, 3.0, 4.0) else None

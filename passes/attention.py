@@ -27,9 +27,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, CountingPass, attr, constant, only_user, replace
-
-_ONNX = ("", "ai.onnx")
+from ._util import (
+    DOMAIN,
+    CountingPass,
+    attr,
+    constant,
+    is_op,
+    only_user,
+    rank,
+    replace,
+    scalar,
+    sole_producer,
+)
 
 
 class FuseAttention(CountingPass):
@@ -41,7 +50,7 @@ class FuseAttention(CountingPass):
         if model.opset_imports.get("", 0) < 15:  # the function body for optimize uses CastLike
             return ir.passes.PassResult(model, False)
         for node in list(graph):
-            if not _is(node, "Softmax"):
+            if not is_op(node, "Softmax"):
                 continue
             match = _match(node)
             if match is None:
@@ -77,35 +86,35 @@ class FuseAttention(CountingPass):
 def _match(softmax: ir.Node):
     """The chain around ``softmax`` as (its nodes in order, q, k_t, v, mask, scale, guard), or
     None where it is not exactly the attention chain (e.g. an intermediate is read elsewhere)."""
-    rank = _rank(softmax.inputs[0])
+    ndim = rank(softmax.inputs[0])
     # Softmax over the last axis; before opset 13 "axis" flattened from there, which for the
     # last axis is the same thing.
-    if rank is None or rank < 2 or attr(softmax, "axis", -1) not in (-1, rank - 1):
+    if ndim is None or ndim < 2 or attr(softmax, "axis", -1) not in (-1, ndim - 1):
         return None
     chain, mask, scale = [softmax], None, 1.0
-    node = _sole_producer(softmax.inputs[0])
+    node = sole_producer(softmax.inputs[0])
     if _noop_cast(node):  # e.g. HF's softmax(..., dtype=float32) on a float32 model
         chain.insert(0, node)
-        node = _sole_producer(node.inputs[0])
-    if _is(node, "Add"):
+        node = sole_producer(node.inputs[0])
+    if is_op(node, "Add"):
         for scores, other in (node.inputs, node.inputs[::-1]):
-            up = _sole_producer(scores)
-            if _is(up, "MatMul") or _is(up, "Mul") or _is(up, "Div"):
+            up = sole_producer(scores)
+            if is_op(up, "MatMul") or is_op(up, "Mul") or is_op(up, "Div"):
                 chain.insert(0, node)
                 mask, node = other, up
                 break
         else:
             return None
-    if _is(node, "Mul") or _is(node, "Div"):
+    if is_op(node, "Mul") or is_op(node, "Div"):
         scaling = _scaling(node)
         if scaling is None:
             return None
         chain.insert(0, node)
         scale, node = scaling
-    if not _is(node, "MatMul"):
+    if not is_op(node, "MatMul"):
         return None
     q, kt = node.inputs
-    if _rank(q) is None or _rank(q) < 2 or _rank(kt) != _rank(q):
+    if rank(q) is None or rank(q) < 2 or rank(kt) != rank(q):
         return None  # 1-D operands follow numpy's vector rules
     chain.insert(0, node)
     # After the Softmax: an optional NaN guard, then the product with the values.
@@ -119,7 +128,7 @@ def _match(softmax: ir.Node):
         chain.append(pv)
         p = pv.outputs[0]
         pv = only_user(p)
-    if not _is(pv, "MatMul") or pv.inputs[0] is not p or _rank(pv.inputs[1]) != _rank(q):
+    if not is_op(pv, "MatMul") or pv.inputs[0] is not p or rank(pv.inputs[1]) != rank(q):
         return None
     chain.append(pv)
     return chain, q, kt, pv.inputs[1], mask, scale, guard
@@ -130,8 +139,8 @@ def _scaling(node: ir.Node) -> tuple[float, ir.Node] | None:
     non-zero scalar constant -> (the factor, the MatMul)."""
     pairs = [node.inputs] if node.op_type == "Div" else [node.inputs, node.inputs[::-1]]
     for scores, other in pairs:
-        up, c = _sole_producer(scores), _scalar(other)
-        if _is(up, "MatMul") and c is not None and c != 0 and np.isfinite(c):
+        up, c = sole_producer(scores), scalar(other)
+        if is_op(up, "MatMul") and c is not None and c != 0 and np.isfinite(c):
             return (c if node.op_type == "Mul" else 1.0 / c), up
     return None
 
@@ -141,47 +150,21 @@ def _nan_guard(p: ir.Value) -> list[ir.Node] | None:
     users = [u.node for u in p.uses()]
     if p.is_graph_output() or len(users) != 2:
         return None
-    isnan = next((u for u in users if _is(u, "IsNaN")), None)
-    where = next((u for u in users if _is(u, "Where")), None)
+    isnan = next((u for u in users if is_op(u, "IsNaN")), None)
+    where = next((u for u in users if is_op(u, "Where")), None)
     if isnan is None or where is None or only_user(isnan.outputs[0]) is not where:
         return None
     cond, zero, x = where.inputs
-    if cond is not isnan.outputs[0] or x is not p or _scalar(zero) != 0.0:
+    if cond is not isnan.outputs[0] or x is not p or scalar(zero) != 0.0:
         return None
     return [isnan, where]
 
 
 def _noop_cast(node: ir.Node | None) -> bool:
     """A Cast to the type its input already has."""
-    if not _is(node, "Cast") or node.inputs[0].dtype is None:
+    if not is_op(node, "Cast") or node.inputs[0].dtype is None:
         return False
     return attr(node, "to") == node.inputs[0].dtype.value
-
-
-def _is(node: ir.Node | None, op_type: str) -> bool:
-    return node is not None and node.op_type == op_type and node.domain in _ONNX
-
-
-def _sole_producer(value: ir.Value | None) -> ir.Node | None:
-    """The node computing ``value`` when nothing else reads it."""
-    if value is None or only_user(value) is None:
-        return None
-    return value.producer()
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    """The value of a one-element constant (initializer or Constant node), else None."""
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
-    if tensor is None:
-        return None
-    array = tensor.numpy()
-    return float(array.reshape(-1)[0]) if array.size == 1 else None
-
-
-def _rank(value: ir.Value | None) -> int | None:
-    return None if value is None or value.shape is None else len(value.shape)
 
 
 def _np_dtype(value: ir.Value):

@@ -27,9 +27,19 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, CountingPass, attr, constant, is_param, only_user, replace
+from ._util import (
+    DOMAIN,
+    CountingPass,
+    attr,
+    const_tensor,
+    constant,
+    is_op,
+    is_param,
+    only_user,
+    replace,
+    sole_producer,
+)
 
-_ONNX = ("", "ai.onnx")
 MS = "com.microsoft"
 _RTOL = 1e-4  # how near a constant must be to its exact value (exporters round differently)
 
@@ -44,7 +54,7 @@ class FuseLayerNorm(CountingPass):
         if opset < 11:  # the function body flattens at axis -1 (negative axes: opset 11)
             return ir.passes.PassResult(model, False)
         for node in list(model.graph):
-            if not _is(node, "Sub"):
+            if not is_op(node, "Sub"):
                 continue
             match = _match_layernorm(node, opset)
             if match is None:
@@ -77,8 +87,8 @@ def _match_layernorm(sub: ir.Node, opset: int):
     """The LayerNorm chain from its ``Sub(x, ReduceMean(x))`` as (nodes in order, x, gamma,
     beta, eps, variant notes), or None where it is not exactly that chain."""
     x, m = sub.inputs
-    mean = _sole_producer(m)
-    if not _is(mean, "ReduceMean") or mean.inputs[0] is not x or not _last_axis(mean, x):
+    mean = sole_producer(m)
+    if not is_op(mean, "ReduceMean") or mean.inputs[0] is not x or not _last_axis(mean, x):
         return None
     if x.dtype is None or not x.dtype.is_floating_point():
         return None
@@ -95,7 +105,7 @@ def _match_layernorm(sub: ir.Node, opset: int):
     if square is None or len(users) != 2:
         return None
     var = only_user(square.outputs[0])
-    if not _is(var, "ReduceMean") or not _last_axis(var, x):
+    if not is_op(var, "ReduceMean") or not _last_axis(var, x):
         return None
     chain = [mean, sub, square, var]
     add = only_user(var.outputs[0])
@@ -103,16 +113,16 @@ def _match_layernorm(sub: ir.Node, opset: int):
     if eps is None or not eps >= 0:
         return None
     sqrt = only_user(add.outputs[0])
-    if not _is(sqrt, "Sqrt"):
+    if not is_op(sqrt, "Sqrt"):
         return None
     chain += [add, sqrt]
     parts = []
     div = only_user(sqrt.outputs[0])
-    if _is(div, "Div") and div.inputs[0] is d and div.inputs[1] is sqrt.outputs[0]:
+    if is_op(div, "Div") and div.inputs[0] is d and div.inputs[1] is sqrt.outputs[0]:
         chain.append(div)
-    elif _is(div, "Reciprocal"):
+    elif is_op(div, "Reciprocal"):
         mul = only_user(div.outputs[0])
-        if not _is(mul, "Mul") or set(map(id, mul.inputs)) != {id(d), id(div.outputs[0])}:
+        if not is_op(mul, "Mul") or set(map(id, mul.inputs)) != {id(d), id(div.outputs[0])}:
             return None
         chain += [div, mul]
         parts.append("reciprocal")
@@ -137,9 +147,9 @@ def _match_layernorm(sub: ir.Node, opset: int):
 
 def _is_square(node: ir.Node, d: ir.Value) -> bool:
     """``Pow(d, 2)`` or ``Mul(d, d)``."""
-    if _is(node, "Mul"):
+    if is_op(node, "Mul"):
         return node.inputs[0] is d and node.inputs[1] is d
-    return _is(node, "Pow") and node.inputs[0] is d and _const(node.inputs[1], d) == 2.0
+    return is_op(node, "Pow") and node.inputs[0] is d and _const(node.inputs[1], d) == 2.0
 
 
 def _last_axis(reduce: ir.Node, x: ir.Value) -> bool:
@@ -156,7 +166,7 @@ def _last_axis(reduce: ir.Node, x: ir.Value) -> bool:
 
 def _is_vector(value: ir.Value, size: int) -> bool:
     """A 1-D constant (initializer or Constant node) of ``size`` elements."""
-    if not (is_param(value) or _is(value.producer(), "Constant")):
+    if not (is_param(value) or is_op(value.producer(), "Constant")):
         return False
     shape = value.shape
     if shape is None:  # shape inference may have given up on the graph
@@ -176,7 +186,7 @@ class FuseGelu(CountingPass):
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         microsoft = False
         for node in list(model.graph):
-            if not (_is(node, "Erf") or _is(node, "Tanh")):
+            if not (is_op(node, "Erf") or is_op(node, "Tanh")):
                 continue
             match = _match_gelu(node)
             if match is None:
@@ -200,7 +210,7 @@ class FuseGelu(CountingPass):
 
 def _match_gelu(core: ir.Node):
     """The GELU chain around its Erf or Tanh as (nodes in order, x, "none" | "tanh")."""
-    arg = _sole_producer(core.inputs[0])
+    arg = sole_producer(core.inputs[0])
     if core.op_type == "Erf":
         found = _erf_argument(arg)
         form = "none"
@@ -224,11 +234,11 @@ def _match_gelu(core: ir.Node):
 
 def _erf_argument(node: ir.Node | None):
     """``x / sqrt(2)`` or ``x * (1 / sqrt(2))`` -> (x, [node])."""
-    if _is(node, "Div"):
+    if is_op(node, "Div"):
         x = node.inputs[0]
         if _near(_const(node.inputs[1], x), math.sqrt(2.0)):
             return x, [node]
-    elif _is(node, "Mul"):
+    elif is_op(node, "Mul"):
         for x, c in (node.inputs, node.inputs[::-1]):
             if _near(_const(c, x), math.sqrt(0.5)):
                 return x, [node]
@@ -237,15 +247,15 @@ def _erf_argument(node: ir.Node | None):
 
 def _tanh_argument(node: ir.Node | None):
     """``sqrt(2 / pi) * (x + 0.044715 * x ** 3)`` (operands in either order) -> (x, nodes)."""
-    if not _is(node, "Mul"):
+    if not is_op(node, "Mul"):
         return None
     for s, c in (node.inputs, node.inputs[::-1]):
-        add = _sole_producer(s)
-        if not _is(add, "Add") or not _near(_const(c, add.inputs[0]), math.sqrt(2.0 / math.pi)):
+        add = sole_producer(s)
+        if not is_op(add, "Add") or not _near(_const(c, add.inputs[0]), math.sqrt(2.0 / math.pi)):
             continue
         for x, q in (add.inputs, add.inputs[::-1]):
-            scaled = _sole_producer(q)
-            if not _is(scaled, "Mul"):
+            scaled = sole_producer(q)
+            if not is_op(scaled, "Mul"):
                 continue
             for cube_value, k in (scaled.inputs, scaled.inputs[::-1]):
                 cube = _cube(cube_value, x)
@@ -256,14 +266,14 @@ def _tanh_argument(node: ir.Node | None):
 
 def _cube(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
     """The nodes computing ``x ** 3`` as ``Pow(x, 3)``, ``Mul(x * x, x)`` or ``Mul(x, x * x)``."""
-    node = _sole_producer(value)
-    if _is(node, "Pow"):
+    node = sole_producer(value)
+    if is_op(node, "Pow"):
         return [node] if node.inputs[0] is x and _const(node.inputs[1], x) == 3.0 else None
-    if not _is(node, "Mul"):
+    if not is_op(node, "Mul"):
         return None
     for lin, sq in (node.inputs, node.inputs[::-1]):
-        square = _sole_producer(sq)
-        if lin is x and _is(square, "Mul") and square.inputs[0] is x and square.inputs[1] is x:
+        square = sole_producer(sq)
+        if lin is x and is_op(square, "Mul") and square.inputs[0] is x and square.inputs[1] is x:
             return [square, node]
     return None
 
@@ -272,7 +282,7 @@ def _times_half_x(a: ir.Value, x: ir.Value) -> list[ir.Node] | None:
     """The nodes computing ``x * 0.5 * a`` from ``a`` in any association, ending with the one
     whose output is the product: ``(x * a) * 0.5``, ``(x * 0.5) * a``, ``(0.5 * a) * x``."""
     mul = only_user(a)
-    if not _is(mul, "Mul"):
+    if not is_op(mul, "Mul"):
         return None
     other = mul.inputs[1] if mul.inputs[0] is a else mul.inputs[0]
     if other is x:  # (x * a) * 0.5
@@ -286,27 +296,16 @@ def _times_half_x(a: ir.Value, x: ir.Value) -> list[ir.Node] | None:
         if _other_input(last, "Mul", mul.outputs[0]) is x:
             return [mul, last]
         return None
-    halved = _sole_producer(other)  # (x * 0.5) * a
+    halved = sole_producer(other)  # (x * 0.5) * a
     return [halved, mul] if _near(_other_const(halved, "Mul", x, x), 0.5) else None
 
 
 # -- shared helpers -------------------------------------------------------------------------
 
 
-def _is(node: ir.Node | None, op_type: str) -> bool:
-    return node is not None and node.op_type == op_type and node.domain in _ONNX
-
-
-def _sole_producer(value: ir.Value | None) -> ir.Node | None:
-    """The node computing ``value`` when nothing else reads it."""
-    if value is None or only_user(value) is None:
-        return None
-    return value.producer()
-
-
 def _other_input(node: ir.Node | None, op_type: str, value: ir.Value) -> ir.Value | None:
     """The other operand of a binary ``op_type`` node that reads ``value`` (either side)."""
-    if not _is(node, op_type) or len(node.inputs) != 2:
+    if not is_op(node, op_type) or len(node.inputs) != 2:
         return None
     a, b = node.inputs
     if a is value and b is not value:
@@ -324,9 +323,7 @@ def _other_const(node: ir.Node | None, op_type: str, value: ir.Value, x: ir.Valu
 
 def _const(value: ir.Value | None, x: ir.Value) -> float | None:
     """The value of a one-element constant that does not raise ``x``'s rank, else None."""
-    if value is None or value.is_graph_input():
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
+    tensor = const_tensor(value)
     if tensor is None or tensor.size != 1 or x.shape is None:
         return None
     if len(tensor.shape) > len(x.shape):

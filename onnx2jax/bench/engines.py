@@ -92,8 +92,9 @@ def adapter(cls: type[Engine]) -> type[Engine]:
 class Onnx2Jax(Engine):
     """``onnx2jax.load``, then ``jax.jit(model.apply)`` lowered and compiled ahead of time; a
     run is one call on numpy inputs plus ``block_until_ready``. With ``tune``, ``Model.tune``
-    then picks the kernel libraries and the program is compiled again with its choice. ``cache_dir`` points JAX's
-    persistent compilation cache at that folder (cold: empty; warm: the one cold filled)."""
+    then picks the kernel libraries and the program is compiled again with its choice.
+    ``cache_dir`` points JAX's persistent compilation cache at that folder (cold: empty; warm:
+    the one cold filled)."""
 
     name = "onnx2jax"
 

@@ -122,12 +122,8 @@ def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1
     return (y, mean.astype(u), inv.astype(u))[: ctx.num_outputs]
 
 
-@register("LayerNormalization", domain="ai.onnx2jax")
-def fused_layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, ctx=None):
-    """Opset 17's LayerNormalization, which passes/norm_act.py writes below opset 17."""
-    return layer_normalization(
-        x, scale, b, axis=axis, epsilon=epsilon, stash_type=stash_type, ctx=ctx
-    )
+# Opset 17's LayerNormalization, which passes/norm_act.py writes as ai.onnx2jax below opset 17.
+register("LayerNormalization", domain="ai.onnx2jax")(layer_normalization)
 
 
 @register("GroupNormalization", since=18)
