@@ -113,6 +113,10 @@ class NodeContext:
     def num_outputs(self) -> int:
         return len(self.node.outputs)
 
+    def reads(self, i: int) -> bool:
+        """Whether the graph reads the node's output ``i`` (an op may skip computing it)."""
+        return i < len(self.node.outputs) and self.node.outputs[i] in self.plan.used
+
     def run_subgraph(self, graph: Graph, *inputs: Any) -> list[Any]:
         """Run a subgraph attribute with positional inputs; it sees the enclosing scope."""
         env = dict(self.env)

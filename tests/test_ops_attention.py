@@ -193,6 +193,60 @@ def test_attention_sliding_window(left, right, causal):
     check_node("Attention", qkv4(sq=4, skv=6) | ext, attrs, opset=25, **TOL)
 
 
+# From 512 queries and 256 keys, on CPU, the lowering takes query blocks (ops/attention.py)
+# unless the graph reads the scores output. Each case checks that it did (a scan in the
+# program) and the result against the reference and onnxruntime.
+def _long(hq, hkv, sq=520, skv=300, d=8, rank3=False):
+    if rank3:
+        return {"Q": randn(2, sq, hq * d), "K": randn(2, skv, hkv * d), "V": randn(2, skv, hkv * d)}
+    return qkv4(hq=hq, hkv=hkv, sq=sq, skv=skv, d=d, dv=d)
+
+
+def _takes_blocks(inputs, attrs, n_outputs=1):
+    import jax
+
+    m = onnx2jax.load(node_model("Attention", inputs, attrs, n_outputs=n_outputs, opset=23))
+    feeds = {k: v for k, v in inputs.items() if v is not None}
+    return "scan" in str(jax.make_jaxpr(lambda f: m.apply(m.params, **f))(feeds))
+
+
+def _masked_rows(shape):
+    mask = rng.random(shape) > 0.3
+    mask[..., 7, :] = False  # rows with no attendable key come out 0
+    mask[..., 515, :] = False
+    return mask
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "gqa causal", "bool mask, empty rows", "float mask per batch", "3-D heads"],
+)
+def test_attention_long_sequences_in_blocks(case):
+    attrs = {}
+    if case == "plain":
+        inputs = _long(2, 2)
+    elif case == "gqa causal":
+        inputs, attrs = _long(4, 2, sq=600, skv=600), {"is_causal": 1, "scale": 0.2}
+    elif case == "bool mask, empty rows":
+        inputs = _long(2, 1) | {"attn_mask": _masked_rows((520, 300))}
+    elif case == "float mask per batch":
+        inputs = _long(2, 2) | {"attn_mask": randn(2, 1, 520, 300)}
+    else:
+        inputs, attrs = _long(4, 2, rank3=True), {"q_num_heads": 4, "kv_num_heads": 2}
+    assert _takes_blocks(inputs, attrs)
+    out = check_node("Attention", inputs, attrs, opset=23, **TOL)
+    check_node("Attention", inputs, attrs, opset=23, reference="ort", **TOL)
+    if case.startswith("bool"):
+        assert np.all(out[0][:, :, [7, 515]] == 0)
+
+
+def test_attention_long_sequences_reading_scores_take_one_pass():
+    inputs = _long(2, 2) | {"attn_mask": _masked_rows((520, 300))}
+    attrs = {"qk_matmul_output_mode": 3}
+    assert not _takes_blocks(inputs, attrs, n_outputs=4)
+    check_node("Attention", inputs, attrs, n_outputs=4, opset=23, **TOL)
+
+
 def test_attention_rejects_window_before_opset_25():
     with pytest.raises(onnx2jax.UnsupportedOpsError, match="left_window_size"):
         onnx2jax.load(node_model("Attention", qkv4(), {"left_window_size": 1}, opset=24))

@@ -67,6 +67,7 @@ def _attention(
     softmax_precision,
     left_window_size=-1,
     right_window_size=-1,
+    need_scores=True,
 ):
     rank3 = q.ndim == 3
     if rank3:
@@ -115,6 +116,20 @@ def _attention(
     # Grouped-query attention without repeating K/V: query head h uses kv head h // reps.
     reps = hq // hkv
     qg = (q * s).reshape(b, hkv, reps, sq, d)
+    # Blocks for float32 only: in half precision the one pass below rounds the probabilities
+    # before the second product, which blocks (normalizing after it) would not reproduce.
+    blocks = not need_scores and softcap <= 0 and softmax_precision in (None, 1)  # 1: FLOAT
+    if blocks and dtype == np.float32 and _blocks_pay(sq, skv):
+        if bias is not None:  # as [b | 1, hkv | 1, reps | 1, sq | 1, skv], like qg's scores
+            bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+            heads = (1, 1) if bias.shape[1] == 1 else (hkv, reps)
+            bias = bias.reshape(bias.shape[0], *heads, *bias.shape[2:])
+        kt = jnp.swapaxes(k * s, -1, -2)[:, :, None]  # [b, hkv, 1, d, skv]
+        y = _blocked_attention(qg, kt, v[:, :, None], bias, 1.0, False, zero_rows=True)
+        y = y.reshape(b, hq, sq, v.shape[-1])
+        if rank3:
+            y = y.transpose(0, 2, 1, 3).reshape(b, sq, -1)
+        return y, present_key, present_value  # the scores output is not read
     logits = jnp.einsum("bhrqd,bhkd->bhrqk", qg, k * s).reshape(b, hq, sq, skv)
     # Mode 0 reports the raw product, as the spec and onnxruntime do (onnx's reference
     # implementation reports the soft-capped one).
@@ -168,6 +183,7 @@ def attention(
     scale=None,
     softcap=0.0,
     softmax_precision=None,
+    ctx=None,
 ):
     """https://onnx.ai/onnx/operators/onnx__Attention.html (opsets 23-24; 24 adds nonpad_kv_seqlen)."""
     return _attention(
@@ -185,6 +201,7 @@ def attention(
         scale=scale,
         softcap=softcap,
         softmax_precision=softmax_precision,
+        need_scores=_reads_scores(ctx),
     )
 
 
@@ -207,6 +224,7 @@ def attention_25(
     softmax_precision=None,
     left_window_size=-1,
     right_window_size=-1,
+    ctx=None,
 ):
     """Opset 25 adds sliding windows (``left_window_size``/``right_window_size``)."""
     return _attention(
@@ -226,7 +244,14 @@ def attention_25(
         softmax_precision=softmax_precision,
         left_window_size=left_window_size,
         right_window_size=right_window_size,
+        need_scores=_reads_scores(ctx),
     )
+
+
+def _reads_scores(ctx) -> bool:
+    """Whether the graph reads Attention's fourth output (``qk_matmul_output``), which only the
+    one-pass form computes."""
+    return ctx is None or ctx.reads(3)
 
 
 @register("RotaryEmbedding", since=23)
@@ -289,15 +314,19 @@ def fused_attention(q, kt, v, mask, *, scale=1.0, nan_to_zero=0):
     """
     if isinstance(mask, np.ndarray) and mask.ndim == 0 and mask == 0:
         mask = None  # the pass's stand-in for "no mask"
-    sq, sk = q.shape[-2], kt.shape[-1]
-    # Blocks are for CPU caches: on an H200 they ran 1.5-4x slower than the chain as written
-    # (benchmarks/tools/attention_forms.py; NOTES 12).
-    if sq < _BLOCKED_FROM or sk < _BLOCK or jax.default_backend() != "cpu":
+    if not _blocks_pay(q.shape[-2], kt.shape[-1]):
         p = jax.nn.softmax(_scores(q, kt, mask, scale), axis=-1)
         if nan_to_zero:
             p = jnp.where(jnp.isnan(p), jnp.zeros((), p.dtype), p)
         return matmul(p, v)
     return _blocked_attention(q, kt, v, mask, scale, bool(nan_to_zero))
+
+
+def _blocks_pay(sq: int, sk: int) -> bool:
+    """Whether the blocked form is the faster one: long query and key sequences, on CPU. Blocks
+    are for CPU caches: on an H200 they ran 1.5-4x slower than the chain as written
+    (benchmarks/tools/attention_forms.py; NOTES 12)."""
+    return sq >= _BLOCKED_FROM and sk >= _BLOCK and jax.default_backend() == "cpu"
 
 
 def _scores(q, kt, mask, scale):
@@ -307,7 +336,7 @@ def _scores(q, kt, mask, scale):
     return s if mask is None else s + mask
 
 
-def _blocked_attention(q, kt, v, mask, scale, nan_to_zero):
+def _blocked_attention(q, kt, v, mask, scale, nan_to_zero, zero_rows=False):
     """The same attention, one batch row and ``_BLOCK`` query rows at a time (``lax.map``, so
     XLA keeps one block's scores live at once: ~9 MB for 6 heads x 256 x 1500)."""
     batch = q.shape[0] if q.ndim >= 3 else 1
@@ -317,17 +346,21 @@ def _blocked_attention(q, kt, v, mask, scale, nan_to_zero):
         and (mask is None or mask.ndim < q.ndim or mask.shape[0] in (1, batch))
     )
     if not same:
-        return _query_blocks(q, kt, v, mask, scale, nan_to_zero)
+        return _query_blocks(q, kt, v, mask, scale, nan_to_zero, zero_rows)
     per_row = mask is not None and mask.ndim == q.ndim and mask.shape[0] == batch
     if mask is not None and mask.ndim == q.ndim and not per_row:
         mask = mask[0]  # [1, ...]: the same for every batch row
     return lax.map(
-        lambda a: _query_blocks(a[0], a[1], a[2], a[3] if per_row else mask, scale, nan_to_zero),
+        lambda a: _query_blocks(
+            a[0], a[1], a[2], a[3] if per_row else mask, scale, nan_to_zero, zero_rows
+        ),
         (q, kt, v, mask if per_row else None),
     )
 
 
-def _query_blocks(q, kt, v, mask, scale, nan_to_zero):
+def _query_blocks(q, kt, v, mask, scale, nan_to_zero, zero_rows):
+    """``zero_rows``: a row with no attendable key (all scores -inf) gives 0, as the standard
+    Attention op asks; otherwise it gives NaN, as Softmax does (0 with ``nan_to_zero``)."""
     sq = q.shape[-2]
     blocks = -(-sq // _BLOCK)
     pad = blocks * _BLOCK - sq
@@ -344,9 +377,13 @@ def _query_blocks(q, kt, v, mask, scale, nan_to_zero):
         qb, mb = args
         s = _scores(qb, kt, mb if per_row_mask else mask, scale)
         m = lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+        if zero_rows:
+            m = jnp.where(jnp.isneginf(m), jnp.zeros((), m.dtype), m)
         # A row of -inf scores: softmax gives NaN there; keep that (or 0 with the guard) below.
         e = jnp.exp(s - m)
         total = jnp.sum(e, axis=-1, keepdims=True)
+        if zero_rows:  # e is all 0 in such a row: divide by 1 instead
+            total = jnp.where(total == 0, jnp.ones((), total.dtype), total)
         y = matmul(e, v) / total
         if nan_to_zero:
             y = jnp.where(jnp.isnan(total), jnp.zeros((), y.dtype), y)
