@@ -8,6 +8,13 @@ transformers' hand-written activations spell these layers out in elementwise ops
     n = d / Sqrt(v + eps)  |  d * Reciprocal(Sqrt(v + eps))
     y = n * gamma + beta                              (gamma, beta optional)
 
+    # tf2onnx's Keras LayerNormalization (TF's batch_normalization arrangement, rsqrt as
+    # Reciprocal(Sqrt)); tf2onnx's own layer-norm rewriter targets another form, rank 3 only
+    s = Reciprocal(Sqrt(v + eps)) | 1 / Sqrt(v + eps) | (v + eps) ** -0.5  [* gamma]
+    y = x * s + (beta - m * s)                       (tf.keras 2)
+    y = x * s + ((-m) * s + beta)                    (Keras 3)
+    y = x * s + (-m) * s  |  x * s + -(m * s)  |  x * s - m * s    (no beta)
+
     y = x * 0.5 * (1 + Erf(x / sqrt(2) | x * (1 / sqrt(2))))          (any association)
     y = 0.5 * x * (1 + Tanh(sqrt(2 / pi) * (x + 0.044715 * x ** 3)))  (x ** 3: Pow or Muls)
 
@@ -45,8 +52,8 @@ _RTOL = 1e-4  # how near a constant must be to its exact value (exporters round 
 
 
 class FuseLayerNorm(CountingPass):
-    """``ReduceMean, Sub, square, ReduceMean, +eps, Sqrt, Div, [*gamma], [+beta]`` ->
-    ``LayerNormalization``."""
+    """``ReduceMean, Sub, square, ReduceMean, +eps, Sqrt, Div, [*gamma], [+beta]`` and TF's
+    rearrangement ``x * s + (beta - mean * s)`` -> ``LayerNormalization``."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.reset()
@@ -54,9 +61,9 @@ class FuseLayerNorm(CountingPass):
         if opset < 11:  # the function body flattens at axis -1 (negative axes: opset 11)
             return ir.passes.PassResult(model, False)
         for node in list(model.graph):
-            if not is_op(node, "Sub"):
+            if not is_op(node, "Sub") or node.graph is None:  # None: removed by a match
                 continue
-            match = _match_layernorm(node, opset)
+            match = _match_layernorm(node, opset) or _match_rearranged(node, opset)
             if match is None:
                 continue
             chain, x, gamma, beta, eps, parts = match
@@ -86,16 +93,10 @@ class FuseLayerNorm(CountingPass):
 def _match_layernorm(sub: ir.Node, opset: int):
     """The LayerNorm chain from its ``Sub(x, ReduceMean(x))`` as (nodes in order, x, gamma,
     beta, eps, variant notes), or None where it is not exactly that chain."""
-    x, m = sub.inputs
-    mean = sole_producer(m)
-    if not is_op(mean, "ReduceMean") or mean.inputs[0] is not x or not _last_axis(mean, x):
+    found = _centred(sub, opset)
+    if found is None or only_user(found[1].outputs[0]) is not sub:
         return None
-    if x.dtype is None or not x.dtype.is_floating_point():
-        return None
-    if opset < 15 and x.dtype != ir.DataType.FLOAT:
-        return None  # the function body below opset 15 has no CastLike for eps
-    if not isinstance(x.shape[-1], int):
-        return None  # gamma's size must be checked against it
+    x, mean = found
     size = x.shape[-1]
     d = sub.outputs[0]
     if d.is_graph_output():
@@ -143,6 +144,124 @@ def _match_layernorm(sub: ir.Node, opset: int):
         beta = other
     parts += [f"no {name}" for name, v in (("gamma", gamma), ("beta", beta)) if v is None]
     return chain, x, gamma, beta, eps, parts
+
+
+def _centred(sub: ir.Node, opset: int) -> tuple[ir.Value, ir.Node] | None:
+    """(x, the ReduceMean node) where ``sub`` is ``Sub(x, ReduceMean(x))`` over the last axis
+    of a float ``x`` whose last dimension is known; both matchers start here."""
+    x, m = sub.inputs
+    mean = m.producer() if m is not None else None
+    if not is_op(mean, "ReduceMean") or mean.inputs[0] is not x or not _last_axis(mean, x):
+        return None
+    if x.dtype is None or not x.dtype.is_floating_point():
+        return None
+    if opset < 15 and x.dtype != ir.DataType.FLOAT:
+        return None  # the function body below opset 15 has no CastLike for eps
+    if not isinstance(x.shape[-1], int):
+        return None  # gamma's size must be checked against it
+    return x, mean
+
+
+def _match_rearranged(sub: ir.Node, opset: int):
+    """TF's ``tf.nn.batch_normalization`` arrangement of LayerNorm (what tf2onnx writes for
+    Keras), from the ``Sub(x, mean)`` of its squared difference, as ``_match_layernorm``
+    returns it: ``s = rsqrt(var + eps) [* gamma]; y = x * s + (beta - mean * s)``, exactly
+    ``(x - mean) * s + beta``. The mean and ``s`` are each read twice, by the pattern only."""
+    found = _centred(sub, opset)
+    if found is None:
+        return None
+    x, mean = found
+    size, m, d = x.shape[-1], mean.outputs[0], sub.outputs[0]
+    readers = {id(u.node): u.node for u in d.uses()}  # Mul(d, d) reads d twice
+    square = next(iter(readers.values())) if len(readers) == 1 else None
+    if square is None or d.is_graph_output() or not _is_square(square, d):
+        return None
+    var = only_user(square.outputs[0])
+    if not is_op(var, "ReduceMean") or not _last_axis(var, x):
+        return None
+    add = only_user(var.outputs[0])
+    eps = _other_const(add, "Add", var.outputs[0], x)
+    if eps is None or not eps >= 0:
+        return None
+    rsqrt = _rsqrt(add.outputs[0], x)
+    if rsqrt is None:
+        return None
+    chain = [mean, sub, square, var, add, *rsqrt]
+    s, gamma = chain[-1].outputs[0], None
+    scale = only_user(s)  # s * gamma; without gamma s itself has two users
+    other = _other_input(scale, "Mul", s)
+    if other is not None and _is_vector(other, size):
+        chain.append(scale)
+        s, gamma = scale.outputs[0], other
+    users = {id(u.node): u.node for u in s.uses()}
+    if s.is_graph_output() or len(users) != 2 or m.is_graph_output():
+        return None
+    xs = next((u for u in users.values() if _other_input(u, "Mul", s) is x), None)
+    ms = next((u for u in users.values() if u is not xs), None)
+    if xs is None or ms is None:
+        return None
+    term = _mean_term(ms, m, s, x, size)
+    if term is None:
+        return None
+    nodes, c, beta, combine = term
+    if {id(u.node) for u in m.uses()} != {id(sub), id(nodes[0])} or len(list(m.uses())) != 2:
+        return None  # the mean read elsewhere
+    y = only_user(c)
+    if y is None or only_user(xs.outputs[0]) is not y:
+        return None
+    if combine == "Add" and _other_input(y, "Add", c) is not xs.outputs[0]:
+        return None
+    if combine == "Sub" and not (is_op(y, "Sub") and list(y.inputs) == [xs.outputs[0], c]):
+        return None
+    chain += [xs, *nodes, y]
+    parts = ["rearranged"]
+    parts += [f"no {name}" for name, v in (("gamma", gamma), ("beta", beta)) if v is None]
+    return chain, x, gamma, beta, eps, parts
+
+
+def _rsqrt(value: ir.Value, x: ir.Value) -> list[ir.Node] | None:
+    """The nodes computing ``1 / sqrt(value)``: ``Reciprocal(Sqrt)`` (tf2onnx's Rsqrt),
+    ``Div(1, Sqrt)`` or ``Pow(value, -0.5)``."""
+    node = only_user(value)
+    if is_op(node, "Pow") and node.inputs[0] is value:
+        return [node] if _near(_const(node.inputs[1], x), -0.5) else None
+    if not is_op(node, "Sqrt"):
+        return None
+    inv = only_user(node.outputs[0])
+    if is_op(inv, "Reciprocal"):
+        return [node, inv]
+    if is_op(inv, "Div") and inv.inputs[1] is node.outputs[0] and _const(inv.inputs[0], x) == 1:
+        return [node, inv]
+    return None
+
+
+def _mean_term(ms: ir.Node, m: ir.Value, s: ir.Value, x: ir.Value, size: int):
+    """The term of ``y`` that holds the mean, from the Mul that reads ``s``, as (its nodes in
+    order, its value, beta or None, how ``y`` combines it with ``x * s``): ``beta - m * s``
+    (tf.keras), ``(-m) * s [+ beta]`` (Keras 3), ``-(m * s)``, ``0 - m * s`` (Add), or
+    ``m * s`` itself (Sub: ``y = x * s - m * s``)."""
+    other = _other_input(ms, "Mul", s)
+    if other is None:
+        return None
+    if other is m:
+        nxt = only_user(ms.outputs[0])
+        if is_op(nxt, "Neg"):
+            return [ms, nxt], nxt.outputs[0], None, "Add"
+        if is_op(nxt, "Sub") and nxt.inputs[1] is ms.outputs[0]:
+            beta = nxt.inputs[0]
+            if _is_vector(beta, size):
+                return [ms, nxt], nxt.outputs[0], beta, "Add"
+            if _const(beta, x) == 0:
+                return [ms, nxt], nxt.outputs[0], None, "Add"
+        return [ms], ms.outputs[0], None, "Sub"
+    neg = sole_producer(other)
+    if not is_op(neg, "Neg") or neg.inputs[0] is not m:
+        return None
+    nxt = only_user(ms.outputs[0])
+    beta = _other_input(nxt, "Add", ms.outputs[0])
+    if beta is not None and _is_vector(beta, size):
+        return [neg, ms, nxt], nxt.outputs[0], beta, "Add"
+    return [neg, ms], ms.outputs[0], None, "Add"
 
 
 def _is_square(node: ir.Node, d: ir.Value) -> bool:

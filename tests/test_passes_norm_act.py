@@ -157,6 +157,186 @@ def test_layernorm_left_alone(why, kwargs, extra):
         assert not _matched(report, "fuse_layernorm"), why
 
 
+def _tf_layernorm(
+    opset,
+    *,
+    keras=2,
+    gamma=True,
+    beta=True,
+    swap=False,
+    rsqrt="reciprocal",
+    no_beta="neg_mean",
+    gamma_size=SHAPE[-1],
+    axes=(2,),
+    variance="squared_difference",
+    x_for_scale="x",
+    relu=True,
+    eps=0.1,
+):
+    """x -> Keras LayerNormalization as tf2onnx converts it (TF's batch_normalization
+    arrangement): ``mean = ReduceMean(x)`` (axes made positive, as tf2onnx and Keras do),
+    SquaredDifference as ``Sub`` then ``Mul(d, d)``, Rsqrt as ``Reciprocal(Sqrt)``,
+    ``s = r * gamma``, then ``y = x * s + (beta - mean * s)`` (``keras=2``: tf.nn's
+    batch_normalization) or ``y = x * s + ((-mean) * s + beta)`` (``keras=3``).
+
+    ``swap``: the last Add's operands the other way round. ``rsqrt``: "div" ``1 / Sqrt``, "pow"
+    ``Pow(., -0.5)``. ``no_beta`` (with ``beta=False``): "neg_mean" ``(-mean) * s`` (what TF's
+    ``-mean * inv`` is), "neg_product" ``-(mean * s)``, "zero_sub" ``0 - mean * s``, "sub"
+    ``x * s - mean * s``. Near misses: ``variance="moments_of_x"`` (``E[x^2] - E[x]^2``),
+    ``x_for_scale`` another tensor than the normalized one, ``no_beta="plus"`` (the mean's
+    term added with the wrong sign)."""
+
+    def mean(src, out):
+        if opset >= 18:
+            return [
+                _const(out + "_axes", np.array(axes, np.int64)),
+                oh.make_node("ReduceMean", [src, out + "_axes"], [out], keepdims=1),
+            ]
+        return [oh.make_node("ReduceMean", [src], [out], axes=list(axes), keepdims=1)]
+
+    nodes = mean("x", "m")
+    if variance == "squared_difference":
+        nodes += [oh.make_node("Sub", ["x", "m"], ["d"]), oh.make_node("Mul", ["d", "d"], ["sq"])]
+        nodes += mean("sq", "v")
+    else:  # E[x^2] - E[x]^2: LayerNorm in exact arithmetic, not in floating point
+        nodes += [oh.make_node("Mul", ["x", "x"], ["xx"])] + mean("xx", "mxx")
+        nodes += [
+            oh.make_node("Mul", ["m", "m"], ["mm"]),
+            oh.make_node("Sub", ["mxx", "mm"], ["v"]),
+        ]
+    nodes += [_const("eps", _f(eps)), oh.make_node("Add", ["v", "eps"], ["ve"])]
+    if rsqrt == "pow":
+        nodes += [_const("p", _f(-0.5)), oh.make_node("Pow", ["ve", "p"], ["r"])]
+    else:
+        nodes.append(oh.make_node("Sqrt", ["ve"], ["sd"]))
+        if rsqrt == "div":
+            nodes += [_const("one", _f(1.0)), oh.make_node("Div", ["one", "sd"], ["r"])]
+        else:
+            nodes.append(oh.make_node("Reciprocal", ["sd"], ["r"]))
+    inits, s = [], "r"
+    if gamma:
+        inits.append(numpy_helper.from_array(RNG.standard_normal(gamma_size).astype("f"), "g"))
+        nodes.append(oh.make_node("Mul", ["r", "g"], ["s"]))
+        s = "s"
+    if x_for_scale != "x":
+        nodes.append(oh.make_node("Relu", ["x"], [x_for_scale]))
+    nodes.append(oh.make_node("Mul", [x_for_scale, s], ["xs"]))
+    combine = "Add"
+    if beta:
+        inits.append(numpy_helper.from_array(RNG.standard_normal(SHAPE[-1]).astype("f"), "b"))
+        if keras == 2:
+            nodes += [
+                oh.make_node("Mul", ["m", s], ["ms"]),
+                oh.make_node("Sub", ["b", "ms"], ["c"]),
+            ]
+        else:
+            nodes += [
+                oh.make_node("Neg", ["m"], ["nm"]),
+                oh.make_node("Mul", ["nm", s], ["ms"]),
+                oh.make_node("Add", ["ms", "b"], ["c"]),
+            ]
+    elif no_beta == "neg_mean":
+        nodes += [oh.make_node("Neg", ["m"], ["nm"]), oh.make_node("Mul", ["nm", s], ["c"])]
+    else:
+        nodes.append(oh.make_node("Mul", ["m", s], ["ms"]))
+        if no_beta == "neg_product":
+            nodes.append(oh.make_node("Neg", ["ms"], ["c"]))
+        elif no_beta == "zero_sub":
+            nodes += [_const("zero", _f(0.0)), oh.make_node("Sub", ["zero", "ms"], ["c"])]
+        else:  # "sub" (exact) or "plus" (x * s + mean * s: not LayerNorm)
+            nodes.append(oh.make_node("Identity", ["ms"], ["c"]))
+            combine = "Sub" if no_beta == "sub" else "Add"
+    out = "ln" if relu else "y"
+    nodes.append(oh.make_node(combine, ["c", "xs"] if swap else ["xs", "c"], [out]))
+    if relu:
+        nodes.append(oh.make_node("Relu", ["ln"], ["y"]))
+    return _model(nodes, inits, opset)
+
+
+@pytest.mark.parametrize(
+    "opset,kwargs",
+    [
+        (13, {}),
+        (13, {"swap": True, "relu": False}),  # y is the graph output
+        (13, {"keras": 3}),
+        (13, {"keras": 3, "swap": True, "axes": (-1,)}),
+        (13, {"gamma": False}),
+        (13, {"beta": False}),
+        (13, {"keras": 3, "gamma": False, "beta": False, "swap": True}),
+        (13, {"beta": False, "no_beta": "neg_product"}),
+        (13, {"beta": False, "no_beta": "zero_sub", "swap": True}),
+        (13, {"beta": False, "no_beta": "sub"}),
+        (13, {"rsqrt": "div", "eps": 1e-3}),  # Keras' default epsilon
+        (13, {"rsqrt": "pow", "keras": 3, "eps": 1e-12}),  # transformers' TF BERT
+        (17, {"swap": True}),
+        (18, {}),  # axes as an input
+        (18, {"keras": 3, "swap": True, "gamma": False}),
+    ],
+)
+def test_tf_layernorm_is_fused_and_exact(opset, kwargs):
+    """tf2onnx's Keras LayerNormalization (rearranged as TF's batch_normalization) fuses."""
+    model = _tf_layernorm(opset, **kwargs)
+    report = check_pass(model, _feeds(), "all", rtol=1e-4, atol=1e-5)
+    missing = [f"no {k}" for k in ("gamma", "beta") if not kwargs.get(k, True)]
+    key = "LayerNormalization (" + ", ".join(["rearranged", *missing]) + ")"
+    assert _matched(report, "fuse_layernorm") == {key: 1}
+    ops = _optimized_ops(model)
+    want = ("", "LayerNormalization") if opset >= 17 else ("ai.onnx2jax", "LayerNormalization")
+    assert want in ops
+    assert not {("", "ReduceMean"), ("", "Sqrt"), ("", "Pow"), ("", "Neg")} & set(ops)
+    computed = [op for op in ops if op != ("", "Constant")]  # ones/zeros for gamma/beta
+    assert len(computed) == 1 + kwargs.get("relu", True), ops  # LayerNormalization [, Relu]
+
+
+def test_tf_layernorms_in_sequence():
+    """Two tf2onnx LayerNorms back to back (tf.keras's, then Keras 3's): both fuse."""
+    first = _tf_layernorm(13, relu=False)
+    second = _tf_layernorm(13, keras=3)
+    renamed = {"x": "y1", "y": "y"}
+    nodes = list(first.graph.node)
+    for n in nodes:
+        n.output[:] = ["y1" if o == "y" else o for o in n.output]
+    for n in second.graph.node:
+        n.input[:] = [renamed.get(i, "2_" + i) for i in n.input]
+        n.output[:] = [renamed.get(o, "2_" + o) for o in n.output]
+        nodes.append(n)
+    inits = list(first.graph.initializer)
+    for t in second.graph.initializer:
+        t.name = "2_" + t.name
+        inits.append(t)
+    model = _model(nodes, inits, 13)
+    report = check_pass(model, _feeds(), "all", rtol=1e-4, atol=1e-5)
+    assert _matched(report, "fuse_layernorm") == {"LayerNormalization (rearranged)": 2}
+
+
+@pytest.mark.parametrize(
+    "why,kwargs,extra",
+    [
+        ("variance as E[x^2] - E[x]^2", {"variance": "moments_of_x"}, None),
+        ("the mean's term added, not subtracted", {"beta": False, "no_beta": "plus"}, None),
+        ("x * s of another tensor than x", {"x_for_scale": "xr"}, None),
+        ("the scale s is a graph output", {}, ("s", "output")),
+        ("the scale s is read elsewhere", {}, ("s", "read")),
+        ("the mean is a graph output", {}, ("m", "output")),
+        ("the mean is read elsewhere", {}, ("m", "read")),
+        ("the mean's term is read elsewhere", {}, ("c", "read")),
+        ("x * s is read elsewhere", {}, ("xs", "read")),
+        ("gamma broadcast from one element", {"gamma_size": 1}, None),
+        ("not the last axis", {"axes": (1,)}, None),
+    ],
+)
+def test_tf_layernorm_left_alone(why, kwargs, extra):
+    model = _tf_layernorm(13, **kwargs)
+    if extra:
+        name, how = extra
+        if how == "read":
+            model.graph.node.append(oh.make_node("Neg", [name], ["reader"]))
+            name = "reader"
+        model.graph.output.append(oh.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    report = check_pass(model, _feeds(), "all", rtol=1e-4, atol=1e-5)
+    assert not _matched(report, "fuse_layernorm"), why
+
+
 # -- GELU -----------------------------------------------------------------------------------
 
 SQRT2, SQRT_HALF, SQRT_2_PI = math.sqrt(2.0), math.sqrt(0.5), math.sqrt(2.0 / math.pi)
@@ -269,7 +449,7 @@ def test_grad_with_respect_to_params_through_fused_layers():
     """LayerNorm's gamma and beta, and the weight before a GELU, keep their ONNX names; their
     gradients through the fused ops equal those through the graph as written."""
     feeds = _feeds()
-    for model in (_layernorm(14), _gelu(14, "torch"), _gelu(17, "gelu_new")):
+    for model in (_layernorm(14), _tf_layernorm(13), _gelu(14, "torch"), _gelu(17, "gelu_new")):
         grads = []
         for passes in ("default", None):
             m = onnx2jax.load(model, passes=passes)
