@@ -25,6 +25,8 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Model.tune's choice, as RESULTS.md marks it beside the batch (the default: no mark).
+_TUNED_MARK = {"eigen dots": " E", "eigen convs and dots": " EC"}
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 PEERS = ("openvino", "jaxonnxruntime", "tract")
@@ -389,7 +391,8 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
         "matmul peak in brackets. For INT8 models these are integer operations: with AVX-512 "
         "VNNI an engine can pass the float32 peak. onnx2jax runs after `Model.tune` (once per "
         "model and batch, after the start-up measurements): batch marked E = it chose XLA's "
-        "Eigen dots over YNNPACK's (benchmarks/NOTES.md 12).",
+        "Eigen dots over YNNPACK's, EC = Eigen for convolutions and dots (benchmarks/NOTES.md "
+        "12-13).",
         "",
         "| model | batch | load | GFLOP | onnx2jax ms | onnxruntime ms | **vs onnxruntime** | "
         f"p90 ratio |{ov_head} onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | "
@@ -435,7 +438,7 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
                     f" {_f(ov.get('median_ms'), '.3g')} | **{_f(qv.get('median'), '.2f')}** |"
                 )
             diff = (a.get("vs_onnxruntime") or {}).get("max_abs_diff")
-            tuned = " E" if (a.get("warm") or {}).get("tuned") == "eigen dots" else ""
+            tuned = _TUNED_MARK.get((a.get("warm") or {}).get("tuned"), "")
             lines.append(
                 f"| {rec['model']} | {b['batch']}{tuned} | {_load_cell(rec, b)} | "
                 f"{_f(fl / 1e9 if fl else None, '.3g')} | "

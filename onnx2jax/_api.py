@@ -221,9 +221,10 @@ class Model:
     def tune(self, *args: Any, rounds: int = 3, **kwargs: Any):
         """Choose XLA's kernel libraries for this model by timing them on these inputs.
 
-        On CPU, XLA can run matmuls with YNNPACK (the default) or its own Eigen kernels, and
-        which is faster depends on the model and batch (GPT-2 prefill: YNNPACK 1.7x; ViT at
-        batch 8: Eigen 1.2x). ``tune`` compiles ``model(*args, **kwargs)`` once per choice,
+        On CPU, XLA can run matmuls and convolutions with YNNPACK (the default) or its own
+        Eigen kernels, and which is faster depends on the model and batch (GPT-2 prefill:
+        YNNPACK 1.7x; ViT at batch 8: Eigen 1.2x; convolutions: ``_compiler.candidates``).
+        ``tune`` compiles ``model(*args, **kwargs)`` once per choice,
         times each for ``rounds`` interleaved rounds, and keeps the fastest for later calls
         (and :meth:`lower`) of every model sharing this program. Call it once after loading,
         with inputs of the shapes you will serve. Elsewhere (GPU, TPU) it has nothing to choose.

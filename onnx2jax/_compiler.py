@@ -40,14 +40,20 @@ def compiler_options() -> dict[str, Any]:
     return dict(_CPU)
 
 
-def candidates() -> dict[str, dict[str, Any]]:
+def candidates(convolutions: bool = True) -> dict[str, dict[str, Any]]:
     """The option sets ``Model.tune`` chooses between, by name; the default first.
 
     On CPU the dots go to YNNPACK or to XLA's own Eigen kernels; neither wins everywhere
     (benchmarks/NOTES.md, entry 12: Eigen 18-29% faster on ViT and the GPT-2 decode step at
-    batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). Convolutions stay on YNNPACK.
+    batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). The same holds for convolutions
+    (entry 13: Eigen's spread over both cores where YNNPACK ran ResNet-18's 64-channel convs on
+    one; YNNPACK faster on MobileNetV2), so a program with ``convolutions`` also gets a choice
+    with both on Eigen.
     """
     default = compiler_options()
     if _YNN not in default:
         return {"default": default}
-    return {"ynnpack dots": default, "eigen dots": {**default, _YNN: _CONV}}
+    choices = {"ynnpack dots": default, "eigen dots": {**default, _YNN: _CONV}}
+    if convolutions:
+        choices["eigen convs and dots"] = {**default, _YNN: ""}
+    return choices

@@ -29,9 +29,12 @@ def tune(model, args: tuple, kwargs: dict[str, Any], *, rounds: int = 3, seconds
     """Compile ``model(*args, **kwargs)`` once per option set, time them in interleaved rounds
     (each at least ``seconds`` or 3 calls), and keep the fastest on the model's program."""
     prog = model._program
-    options = candidates()
-    if len(options) < 2 or prog.stages is not None or prog.string_outputs:
-        return TuneReport(next(iter(options)))  # nothing to choose, or no single program
+    if prog.stages is not None or prog.string_outputs:
+        return TuneReport(next(iter(candidates())))  # no single program to compile
+    lowered, _ = model.lower(*args, **kwargs)
+    options = candidates(convolutions="convolution" in lowered.as_text())
+    if len(options) < 2:
+        return TuneReport(next(iter(options)))  # nothing to choose
     jitted = {}
     for name, opts in options.items():
         prog.tuned_options.clear()
