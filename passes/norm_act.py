@@ -7,6 +7,7 @@ transformers' hand-written activations spell these layers out in elementwise ops
     v = ReduceMean(d ** 2 | d * d, [-1])
     n = d / Sqrt(v + eps)  |  d * Reciprocal(Sqrt(v + eps))
     y = n * gamma + beta                              (gamma, beta optional)
+    y = d * (Reciprocal(Sqrt(v + eps)) * gamma) + beta   (TF's layer_norm rewriter's form)
 
     # tf2onnx's Keras LayerNormalization (TF's batch_normalization arrangement, rsqrt as
     # Reciprocal(Sqrt)); tf2onnx's own layer-norm rewriter targets another form, rank 3 only
@@ -117,24 +118,30 @@ def _match_layernorm(sub: ir.Node, opset: int):
     if not is_op(sqrt, "Sqrt"):
         return None
     chain += [add, sqrt]
-    parts = []
+    parts, gamma, beta = [], None, None
     div = only_user(sqrt.outputs[0])
     if is_op(div, "Div") and div.inputs[0] is d and div.inputs[1] is sqrt.outputs[0]:
         chain.append(div)
     elif is_op(div, "Reciprocal"):
-        mul = only_user(div.outputs[0])
-        if not is_op(mul, "Mul") or set(map(id, mul.inputs)) != {id(d), id(div.outputs[0])}:
+        chain.append(div)
+        r = div.outputs[0]
+        scaled = only_user(r)  # d * (rsqrt * gamma): the form tf2onnx's own rewriter targets
+        other = _other_input(scaled, "Mul", r)
+        if other is not None and _is_vector(other, size):
+            chain.append(scaled)
+            r, gamma = scaled.outputs[0], other
+        mul = only_user(r)
+        if not is_op(mul, "Mul") or set(map(id, mul.inputs)) != {id(d), id(r)}:
             return None
-        chain += [div, mul]
+        chain.append(mul)
         parts.append("reciprocal")
     else:
         return None
     if set(users) != {id(square), id(chain[-1])}:
         return None  # d read elsewhere
-    gamma = beta = None
     nxt = only_user(chain[-1].outputs[0])
     other = _other_input(nxt, "Mul", chain[-1].outputs[0])
-    if other is not None and _is_vector(other, size):
+    if gamma is None and other is not None and _is_vector(other, size):
         chain.append(nxt)
         gamma = other
         nxt = only_user(nxt.outputs[0])

@@ -65,6 +65,7 @@ def _layernorm(
     *,
     square="pow",
     reciprocal=False,
+    gamma_first=False,
     gamma=True,
     beta=True,
     axes=(-1,),
@@ -72,7 +73,8 @@ def _layernorm(
     eps=0.1,
 ):
     """x -> the decomposition the legacy torch exporter writes below opset 17 (``square="mul"``,
-    ``reciprocal``: tf2onnx's forms), then ``Relu`` so y is not the chain's own output.
+    ``reciprocal``: tf2onnx's forms; ``gamma_first``: ``d * (rsqrt * gamma)``, the form
+    tf2onnx's layer-norm rewriter looks for), then ``Relu`` so y is not the chain's own output.
     ``eps`` is large enough (the variance is about 4) that losing it shows."""
 
     def mean(src, out):
@@ -94,16 +96,17 @@ def _layernorm(
         oh.make_node("Add", ["v", "eps"], ["ve"]),
         oh.make_node("Sqrt", ["ve"], ["s"]),
     ]
-    if reciprocal:
-        nodes += [
-            oh.make_node("Reciprocal", ["s"], ["r"]),
-            oh.make_node("Mul", ["r", "d"], ["n"]),
-        ]
-    else:
-        nodes.append(oh.make_node("Div", ["d", "s"], ["n"]))
     inits, out = [], "n"
     if gamma:
         inits.append(numpy_helper.from_array(RNG.standard_normal(gamma_size).astype("f"), "g"))
+    if reciprocal:
+        nodes.append(oh.make_node("Reciprocal", ["s"], ["r"]))
+        if gamma_first:
+            nodes.append(oh.make_node("Mul", ["r", "g"], ["rg"]))
+        nodes.append(oh.make_node("Mul", ["rg" if gamma_first else "r", "d"], ["n"]))
+    else:
+        nodes.append(oh.make_node("Div", ["d", "s"], ["n"]))
+    if gamma and not gamma_first:
         nodes.append(oh.make_node("Mul", [out, "g"], ["ng"]))
         out = "ng"
     if beta:
@@ -120,6 +123,8 @@ def _layernorm(
         (14, "all", {}),  # pow_to_mul first: Mul(d, d)
         (14, ["fuse_layernorm"], {}),  # Pow(d, 2) as written
         (14, "all", {"square": "mul", "reciprocal": True}),
+        (14, "all", {"square": "mul", "reciprocal": True, "gamma_first": True}),
+        (18, "all", {"reciprocal": True, "gamma_first": True, "beta": False}),
         (14, "all", {"gamma": False}),
         (14, "all", {"eps": 1e-12}),  # BERT's epsilon
         (17, "all", {}),
