@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compute_dtype, _tracer
+from . import _compute_dtype, _tracer, _tune
 from ._analysis import is_buffer, is_param
 from ._bounded import bounded_step, count_name
 from ._cache import enable_default_cache
@@ -224,15 +224,14 @@ class Model:
         On CPU, XLA can run matmuls and convolutions with YNNPACK (the default) or its own
         Eigen kernels, and which is faster depends on the model and batch (GPT-2 prefill:
         YNNPACK 1.7x; ViT at batch 8: Eigen 1.2x; convolutions: ``_compiler.candidates``).
-        ``tune`` compiles ``model(*args, **kwargs)`` once per choice,
-        times each for ``rounds`` interleaved rounds, and keeps the fastest for later calls
-        (and :meth:`lower`) of every model sharing this program. Call it once after loading,
-        with inputs of the shapes you will serve. Elsewhere (GPU, TPU) it has nothing to choose.
-        Returns a ``TuneReport`` (``chosen``, ``ms`` per choice).
+        ``tune`` compiles ``model(*args, **kwargs)`` once per choice, times each for ``rounds``
+        interleaved rounds, and keeps the fastest for later calls (and :meth:`lower`) of every
+        model sharing this program. It also records the choice in the compilation cache folder,
+        so later ``load``s of the same model on this machine start with it (``_tune.py``).
+        Call it once, with inputs of the shapes you will serve. Elsewhere (GPU, TPU) it has
+        nothing to choose. Returns a ``TuneReport`` (``chosen``, ``ms`` per choice).
         """
-        from ._tune import tune
-
-        return tune(self, args, kwargs, rounds=rounds)
+        return _tune.tune(self, args, kwargs, rounds=rounds)
 
     def prepare(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The param-only values for ``params`` (default ``self.params``): weights laid out for
@@ -621,6 +620,8 @@ def load(
         buffers=buffers,
         precision=matmul_precision,
     )
+    if stages is None:
+        _tune.recall(prog, params)  # a choice Model.tune recorded on this machine
     return Model(prog, params)
 
 

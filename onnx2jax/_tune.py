@@ -1,16 +1,35 @@
 """``Model.tune``: time the compiler option sets of ``_compiler.candidates`` on real inputs, keep
-the fastest for the model's program."""
+the fastest for the model's program, and remember the choice for later processes.
+
+The choice is stored beside the compiled programs in JAX's compilation cache folder (onnx2jax's
+per-user one unless the user chose another; ``ONNX2JAX_CACHE_DIR=off`` turns both off), one
+small JSON file per program and machine: ``onnx2jax-tune/<fingerprint>.json``. ``load`` reads
+it, so a model tuned once starts with its choice in every later process on that machine.
+The fingerprint covers the traced graph (after the passes), the params' shapes and dtypes, the
+jax version, the backend and the CPU; a changed model, upgrade or machine starts untuned.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+import platform
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import numpy as np
 
 from ._compiler import candidates
+from ._ir import Graph
+
+_RECORDS = "onnx2jax-tune"
+_SMALL = 4096  # bytes: constants up to this size count by value (shapes, axes), larger by shape
 
 
 @dataclass
@@ -57,4 +76,103 @@ def tune(model, args: tuple, kwargs: dict[str, Any], *, rounds: int = 3, seconds
     prog.tuned_options.clear()
     prog.tuned_options.update(options[chosen])
     prog.jits.main = jitted[chosen]
-    return TuneReport(chosen, ms)
+    report = TuneReport(chosen, ms)
+    _remember(fingerprint(prog, model.params), report)
+    return report
+
+
+def recall(prog, params) -> str | None:
+    """Apply the choice a ``tune`` of this program recorded on this machine, if any (at load).
+
+    Returns its name. A record naming a choice this process does not offer is ignored."""
+    folder = _records_dir()
+    if folder is None or not os.path.isdir(folder):
+        return None  # nothing tuned on this machine yet: skip the fingerprint
+    try:
+        with open(os.path.join(folder, fingerprint(prog, params) + ".json")) as f:
+            chosen = json.load(f)["chosen"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    options = candidates()
+    if chosen not in options or chosen == next(iter(options)):
+        return None
+    prog.tuned_options.update(options[chosen])
+    return chosen
+
+
+def _remember(key: str, report: TuneReport) -> None:
+    folder = _records_dir()
+    if folder is None:
+        return
+    try:  # written whole, then renamed: processes sharing the folder never read half a record
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"chosen": report.chosen, "ms": report.ms}, f)
+        os.replace(tmp, os.path.join(folder, key + ".json"))
+    except OSError:
+        pass  # a read-only cache folder: the choice holds for this process only
+
+
+def _records_dir() -> str | None:
+    folder = jax.config.jax_compilation_cache_dir
+    if not folder or "://" in folder:  # none, or a remote store: keep choices in memory
+        return None
+    return os.path.join(folder, _RECORDS)
+
+
+def fingerprint(prog, params) -> str:
+    """What the choice depends on: the program as traced, the params' shapes and dtypes, the
+    jax version, backend and CPU (not the weights' values)."""
+    h = hashlib.sha256()
+    h.update(
+        repr((jax.__version__, jax.default_backend(), _cpu(), prog.x64, prog.precision)).encode()
+    )
+    _hash_graph(h, prog.plan.graph, frozenset(params))
+    for name in sorted(params):
+        p = params[name]
+        h.update(repr((name, tuple(p.shape), str(p.dtype))).encode())
+    return h.hexdigest()[:32]
+
+
+def _hash_graph(h, graph: Graph, params: frozenset[str] = frozenset()) -> None:
+    h.update(repr([(s.name, str(s.dtype), s.shape) for s in graph.inputs]).encode())
+    for name, arr in graph.initializers.items():
+        h.update(name.encode())
+        if name in params:  # by shape: the weights' values do not change the program
+            h.update(repr((arr.shape, str(arr.dtype))).encode())
+        else:
+            _hash_value(h, arr)
+    for node in graph.nodes:
+        h.update(repr((node.op_type, node.domain, node.inputs, node.outputs)).encode())
+        for key in sorted(node.attrs):
+            h.update(key.encode())
+            _hash_value(h, node.attrs[key])
+
+
+def _hash_value(h, value) -> None:
+    if isinstance(value, Graph):
+        _hash_graph(h, value)
+    elif isinstance(value, np.ndarray):
+        h.update(repr((value.shape, str(value.dtype))).encode())
+        if value.nbytes <= _SMALL and value.dtype != object:
+            h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _hash_value(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+@functools.cache
+def _cpu() -> str:
+    """The CPU's model name and flags (AVX-512 or not changes the best kernels), else the
+    architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(
+                line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line
+            )
+        return " ".join(info.get(k, "").strip() for k in ("model name", "flags"))
+    except OSError:
+        return platform.machine() + " " + platform.processor()

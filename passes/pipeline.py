@@ -42,7 +42,7 @@ PASSES: dict[str, PassSpec] = {
         PassSpec(
             "fuse_layernorm",
             norm_act.FuseLayerNorm,
-            "Decomposed LayerNorm (ReduceMean, Sub, square, ReduceMean, Sqrt, Div) as one op",
+            "Decomposed LayerNorm (torch's Div form, tf2onnx/Keras rsqrt forms) as one op",
         ),
         PassSpec(
             "fuse_gelu",

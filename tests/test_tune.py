@@ -3,6 +3,8 @@ model's outputs stay those of the reference evaluator."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import onnx
@@ -92,3 +94,51 @@ def test_candidates_follow_the_default_options(monkeypatch):
     assert candidates() == CPU_CHOICES | EIGEN_CONVS
     monkeypatch.setattr(_compiler, "compiler_options", lambda: {})
     assert candidates() == {"default": {}}
+
+
+@pytest.fixture
+def records(monkeypatch, tmp_path):
+    """Tune records in a fresh folder (by default they live in the compilation cache folder)."""
+    monkeypatch.setattr(_tune, "_records_dir", lambda: str(tmp_path))
+    return tmp_path
+
+
+def test_tune_records_its_choice_for_later_loads(two_choices, records):
+    proto = _conv_relu()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    m = onnx2jax.load(proto)
+    report = m.tune(x, rounds=1)
+    (record,) = records.glob("*.json")
+    assert json.loads(record.read_text())["chosen"] == report.chosen
+    # A later load (a new program) starts with a recorded choice; here a non-default one.
+    _tune._remember(_tune.fingerprint(m._program, m.params), _tune.TuneReport("eigen dots"))
+    again = onnx2jax.load(proto)
+    assert again._program.tuned_options == CPU_CHOICES["eigen dots"]
+    for got, want in zip(again(x), reference(proto, x=x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_tune_records_key_on_the_program_not_the_weights(two_choices, records):
+    proto = _conv_relu()
+    m = onnx2jax.load(proto)
+    _tune._remember(_tune.fingerprint(m._program, m.params), _tune.TuneReport("eigen dots"))
+    other_values = onnx.ModelProto.FromString(proto.SerializeToString())
+    w = onnx.numpy_helper.to_array(proto.graph.initializer[0])
+    other_values.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w * 2, "w"))
+    assert onnx2jax.load(other_values)._program.tuned_options == CPU_CHOICES["eigen dots"]
+    wider = onnx.ModelProto.FromString(proto.SerializeToString())
+    wider.graph.initializer[0].CopyFrom(
+        onnx.numpy_helper.from_array(np.concatenate([w, w]), "w")  # 8 output channels
+    )
+    assert onnx2jax.load(wider)._program.tuned_options == {}
+    # A record naming a choice this process does not offer is ignored.
+    _tune._remember(_tune.fingerprint(m._program, m.params), _tune.TuneReport("no such"))
+    assert onnx2jax.load(proto)._program.tuned_options == {}
+
+
+def test_tune_without_a_records_folder_keeps_the_choice_in_memory(two_choices, monkeypatch):
+    monkeypatch.setattr(_tune, "_records_dir", lambda: None)
+    m = onnx2jax.load(affine_relu())
+    x = np.ones((3, 4), np.float32)
+    report = m.tune(x, rounds=1)
+    assert m._program.tuned_options == CPU_CHOICES[report.chosen]
