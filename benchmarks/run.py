@@ -26,7 +26,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Model.tune's choice, as RESULTS.md marks it beside the batch (the default: no mark).
-_TUNED_MARK = {"eigen dots": " E", "eigen convs and dots": " EC"}
+_TUNED_MARK = {"eigen dots": " E", "ynnpack convs and dots": " YC"}
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 PEERS = ("openvino", "jaxonnxruntime", "tract")
@@ -391,8 +391,8 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
         "matmul peak in brackets. For INT8 models these are integer operations: with AVX-512 "
         "VNNI an engine can pass the float32 peak. onnx2jax runs after `Model.tune` (once per "
         "model and batch, after the start-up measurements): batch marked E = it chose XLA's "
-        "Eigen dots over YNNPACK's, EC = Eigen for convolutions and dots (benchmarks/NOTES.md "
-        "12-13).",
+        "Eigen dots over YNNPACK's, YC = YNNPACK for convolutions too (by default they run on "
+        "Eigen; benchmarks/NOTES.md 12-13).",
         "",
         "| model | batch | load | GFLOP | onnx2jax ms | onnxruntime ms | **vs onnxruntime** | "
         f"p90 ratio |{ov_head} onnx2jax items/s | onnxruntime items/s | onnx2jax GFLOP/s | "

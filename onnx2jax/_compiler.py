@@ -1,10 +1,13 @@
 """XLA compiler options onnx2jax passes to its own ``jax.jit`` calls.
 
-On CPU, XLA can hand convolutions and matmuls to YNNPACK (XNNPACK's successor) instead of its
-own Eigen kernels. With the weights prepared once in the layout the kernels want (passes/,
-_prepare.py) this measured 1.1-2x faster on the zoo's CNNs and GPT-2 (benchmarks/NOTES.md,
-entry 3); it changes nothing on other backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns it off; a
-jaxlib that does not know the option runs without it.
+On CPU, XLA can hand matmuls (and convolutions) to YNNPACK (XNNPACK's successor) instead of
+its own Eigen kernels. With the weights prepared once in the layout the kernels want (passes/,
+_prepare.py), YNNPACK's dots measured up to 1.7x faster on GPT-2 (benchmarks/NOTES.md, entries
+3 and 12), so onnx2jax's jits send dots there. Convolutions stay on Eigen, which spreads them
+over the cores where YNNPACK ran the small ones on one (ResNet-18 27-30% and ResNet-50 13-17%
+faster, entry 13). ``Model.tune`` times the other choices per model. Nothing changes on other
+backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns it off; a jaxlib that does not know the option runs
+without it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _CONV, _DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-_CPU = {_YNN: f"{_CONV},{_DOT}"}
+_CPU = {_YNN: _DOT}
 
 
 @functools.cache
@@ -43,17 +46,16 @@ def compiler_options() -> dict[str, Any]:
 def candidates(convolutions: bool = True) -> dict[str, dict[str, Any]]:
     """The option sets ``Model.tune`` chooses between, by name; the default first.
 
-    On CPU the dots go to YNNPACK or to XLA's own Eigen kernels; neither wins everywhere
-    (benchmarks/NOTES.md, entry 12: Eigen 18-29% faster on ViT and the GPT-2 decode step at
-    batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). The same holds for convolutions
-    (entry 13: Eigen's spread over both cores where YNNPACK ran ResNet-18's 64-channel convs on
-    one; YNNPACK faster on MobileNetV2), so a program with ``convolutions`` also gets a choice
-    with both on Eigen.
+    On CPU the dots go to YNNPACK (the default) or to XLA's own Eigen kernels; neither wins
+    everywhere (benchmarks/NOTES.md, entry 12: Eigen 18-29% faster on ViT and the GPT-2 decode
+    step at batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). Convolutions run on
+    Eigen in both; a program with ``convolutions`` also gets a choice with them on YNNPACK
+    (entry 13: slower on the zoo's CNNs on a 2-core AVX2 machine, but not measured elsewhere).
     """
     default = compiler_options()
     if _YNN not in default:
         return {"default": default}
-    choices = {"ynnpack dots": default, "eigen dots": {**default, _YNN: _CONV}}
+    choices = {"ynnpack dots": default, "eigen dots": {**default, _YNN: ""}}
     if convolutions:
-        choices["eigen convs and dots"] = {**default, _YNN: ""}
+        choices["ynnpack convs and dots"] = {**default, _YNN: f"{_CONV},{_DOT}"}
     return choices

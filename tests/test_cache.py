@@ -50,7 +50,7 @@ def test_a_folder_the_user_chose_is_kept(tmp_path):
 
 
 def test_compiler_options_switch():
-    """onnx2jax.compiler_options(): YNNPACK for convs/dots on CPU, off by environment."""
+    """onnx2jax.compiler_options(): YNNPACK for dots on CPU, off by environment."""
     probe = "import onnx2jax; print(sorted(onnx2jax.compiler_options()))"
     env = {k: v for k, v in os.environ.items() if k != "ONNX2JAX_XLA_LIBRARY"}
     on = subprocess.run(

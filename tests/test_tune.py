@@ -21,10 +21,10 @@ from onnx2jax._compiler import candidates
 # candidates() one choice; these are the CPU choices with it on (the third for programs with
 # convolutions).
 CPU_CHOICES = {
-    "ynnpack dots": {_compiler._YNN: f"{_compiler._CONV},{_compiler._DOT}"},
-    "eigen dots": {_compiler._YNN: _compiler._CONV},
+    "ynnpack dots": {_compiler._YNN: _compiler._DOT},
+    "eigen dots": {_compiler._YNN: ""},
 }
-EIGEN_CONVS = {"eigen convs and dots": {_compiler._YNN: ""}}
+YNN_CONVS = {"ynnpack convs and dots": {_compiler._YNN: f"{_compiler._CONV},{_compiler._DOT}"}}
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def two_choices(monkeypatch):
         pytest.skip("the choices are CPU libraries")
 
     def choices(convolutions=True):
-        return CPU_CHOICES | (EIGEN_CONVS if convolutions else {})
+        return CPU_CHOICES | (YNN_CONVS if convolutions else {})
 
     monkeypatch.setattr(_tune, "candidates", choices)
 
@@ -56,7 +56,7 @@ def _conv_relu() -> onnx.ModelProto:
 
 @pytest.mark.parametrize(
     "proto,shape,choices",
-    [(affine_relu(), (3, 4), CPU_CHOICES), (_conv_relu(), (2, 3, 8, 8), CPU_CHOICES | EIGEN_CONVS)],
+    [(affine_relu(), (3, 4), CPU_CHOICES), (_conv_relu(), (2, 3, 8, 8), CPU_CHOICES | YNN_CONVS)],
     ids=["matmul", "conv"],
 )
 def test_tune_times_every_choice_and_keeps_the_fastest(two_choices, proto, shape, choices):
@@ -86,12 +86,12 @@ def test_tune_leaves_a_model_with_graph_breaks_as_it_is(two_choices):
 
 
 def test_candidates_follow_the_default_options(monkeypatch):
-    """With the library option on, the default comes first, Eigen dots second and Eigen convs
+    """With the library option on, the default comes first, Eigen dots second and YNNPACK convs
     third (programs with convolutions); with it off (ONNX2JAX_XLA_LIBRARY=off, as in this
     suite) there is nothing to choose."""
     monkeypatch.setattr(_compiler, "compiler_options", lambda: dict(CPU_CHOICES["ynnpack dots"]))
     assert candidates(convolutions=False) == CPU_CHOICES
-    assert candidates() == CPU_CHOICES | EIGEN_CONVS
+    assert candidates() == CPU_CHOICES | YNN_CONVS
     monkeypatch.setattr(_compiler, "compiler_options", lambda: {})
     assert candidates() == {"default": {}}
 
