@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ._util import CountingPass, attr, constant, is_param, only_user, rank, replace
+from ._util import CountingPass, attr, constant, is_op, is_param, only_user, rank, replace
 
 _FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -34,18 +34,14 @@ class FoldBatchNorm(CountingPass):
     @staticmethod
     def _check(bn: ir.Node) -> ir.Node | None:
         """The node to fold ``bn`` into, or None when the rewrite does not apply."""
-        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+        if not is_op(bn, "BatchNormalization"):
             return None
         if attr(bn, "training_mode", 0) or any(o.uses() for o in bn.outputs[1:]):
             return None
         if len(bn.inputs) != 5 or not all(is_param(v) for v in bn.inputs[1:]):
             return None
         producer = bn.inputs[0].producer()
-        if (
-            producer is None
-            or producer.op_type not in _FOLDABLE
-            or producer.domain not in ("", "ai.onnx")
-        ):
+        if not any(is_op(producer, op) for op in _FOLDABLE):
             return None
         if only_user(producer.outputs[0]) is not bn or len(producer.inputs) < 2:
             return None

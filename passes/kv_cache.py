@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from ._util import DOMAIN, attr, constant, replace
+from ._util import DOMAIN, attr, constant, is_op, replace
 
 WRITE_POSITION = "onnx2jax.kv_write_position"
 BUFFER_SUFFIX = ".onnx2jax_buffer"
@@ -71,7 +71,7 @@ def find_pairs(inputs: Iterable[str], outputs: Iterable[str]) -> list[tuple[str,
 
 def concat_axis(node: ir.Node, past: ir.Value) -> int | None:
     """The axis of ``node = Concat(past, new)``, or None when ``node`` is not that."""
-    if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+    if not is_op(node, "Concat") or len(node.inputs) != 2:
         return None
     if _through_copies(node.inputs[0]) is not past:
         return None
@@ -86,9 +86,7 @@ def _through_copies(value: ir.Value | None) -> ir.Value | None:
     """``value`` with Identity and one-input Concat nodes (torch exporter artefacts) skipped."""
     while value is not None:
         node = value.producer()
-        if node is None or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
-            return value
-        if node.op_type not in ("Identity", "Concat"):
+        if not (is_op(node, "Identity") or is_op(node, "Concat")) or len(node.inputs) != 1:
             return value
         value = node.inputs[0]
     return value
@@ -204,7 +202,7 @@ def _scale_off_buffer(graph: ir.Graph, buffer: ir.Value) -> int:
     moved = 0
     for use in list(buffer.uses()):
         t = use.node
-        if t.op_type != "Transpose" or t.domain not in ("", "ai.onnx"):
+        if not is_op(t, "Transpose"):
             continue
         users = list(t.outputs[0].uses())
         if len(users) != 1 or users[0].node.op_type != "Mul" or t.outputs[0].is_graph_output():
@@ -231,7 +229,7 @@ def _scale_off_buffer(graph: ir.Graph, buffer: ir.Value) -> int:
 def _attention_slot(node: ir.Node, present: ir.Value, past: ir.Value) -> int | None:
     """1 or 2 when ``present`` is the present key/value of an opset-23+ ``Attention`` whose
     past key/value input is ``past``; else None."""
-    if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+    if not is_op(node, "Attention"):
         return None
     for slot, past_slot in ((1, 4), (2, 5)):
         if (

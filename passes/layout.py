@@ -19,7 +19,17 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from ._util import DOMAIN, CountingPass, attr, constant, param_derived, rank, replace
+from ._util import (
+    DOMAIN,
+    ONNX_DOMAINS,
+    CountingPass,
+    attr,
+    constant,
+    is_op,
+    param_derived,
+    rank,
+    replace,
+)
 
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
@@ -43,7 +53,7 @@ _GLOBAL_POOLS = {"GlobalAveragePool": "NhwcGlobalAveragePool", "GlobalMaxPool": 
 
 
 def _perm(node: ir.Node) -> tuple[int, ...] | None:
-    if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+    if not is_op(node, "Transpose"):
         return None
     p = attr(node, "perm")
     if p is None:
@@ -81,11 +91,11 @@ class ChannelsLast(CountingPass):
         self.reset()
         graph = model.graph
         for node in list(graph):
-            if node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+            if is_op(node, "Conv"):
                 self._conv(graph, node)
-            elif node.op_type in _POOLS and node.domain in ("", "ai.onnx"):
+            elif any(is_op(node, op) for op in _POOLS):
                 self._pool(graph, node)
-            elif node.op_type in _GLOBAL_POOLS and node.domain in ("", "ai.onnx"):
+            elif any(is_op(node, op) for op in _GLOBAL_POOLS):
                 self._global_pool(graph, node)
         if self.matches:
             model.opset_imports.setdefault(DOMAIN, 1)
@@ -151,7 +161,7 @@ class ChannelsLast(CountingPass):
     # -- step 2: sink transposes -----------------------------------------------------------
 
     def _sink(self, graph: ir.Graph, node: ir.Node) -> bool:
-        if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        if node.domain not in ONNX_DOMAINS or len(node.outputs) != 1:
             return False
         perm = _perm(node)
         if perm is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ._util import DOMAIN, CountingPass, attr, is_param, param_derived, rank, replace
+from ._util import DOMAIN, CountingPass, attr, is_op, is_param, param_derived, rank, replace
 
 
 class MatMulTransB(CountingPass):
@@ -31,7 +31,7 @@ class MatMulTransB(CountingPass):
         self.reset()
         graph = model.graph
         for node in list(graph):
-            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            if not is_op(node, "MatMul"):
                 continue
             a, w = node.inputs
             if rank(a) in (None, 1) or rank(w) != 2 or not param_derived(w):
@@ -56,11 +56,7 @@ class MatMulTransB(CountingPass):
 
 def _transpose_input(w: ir.Value) -> ir.Value | None:
     producer = w.producer()
-    if (
-        producer is None
-        or producer.op_type != "Transpose"
-        or producer.domain not in ("", "ai.onnx")
-    ):
+    if not is_op(producer, "Transpose"):
         return None
     perm = attr(producer, "perm")
     if perm is None or [int(p) for p in perm] != [1, 0]:
