@@ -16,6 +16,8 @@ import numpy as np
 from jax import lax
 
 from . import InputError, Model, compiler_options, load
+from ._compiler import candidates
+from ._tune import TuneReport, time_choices
 from .passes import kv_cache as _kv
 
 _ROLES = (
@@ -107,12 +109,41 @@ class Generator:
         positions = roles["position_ids"] or roles["cache_position"]
         if not self.shared_buffer and not (positions and roles["attention_mask"]):
             self._check_positions()
-        self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=compiler_options())
+        self._compile_with(compiler_options())
+
+    def _compile_with(self, options: dict[str, Any]) -> None:
+        """(Re)create the jits of ``step`` and ``generate`` with these XLA options."""
+        self.step = jax.jit(self._step, donate_argnums=(1,), compiler_options=options)
         self._run = jax.jit(
-            self._generate,
-            static_argnames=("n_new", "capacity", "mode"),
-            compiler_options=compiler_options(),
+            self._generate, static_argnames=("n_new", "capacity", "mode"), compiler_options=options
         )
+
+    def tune(self, input_ids, max_new_tokens: int = 32, *, rounds: int = 3, **kwargs):
+        """Choose XLA's dot library for generation by timing ``generate`` on this prompt.
+
+        As :meth:`onnx2jax.Model.tune`: on CPU the decode step's small matmuls may run faster
+        on Eigen than on YNNPACK (GPT-2's step at batch 8: 61 vs 83 ms, benchmarks/NOTES.md
+        12), and which wins depends on the model and batch. Compiles ``generate(input_ids,
+        max_new_tokens, **kwargs)`` once per choice, times them in interleaved rounds and keeps
+        the fastest for ``generate`` and ``step``. Returns a ``TuneReport``.
+        """
+        options = candidates(convolutions=False)
+        if len(options) < 2:
+            return TuneReport(next(iter(options)))
+        jits = {}
+        for name, opts in options.items():
+            self._compile_with(opts)
+            self.generate(input_ids, max_new_tokens, **kwargs)  # compiles this choice
+            jits[name] = (self.step, self._run)
+
+        def run(name: str) -> None:
+            self.step, self._run = jits[name]
+            self.generate(input_ids, max_new_tokens, **kwargs)
+
+        ms = time_choices(run, list(jits), rounds=rounds, seconds=0.3)
+        chosen = min(ms, key=ms.get)
+        self.step, self._run = jits[chosen]
+        return TuneReport(chosen, ms)
 
     # -- the cache and one step ----------------------------------------------------------------
     @property

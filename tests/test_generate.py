@@ -252,6 +252,24 @@ def test_greedy_matches_onnxruntime_loop_and_full_recompute(gen, ref):
     np.testing.assert_array_equal(tokens, ref.greedy_no_cache(PROMPT, 24))
 
 
+def test_tune_times_each_dot_library_and_keeps_greedy_tokens(proto, ref, monkeypatch):
+    """Generator.tune compiles generate once per choice (here the CPU ones, which this suite's
+    default options leave out), keeps the fastest, and the tokens stay onnxruntime's."""
+    import jax
+
+    from onnx2jax import _compiler, generate
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the choices are CPU libraries")
+    choices = {"ynnpack dots": {_compiler._YNN: _compiler._DOT}, "eigen dots": {_compiler._YNN: ""}}
+    monkeypatch.setattr(generate, "candidates", lambda convolutions=True: choices)
+    gen = onnx2jax.Generator(proto)
+    report = gen.tune(PROMPT, 8, rounds=1)
+    assert set(report.ms) == set(choices) and report.chosen == min(report.ms, key=report.ms.get)
+    assert gen.compiled_programs() == 1  # the chosen choice's jit, compiled during the tune
+    np.testing.assert_array_equal(gen.generate(PROMPT, 8), ref.greedy(PROMPT, 8))
+
+
 def test_ragged_left_padded_batch_matches_rows_alone(gen, ref):
     rows = [[7, 3, 22, 9, 1, 30, 2], [4, 8], [11, 12, 13, 14], [6]]
     width = max(map(len, rows))
