@@ -38,6 +38,8 @@ class Jits:
     main: Any = None  # the whole graph with prepared weights: what model(...) runs
     prep: Any = None  # params -> the param-only values (_prepare.py)
     stages: Staged | None = None  # with graph breaks: one jit per segment (_stages.py)
+    # XLA options for ``main`` that Model.tune chose (empty: _compiler.compiler_options()).
+    main_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,8 +69,6 @@ class Program:
     # jax.default_matmul_precision for every trace of this program (None: JAX's default);
     # resolved from load(precision=...) by _matmul_precision.
     precision: str | None = None
-    # XLA options Model.tune chose for the "main" jit (empty: _compiler.compiler_options()).
-    tuned_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def output_names(self) -> list[str]:
@@ -326,7 +326,7 @@ def _jitted(prog: Program):
             env.update(dynamic)
             return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
 
-        options = prog.tuned_options or compiler_options()
+        options = prog.jits.main_options or compiler_options()
         fn = prog.jits.main = jax.jit(run_static, static_argnums=3, compiler_options=options)
     return fn
 

@@ -19,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,29 +57,41 @@ def tune(model, args: tuple, kwargs: dict[str, Any], *, rounds: int = 3, seconds
         return TuneReport(next(iter(options)))  # nothing to choose
     jitted = {}
     for name, opts in options.items():
-        prog.tuned_options.clear()
-        prog.tuned_options.update(opts)
+        prog.jits.main_options.clear()
+        prog.jits.main_options.update(opts)
         prog.jits.main = None
         jax.block_until_ready(model(*args, **kwargs))  # compiles this variant
         jitted[name] = prog.jits.main
-    times: dict[str, list[float]] = {name: [] for name in options}
-    for _ in range(rounds):
-        for name, fn in jitted.items():
-            prog.jits.main = fn
-            runs, end = [], time.perf_counter() + seconds
-            while len(runs) < 3 or time.perf_counter() < end:
-                t0 = time.perf_counter()
-                jax.block_until_ready(model(*args, **kwargs))
-                runs.append(time.perf_counter() - t0)
-            times[name].append(statistics.median(runs))
-    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+    def run(name: str) -> None:
+        prog.jits.main = jitted[name]
+        jax.block_until_ready(model(*args, **kwargs))
+
+    ms = time_choices(run, list(jitted), rounds=rounds, seconds=seconds)
     chosen = min(ms, key=ms.get)
-    prog.tuned_options.clear()
-    prog.tuned_options.update(options[chosen])
+    prog.jits.main_options.clear()
+    prog.jits.main_options.update(options[chosen])
     prog.jits.main = jitted[chosen]
     report = TuneReport(chosen, ms)
     _remember(fingerprint(prog, model.params), report)
     return report
+
+
+def time_choices(
+    run: Callable[[str], Any], names: list[str], *, rounds: int, seconds: float
+) -> dict[str, float]:
+    """Median ms of ``run(name)`` per name: interleaved rounds, each at least ``seconds`` or 3
+    calls per name, so drift on a shared machine hits every choice alike."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            runs, end = [], time.perf_counter() + seconds
+            while len(runs) < 3 or time.perf_counter() < end:
+                t0 = time.perf_counter()
+                run(name)
+                runs.append(time.perf_counter() - t0)
+            times[name].append(statistics.median(runs))
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def recall(prog, params) -> str | None:
@@ -96,7 +109,7 @@ def recall(prog, params) -> str | None:
     options = candidates()
     if chosen not in options or chosen == next(iter(options)):
         return None
-    prog.tuned_options.update(options[chosen])
+    prog.jits.main_options.update(options[chosen])
     return chosen
 
 

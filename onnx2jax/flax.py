@@ -34,8 +34,7 @@ def _without_buffers(model: onnx2jax.Model) -> tuple[onnx2jax.Model, dict[str, A
     bare = dataclasses.replace(
         program,
         buffers={},
-        jits=type(program.jits)(),
-        tuned_options=dict(program.tuned_options),
+        jits=type(program.jits)(main_options=dict(program.jits.main_options)),
     )
     return onnx2jax.Model(bare, {**model.params, **buffers}), buffers
 

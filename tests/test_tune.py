@@ -72,7 +72,7 @@ def test_tune_times_every_choice_and_keeps_the_fastest(two_choices, proto, shape
     # lower() compiles what model(...) now runs: the chosen options
     lowered, args = m.lower(x)
     np.testing.assert_allclose(np.asarray(lowered.compile()(*args)[0]), np.asarray(m(x)[0]))
-    assert m._program.tuned_options == choices[report.chosen]
+    assert m._program.jits.main_options == choices[report.chosen]
 
 
 def test_tune_leaves_a_model_with_graph_breaks_as_it_is(two_choices):
@@ -113,7 +113,7 @@ def test_tune_records_its_choice_for_later_loads(two_choices, records):
     # A later load (a new program) starts with a recorded choice; here a non-default one.
     _tune._remember(_tune.fingerprint(m._program, m.params), _tune.TuneReport("eigen dots"))
     again = onnx2jax.load(proto)
-    assert again._program.tuned_options == CPU_CHOICES["eigen dots"]
+    assert again._program.jits.main_options == CPU_CHOICES["eigen dots"]
     for got, want in zip(again(x), reference(proto, x=x), strict=True):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
@@ -125,15 +125,15 @@ def test_tune_records_key_on_the_program_not_the_weights(two_choices, records):
     other_values = onnx.ModelProto.FromString(proto.SerializeToString())
     w = onnx.numpy_helper.to_array(proto.graph.initializer[0])
     other_values.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w * 2, "w"))
-    assert onnx2jax.load(other_values)._program.tuned_options == CPU_CHOICES["eigen dots"]
+    assert onnx2jax.load(other_values)._program.jits.main_options == CPU_CHOICES["eigen dots"]
     wider = onnx.ModelProto.FromString(proto.SerializeToString())
     wider.graph.initializer[0].CopyFrom(
         onnx.numpy_helper.from_array(np.concatenate([w, w]), "w")  # 8 output channels
     )
-    assert onnx2jax.load(wider)._program.tuned_options == {}
+    assert onnx2jax.load(wider)._program.jits.main_options == {}
     # A record naming a choice this process does not offer is ignored.
     _tune._remember(_tune.fingerprint(m._program, m.params), _tune.TuneReport("no such"))
-    assert onnx2jax.load(proto)._program.tuned_options == {}
+    assert onnx2jax.load(proto)._program.jits.main_options == {}
 
 
 def test_tune_without_a_records_folder_keeps_the_choice_in_memory(two_choices, monkeypatch):
@@ -141,4 +141,4 @@ def test_tune_without_a_records_folder_keeps_the_choice_in_memory(two_choices, m
     m = onnx2jax.load(affine_relu())
     x = np.ones((3, 4), np.float32)
     report = m.tune(x, rounds=1)
-    assert m._program.tuned_options == CPU_CHOICES[report.chosen]
+    assert m._program.jits.main_options == CPU_CHOICES[report.chosen]
