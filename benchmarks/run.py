@@ -321,6 +321,10 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
         f"- jax {v.get('jax', '?')}, jaxlib {v.get('jaxlib', '?')}, onnxruntime "
         f"{v.get('onnxruntime', '?')}, onnx {v.get('onnx', '?')}, numpy {v.get('numpy', '?')}, "
         f"Python {machine.get('python', '?')}" + "".join(f", {p} {v[p]}" for p in PEERS if p in v),
+        f"- Every engine's process ran with `GLIBC_TUNABLES={machine['glibc_tunables']}` "
+        "(transparent huge pages for malloc'd memory; README: deployment)"
+        if machine.get("glibc_tunables")
+        else "- glibc tunables: not recorded (runs before session 7: 4 KiB pages)",
         f"- {machine.get('platform', '?')}; run finished {machine.get('date', '?')}; load average "
         f"then {', '.join(f'{x:.1f}' for x in machine.get('load_average') or [])}"
         + (f"; the whole run took {info['wall_s'] / 60:.1f} min" if info.get("wall_s") else ""),

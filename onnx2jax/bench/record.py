@@ -95,7 +95,14 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average": load_average(),
+        "glibc_tunables": _worker_tunables(),
     }
+
+
+def _worker_tunables() -> str:
+    from .workers import worker_env  # the setting every engine's process ran with
+
+    return worker_env().get("GLIBC_TUNABLES", "")
 
 
 def load_average() -> list[float] | None:

@@ -36,6 +36,23 @@ class WorkerError(RuntimeError):
     """A worker process failed, timed out or answered with an error."""
 
 
+# Every engine's process runs with transparent huge pages for the memory glibc's malloc maps
+# (glibc >= 2.35; ignored elsewhere). XLA allocates each call's temporaries afresh, and at 4 KiB
+# pages their first touch costs a page fault each: MobileNetV2 at batch 8 took 19,000 faults
+# and 84 ms a call, 250 and 58 ms with huge pages (benchmarks/NOTES.md 14). onnxruntime's
+# arena keeps its memory, but gets the same setting so no engine is favoured. README says how
+# to deploy with it; a GLIBC_TUNABLES that mentions the setting already is left as it is.
+MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" not in tunables:
+        env["GLIBC_TUNABLES"] = f"{tunables}:{MALLOC_TUNABLE}" if tunables else MALLOC_TUNABLE
+    return env
+
+
 class Worker:
     """One engine process; requests and answers are JSON lines."""
 
@@ -49,6 +66,7 @@ class Worker:
             stderr=self._log,
             text=True,
             bufsize=1,
+            env=worker_env(),
         )
 
     @property
