@@ -8,7 +8,6 @@ import os
 import pickle
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -31,7 +30,7 @@ from .record import (
     verdict,
     wait_for_quiet,
 )
-from .workers import Worker, WorkerError
+from .workers import Worker, WorkerError, settle
 
 PEAK_SIZE = 2048
 # The engine every other one's outputs are compared with.
@@ -376,8 +375,8 @@ def _interleave(
             except WorkerError as e:
                 res[engine].update(ok=False, error=str(e)[:2000])
                 workers.pop(engine).close()
-            # Let spinning worker threads (onnxruntime spins after a run) go idle first.
-            time.sleep(0.02)
+            if engine in workers:
+                settle(workers[engine].pid)
     load.update(window.stop())
     load["load_1m_after"] = (load_average() or [None])[0]
     load["quiet"] = verdict(load)
