@@ -50,7 +50,8 @@ def candidates(convolutions: bool = True) -> dict[str, dict[str, Any]]:
     everywhere (benchmarks/NOTES.md, entry 12: Eigen 18-29% faster on ViT and the GPT-2 decode
     step at batch 8, YNNPACK 1.7x faster on GPT-2 prefill at batch 1). Convolutions run on
     Eigen in both; a program with ``convolutions`` also gets a choice with them on YNNPACK
-    (entry 13: slower on the zoo's CNNs on a 2-core AVX2 machine, but not measured elsewhere).
+    (entry 13: on a 2-core AVX2 machine slower on the ResNets, about even on MobileNetV2, where
+    tune picked it at batch 8; machines with AVX-512 are not measured).
     """
     default = compiler_options()
     if _YNN not in default:
