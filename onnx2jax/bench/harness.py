@@ -26,11 +26,12 @@ from .record import (
     load_average,
     machine_info,
     ratios,
+    settle,
     stats,
     verdict,
     wait_for_quiet,
 )
-from .workers import Worker, WorkerError, settle
+from .workers import Worker, WorkerError
 
 PEAK_SIZE = 2048
 # The engine every other one's outputs are compared with.

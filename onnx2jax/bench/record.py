@@ -159,6 +159,36 @@ def _proc_ticks(pids: Iterable[int]) -> int:
     return total
 
 
+def settle(pid: int, window_s: float = 0.005, limit_s: float = 0.5) -> None:
+    """Wait until process ``pid`` stops using CPU, so the next engine's runs start on an idle
+    machine. onnxruntime's intra-op threads spin for ~40 ms after a run (one core busy:
+    benchmarks/NOTES.md 15), which a fixed 20 ms pause left overlapping the next engine's
+    first runs, XLA's then at half the cores. Idle: under 10% of a core over ``window_s``."""
+    end = time.perf_counter() + limit_s
+    last = _cpu_ns(pid)
+    while last is not None and time.perf_counter() < end:
+        time.sleep(window_s)
+        now = _cpu_ns(pid)
+        if now is None or now - last < 0.1 * window_s * 1e9:
+            return
+        last = now
+    if last is None:  # no /proc (not Linux): a pause long enough for onnxruntime's spin
+        time.sleep(0.05)
+
+
+def _cpu_ns(pid: int) -> int | None:
+    """CPU time of every thread of ``pid`` in ns (/proc/PID/task/*/schedstat), None if unknown.
+    ``_proc_ticks`` counts in 10 ms clock ticks, too coarse for ``settle``'s 5 ms windows."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class CpuWindow:
     """How much CPU other processes (and the hypervisor: steal time) took while ours ran.
 
