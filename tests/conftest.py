@@ -21,6 +21,10 @@ os.environ.setdefault("ONNX2JAX_XLA_LIBRARY", "off")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import sys  # noqa: E402
+import zlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 # The zoo's model builders (benchmarks/zoo/decoders.py: decode-step exports the Generator tests use).
@@ -51,6 +55,19 @@ def _enable_compilation_cache() -> None:
 
 
 _enable_compilation_cache()
+
+
+@pytest.fixture(autouse=True)
+def _seed_module_rng(request):
+    """Give each test its own data, the same however tests are split across workers.
+
+    Many test modules draw from one module-level ``rng``; under ``pytest -n 2`` which tests ran
+    before a test in the same worker decided its data, so a failure in CI could not be replayed.
+    Reseeding from the test's id makes every test's data a function of its name alone.
+    """
+    module = request.node.module
+    if isinstance(getattr(module, "rng", None), np.random.Generator):
+        module.rng = np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def _slow_cases() -> frozenset[str]:
