@@ -65,6 +65,11 @@ PASSES: dict[str, PassSpec] = {
             "MatMul, scale, mask, Softmax, MatMul chains as one Attention op",
         ),
         PassSpec(
+            "pack_few_rows",
+            matmul.PackFewRows,
+            "Few-row MatMul/Gemm weights packed once for onnx2jax's CPU kernel",
+        ),
+        PassSpec(
             "matmul_weights",
             matmul.MatMulTransB,
             "MatMul weights laid out [N, K] once (the layout CPU dots run fastest)",

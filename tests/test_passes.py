@@ -229,7 +229,7 @@ def test_matmul_weights_drops_the_exporters_transpose(a_shape):
     assert report.passes[-1].matches == {"MatMul(Transpose(weight))": 1}
     ops = _op_types(model, ["cleanup", "matmul_weights"])
     assert "MatMul" not in ops and ops.count("MatMulTransB") == 1 and "Transpose" not in ops
-    assert not onnx2jax.load(model)._program.prep
+    assert not onnx2jax.load(model, passes=["cleanup", "matmul_weights"])._program.prep
 
 
 def test_matmul_weights_never_holds_an_initializer_twice():
@@ -240,7 +240,7 @@ def test_matmul_weights_never_holds_an_initializer_twice():
     report = check_pass(model, {"x": x}, ["cleanup", "matmul_weights"])
     assert not report.passes[-1].modified
     assert _op_types(model, ["cleanup", "matmul_weights"]).count("MatMul") == 1
-    m = onnx2jax.load(model)
+    m = onnx2jax.load(model, passes=["cleanup", "matmul_weights"])
     assert not m._program.prep and "w" in m.params
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import _kernels
 from .._registry import register
 from ._common import xp
 from ._conv_lowering import acc_dtype
@@ -58,6 +59,14 @@ def matmul_trans_b(a, bt):
     if acc_dtype(dtype) != dtype:  # half-precision products accumulate in float32
         return lax.dot_general(a, bt, dims, preferred_element_type=acc_dtype(dtype)).astype(dtype)
     return lax.dot_general(a, bt, dims)
+
+
+@register("PackedMatMul", domain="ai.onnx2jax")
+def packed_matmul(a, packed):
+    """``a @ W`` for ``packed`` = W [K, N] as 8-column panels [P, K, 8] (passes/matmul.py packs
+    it once, in prep); the result has all P * 8 columns, a Slice after it drops the padding.
+    Few rows run onnx2jax's own CPU kernel (onnx2jax/_kernels), else an XLA dot."""
+    return _kernels.packed_matmul(a, packed, packed.shape[0] * _kernels.PANEL)
 
 
 @register("Gemm", since=1)

@@ -1,0 +1,201 @@
+// onnx2jax_packed_matmul: y[M, N] = x[M, K] @ W for few rows M, with W packed once.
+//
+// W arrives as panels [P, K, 8] (P = ceil(N / 8), the last one zero-padded): panel p holds
+// columns 8p..8p+7 for every k, contiguous. With few rows a product is bound by reading W.
+// XLA's CPU dots (YNNPACK, Eigen) re-pack W on every call, which reads and writes it again;
+// here each panel is read once, front to back, by up to 8 rows at a time (8 accumulators,
+// one AVX2 vector of columns each), and the panels are split across XLA's intra-op threads.
+// benchmarks/NOTES.md entry 16 has the measurements.
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 8;  // output columns per panel: one AVX2 vector
+constexpr int kMaxRows = 8;    // rows per pass over a panel (later passes find it in cache)
+
+template <int R>
+void PanelRowsGeneric(const float* x, int64_t K, const float* w, float* out, int64_t ldo,
+                      int64_t ncols) {
+  float acc[R][kPanel] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = w + k * kPanel;
+    for (int r = 0; r < R; ++r) {
+      const float a = x[r * K + k];
+      for (int j = 0; j < kPanel; ++j) acc[r][j] += a * wk[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) std::memcpy(out + r * ldo, acc[r], ncols * sizeof(float));
+}
+
+#if defined(__x86_64__)
+// The pragmas matter: without full unrolling GCC keeps the accumulators on the stack and
+// stores them every step (3x slower).
+template <int R>
+__attribute__((target("avx2,fma"))) void PanelRowsAvx2(const float* x, int64_t K, const float* w,
+                                                        float* out, int64_t ldo, int64_t ncols) {
+  // Fewer rows leave the FMA chains too short to hide latency: split k over S sets.
+  constexpr int S = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+  __m256 acc[S * R];
+#pragma GCC unroll 32
+  for (int i = 0; i < S * R; ++i) acc[i] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + S <= K; k += S) {
+#pragma GCC unroll 32
+    for (int s = 0; s < S; ++s) {
+      const __m256 wk = _mm256_loadu_ps(w + (k + s) * kPanel);
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r)
+        acc[s * R + r] =
+            _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * K + k + s), wk, acc[s * R + r]);
+    }
+  }
+  for (; k < K; ++k) {
+    const __m256 wk = _mm256_loadu_ps(w + k * kPanel);
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + r * K + k), wk, acc[r]);
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    __m256 sum = acc[r];
+#pragma GCC unroll 32
+    for (int s = 1; s < S; ++s) sum = _mm256_add_ps(sum, acc[s * R + r]);
+    if (ncols == kPanel) {
+      _mm256_storeu_ps(out + r * ldo, sum);
+    } else {
+      alignas(32) float tmp[kPanel];
+      _mm256_store_ps(tmp, sum);
+      std::memcpy(out + r * ldo, tmp, ncols * sizeof(float));
+    }
+  }
+}
+
+bool HasAvx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#endif
+
+template <int R>
+void PanelRows(const float* x, int64_t K, const float* w, float* out, int64_t ldo, int64_t ncols) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return PanelRowsAvx2<R>(x, K, w, out, ldo, ncols);
+#endif
+  PanelRowsGeneric<R>(x, K, w, out, ldo, ncols);
+}
+
+using RowsFn = void (*)(const float*, int64_t, const float*, float*, int64_t, int64_t);
+constexpr RowsFn kRows[kMaxRows + 1] = {nullptr,       PanelRows<1>, PanelRows<2>,
+                                        PanelRows<3>, PanelRows<4>, PanelRows<5>,
+                                        PanelRows<6>, PanelRows<7>, PanelRows<8>};
+
+// One panel, all M rows.
+void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t p) {
+  const int64_t n0 = p * kPanel;
+  const int64_t ncols = N - n0 < kPanel ? N - n0 : kPanel;
+  const float* wp = w + p * K * kPanel;
+  for (int64_t m = 0; m < M; m += kMaxRows) {
+    const int64_t rows = M - m < kMaxRows ? M - m : kMaxRows;
+    kRows[rows](x + m * K, K, wp, y + m * N + n0, N, ncols);
+  }
+}
+
+// Panels handed out in chunks from a shared counter; shared_ptr because a pool task may start
+// after the call has returned (it then finds no chunk left and touches nothing else).
+struct Work {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t M, K, N, P, total, chunk;  // total = batch * P panels
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Run() {
+    for (;;) {
+      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
+      if (q0 >= total) return;
+      const int64_t q1 = q0 + chunk < total ? q0 + chunk : total;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t b = q / P;
+        Panel(x + b * M * K, M, K, w + b * P * K * kPanel, y + b * M * N, N, q % P);
+      }
+      done.fetch_add(q1 - q0, std::memory_order_release);
+    }
+  }
+};
+
+// Below this many multiply-adds waking a second thread costs more than it saves.
+constexpr int64_t kParallelWork = 1 << 20;
+
+// x [M, K], w [P, K, 8] -> y [M, N]; or with a leading batch on all three (one product per
+// batch entry: an RNN's directions).
+ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
+                        ffi::Result<ffi::AnyBuffer> y_buf) {
+  const auto xd = x_buf.dimensions();
+  const auto wd = w_buf.dimensions();
+  const auto yd = y_buf->dimensions();
+  const size_t r = xd.size();
+  if (x_buf.element_type() != ffi::F32 || w_buf.element_type() != ffi::F32 ||
+      y_buf->element_type() != ffi::F32)
+    return ffi::Error::InvalidArgument("onnx2jax_packed_matmul: float32 only");
+  if ((r != 2 && r != 3) || wd.size() != r + 1 || yd.size() != r || wd[r] != kPanel)
+    return ffi::Error::InvalidArgument(
+        "onnx2jax_packed_matmul: expected x [(B,) M, K], w [(B,) P, K, 8], y [(B,) M, N]");
+  const int64_t B = r == 3 ? xd[0] : 1;
+  const int64_t M = xd[r - 2], K = xd[r - 1], P = wd[r - 2], N = yd[r - 1];
+  if ((r == 3 && (wd[0] != B || yd[0] != B)) || wd[r - 1] != K || yd[r - 2] != M ||
+      P != (N + kPanel - 1) / kPanel)
+    return ffi::Error::InvalidArgument("onnx2jax_packed_matmul: x, w and y do not agree");
+  float* y = y_buf->typed_data<float>();
+  if (B * M * N == 0) return ffi::Error::Success();
+  if (K == 0) {
+    std::memset(y, 0, B * M * N * sizeof(float));
+    return ffi::Error::Success();
+  }
+  auto work = std::make_shared<Work>();
+  work->x = x_buf.typed_data<float>();
+  work->w = w_buf.typed_data<float>();
+  work->y = y;
+  work->M = M;
+  work->K = K;
+  work->N = N;
+  work->P = P;
+  work->total = B * P;
+  const int64_t threads = B * M * K * N < kParallelWork ? 1 : pool.num_threads();
+  // About 4 chunks per thread evens out the tail without much traffic on the counter.
+  const int64_t parts = threads > 1 ? 4 * threads : 1;
+  work->chunk = (work->total + parts - 1) / parts;
+  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
+    pool.Schedule([work] { work->Run(); });
+  work->Run();
+  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// The one exported symbol (the library is built with hidden visibility).
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_packed_matmul(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_matmul, PackedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
