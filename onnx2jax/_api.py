@@ -664,12 +664,16 @@ def _matmul_precision(precision: str) -> str | None:
 
 
 def _pass_names(passes: str | Sequence[str] | None) -> tuple[str, ...]:
+    from ._kernels import matmul as kernels
     from .passes import resolve
 
     try:
-        return resolve(passes)
+        names = resolve(passes)
     except ValueError as e:
         raise Onnx2JaxError(str(e)) from None
+    if not kernels.available():  # its PackedMatMul only pays with onnx2jax's CPU kernel
+        names = tuple(n for n in names if n != "pack_few_rows")
+    return names
 
 
 def _mark_breaks(plan: _tracer.Plan, found: Breaks) -> tuple[_tracer.Plan, tuple[TensorSpec, ...]]:

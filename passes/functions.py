@@ -1,6 +1,6 @@
 """Standard-ONNX function bodies for the ``ai.onnx2jax`` ops, so optimized files run anywhere.
 
-onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py, MatMulTransB and PackedMatMul in
+onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py, MatMulTransB and PackedMatMul* in
 ops/linalg.py,
 Attention in ops/attention.py, LayerNormalization in ops/normalization.py). ``onnx2jax optimize`` writes the file
 with one model-local function per op used, whose body is the plain ONNX op between transposes:
@@ -9,7 +9,6 @@ onnxruntime (or any runtime) inlines it, while a reader still sees ``NhwcConv`` 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from . import attention, norm_act
@@ -55,8 +54,8 @@ def function(op_type: str, opset: int) -> ir.Function:
         return attention.function(opset)
     if op_type == "LayerNormalization":
         return norm_act.layernorm_function(opset)
-    if op_type == "PackedMatMul":
-        return _packed_matmul_function(opset)
+    if op_type in ("PackedMatMul", "PackedMatMulTransB"):
+        return _packed_matmul_function(op_type, opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
     nodes, args = [], []
@@ -81,17 +80,20 @@ def function(op_type: str, opset: int) -> ir.Function:
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=declared)
 
 
-def _packed_matmul_function(opset: int) -> ir.Function:
-    """``PackedMatMul(a, packed)``: the panels [P, K, 8] back to [K, P * 8], then MatMul."""
-    a, packed = ir.Value(name="a"), ir.Value(name="packed")
-    kpj = ir.Node("", "Transpose", [packed], [ir.AttrInt64s("perm", [1, 0, 2])])
-    shape = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(np.array([0, -1])))])
-    weight = ir.Node("", "Reshape", [kpj.outputs[0], shape.outputs[0]])
-    product = ir.Node("", "MatMul", [a, weight.outputs[0]])
-    product.outputs[0].name = "y"
-    nodes = [kpj, shape, weight, product]
-    graph = ir.Graph([a, packed], product.outputs, nodes=nodes, opset_imports={"": opset})
-    return ir.Function(DOMAIN, "PackedMatMul", graph=graph, attributes=[])
+def _packed_matmul_function(op_type: str, opset: int) -> ir.Function:
+    """``PackedMatMul(a, w, packed)``: ``MatMul(a, w)``; the packed copy only serves
+    onnx2jax's kernel. ``PackedMatMulTransB``: ``w`` is [N, K]."""
+    a, w, packed = ir.Value(name="a"), ir.Value(name="w"), ir.Value(name="packed")
+    nodes = []
+    if op_type == "PackedMatMulTransB":
+        nodes.append(ir.Node("", "Transpose", [w], [ir.AttrInt64s("perm", [1, 0])]))
+        w_kn = nodes[-1].outputs[0]
+    else:
+        w_kn = w
+    nodes.append(ir.Node("", "MatMul", [a, w_kn]))
+    nodes[-1].outputs[0].name = "y"
+    graph = ir.Graph([a, w, packed], nodes[-1].outputs, nodes=nodes, opset_imports={"": opset})
+    return ir.Function(DOMAIN, op_type, graph=graph, attributes=[])
 
 
 def _schema_attributes(op_type: str, opset: int) -> set[str]:

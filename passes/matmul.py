@@ -23,6 +23,8 @@ import functools
 import numpy as np
 import onnx_ir as ir
 
+from onnx2jax._kernels import MAX_ROWS, PANEL  # constants only: no JAX here
+
 from ._util import (
     DOMAIN,
     CountingPass,
@@ -77,25 +79,23 @@ def _transpose_input(w: ir.Value) -> ir.Value | None:
 
 
 class PackFewRows(CountingPass):
-    """``MatMul(a, W)`` / ``Gemm(a, W)`` whose ``a`` has few rows -> ``PackedMatMul(a, pack(W))``.
+    """``MatMul(a, W)`` / ``Gemm(a, W)`` that may have few rows ->
+    ``PackedMatMul(a, W, pack(W))``, the weight also packed once, in prep.
 
     With a handful of rows (a decode step, a classifier head) a product is bound by reading its
     weight, and XLA's CPU dots re-pack the weight on every call; onnx2jax's kernel
-    (onnx2jax/_kernels) reads a weight packed once, in prep, as 8-column panels [P, K, 8], and
-    runs 1.4-1.9x faster at 8 rows (benchmarks/NOTES.md, entry 16). The packing is standard
-    ONNX (Pad, Reshape, Transpose), so prep computes it once per params object; the packed copy
-    is held beside the ONNX-named weight, which costs the weight's size in memory.
-
-    "Few rows" is read off ``a``'s inferred shape: at most 64 rows in all, or one symbolic
-    dimension (a batch) with every other leading dimension 1. Only float32 weights, only on
-    the CPU with the kernel built (else XLA's dots on the plain layout are the faster path).
+    (onnx2jax/_kernels) reads panels [P, K, 8] packed once and runs 1.4-1.9x faster at 8 rows
+    (benchmarks/NOTES.md, entry 16). Rows are only known when the program is traced, so the op
+    gets both forms: at most ``MAX_ROWS`` rows take the kernel on the packed weight, more rows
+    XLA's dot on ``W`` as it was. The packing is standard ONNX (Pad, Reshape, Transpose) and
+    costs the weight's size in memory, so the pass skips products whose shapes say "many
+    rows" (``_few_rows``). Only float32 weights. ``load`` and ``onnx2jax optimize`` run this
+    pass only where the kernel is built and JAX's backend is the CPU.
     """
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.reset()
-        from onnx2jax import _kernels  # jax is loaded when onnx2jax runs passes
-
-        if not _kernels.available() or model.opset_imports.get("", 0) < 13:
+        if model.opset_imports.get("", 0) < 13:
             return ir.passes.PassResult(model, False)
         graph = model.graph
         taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
@@ -106,23 +106,21 @@ class PackFewRows(CountingPass):
             a, w, trans_b, bias, key = match
             tape = ir.tape.Tape()
             k, n = (int(d) for d in w.shape.dims)
+            source = w
             if trans_b:  # Gemm's [N, K] weight: transposed in prep, before the packing
                 n, k = k, n
-                w = tape.op("Transpose", [w], attributes={"perm": [1, 0]})
-            panels = -(-n // _kernels.PANEL)
+                source = tape.op("Transpose", [w], attributes={"perm": [1, 0]})
+            panels = -(-n // PANEL)
             # Shapes and pads as initializers, not Constant nodes: prep (onnx2jax/_prepare.py)
             # runs only param-only steps, and reads initializers as constants.
             const = functools.partial(_initializer, graph, taken, node.name or key)
-
-            if panels * _kernels.PANEL != n:
-                pads = const("pads", [0, 0, 0, panels * _kernels.PANEL - n])
-                w = tape.op("Pad", [w, pads])
-            w = tape.op("Reshape", [w, const("panels", [k, panels, _kernels.PANEL])])
-            packed = tape.op("Transpose", [w], attributes={"perm": [1, 0, 2]})
-            y = tape.op("PackedMatMul", [a, packed], domain=DOMAIN)
-            if panels * _kernels.PANEL != n:
-                start, end, axis = const("start", [0]), const("end", [n]), const("axis", [-1])
-                y = tape.op("Slice", [y, start, end, axis])
+            if panels * PANEL != n:
+                pads = const("pads", [0, 0, 0, panels * PANEL - n])
+                source = tape.op("Pad", [source, pads])
+            source = tape.op("Reshape", [source, const("panels", [k, panels, PANEL])])
+            packed = tape.op("Transpose", [source], attributes={"perm": [1, 0, 2]})
+            op = "PackedMatMulTransB" if trans_b else "PackedMatMul"
+            y = tape.op(op, [a, w, packed], domain=DOMAIN)
             if bias is not None:
                 y = tape.op("Add", [y, bias])
             replace(graph, [node], tape, node.outputs, [y])
@@ -167,14 +165,19 @@ def _few_rows_product(node: ir.Node):
 
 
 def _few_rows(a: ir.Value) -> bool:
-    """``a`` [..., K] has at most MAX_ROWS rows, or rows = one symbolic dim (a batch) alone."""
-    from onnx2jax._kernels import MAX_ROWS
-
+    """Whether ``a`` [..., K] may have few rows: its leading dims hold at most one symbolic
+    factor (a batch, or a dim shape inference lost) and at most MAX_ROWS rows otherwise.
+    ``batch * sequence``, two unknown dims or a static 197 x batch are many rows."""
     if a.shape is None or len(a.shape) < 2:
-        return False  # 1-D operands follow numpy's vector rules; unknown shapes: keep XLA's dot
-    lead = list(a.shape.dims)[:-1]
-    symbolic = [d for d in lead if not isinstance(d, int)]
-    static = int(np.prod([d for d in lead if isinstance(d, int)]))
-    if not symbolic:
-        return static <= MAX_ROWS
-    return len(symbolic) == 1 and static == 1
+        return False  # 1-D operands follow numpy's vector rules; unknown rank: keep XLA's dot
+    static, symbolic = 1, 0
+    for d in list(a.shape.dims)[:-1]:
+        if isinstance(d, int):
+            static *= d
+            continue
+        for factor in str(d.value or "?").split("*"):  # onnx writes products as "a*b"
+            if factor.strip().isdigit():
+                static *= int(factor)
+            else:
+                symbolic += 1
+    return symbolic <= 1 and static <= MAX_ROWS

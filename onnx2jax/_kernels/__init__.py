@@ -1,154 +1,36 @@
 """onnx2jax's own CPU kernels, called from XLA programs through JAX's FFI.
 
-One so far: ``packed_matmul``, a product with few rows (a decode step, a classifier head) whose
-weight was packed once into 8-column panels (``pack``). XLA's CPU dots re-pack the weight on
-every call; for few rows that doubles the traffic over a weight the product is bound by reading
-(benchmarks/NOTES.md, entry 16).
+One so far: a product with few rows (a decode step, a classifier head, an RNN step) whose
+weight was packed once into 8-column panels (``matmul.pack``). XLA's CPU dots re-pack the
+weight on every call; for few rows that doubles the traffic over a weight the product is bound
+by reading (benchmarks/NOTES.md, entry 16).
 
 The kernel is C++ (packed_matmul.cc), built by ``pip install`` when a C++ compiler is there.
-Without it, off the CPU, for dtypes other than float32, and where ``ONNX2JAX_KERNELS=off``,
-the same functions run as XLA dots on the packed layout, so a model gives the same results
-everywhere. Both paths are differentiable (the gradient is two dots on the packed layout) and
-vmap folds a batch into the kernel's rows.
+This module says whether it is there without loading JAX (the graph passes read it);
+``matmul.py`` holds the JAX side.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import glob
 import os
-
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 PANEL = 8  # output columns per panel (one AVX2 vector of float32)
 # Up to here the kernel beats XLA's dots (8 rows: 1.4-1.9x; 32 rows: 1.2x); at 128 rows and
 # more XLA's GEMMs win by 1.3x even counting a per-call relayout of the packed weight.
 MAX_ROWS = 64
-_TARGET = "onnx2jax_packed_matmul"
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
-    folder = os.path.dirname(__file__)
-    for path in sorted(glob.glob(os.path.join(folder, "_packed_matmul*.so"))):
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    return None
-
-
-@functools.cache
-def _registered() -> bool:
-    lib = _library()
-    if lib is None:
-        return False
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.onnx2jax_packed_matmul), "cpu")
-    return True
+def library_path() -> str | None:
+    """The built kernel library, or None (no C++ compiler at install time)."""
+    found = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "_packed_matmul*.so")))
+    return found[0] if found else None
 
 
 def enabled() -> bool:
     """Whether the kernel was built and is not switched off (``ONNX2JAX_KERNELS=off``)."""
     if os.environ.get("ONNX2JAX_KERNELS", "").strip().lower() in ("0", "off", "none", "no"):
         return False
-    return _library() is not None
-
-
-def available() -> bool:
-    """Whether ``packed_matmul`` runs the kernel here: enabled, and JAX's default backend is
-    the CPU (elsewhere XLA's dots are the fast path)."""
-    return enabled() and jax.default_backend() == "cpu" and _registered()
-
-
-def pack(w):
-    """A [K, N] weight as panels [ceil(N / 8), K, 8], zero-padded: differentiable jnp ops.
-    A leading batch ([B, K, N], e.g. an RNN's directions) gives [B, P, K, 8]."""
-    *batch, k, n = w.shape
-    panels = -(-n // PANEL)
-    xp = np if isinstance(w, np.ndarray) else jnp
-    w = xp.pad(w, [(0, 0)] * len(batch) + [(0, 0), (0, panels * PANEL - n)])
-    w = w.reshape(*batch, k, panels, PANEL)
-    return xp.moveaxis(w, -2, -3)
-
-
-def packed_matmul(x, packed, n: int):
-    """``x @ W`` for ``x`` [..., K] and ``packed = pack(W)``; the result is [..., n].
-
-    With a batch of weights (``packed`` [B, P, K, 8]) ``x`` is [B, ..., K]: one product per
-    batch entry, in one kernel call.
-    """
-    batch = packed.shape[:-3]
-    k = x.shape[-1]
-    rows = x.reshape(*batch, -1, k)
-    fits = rows.shape[-2] <= MAX_ROWS
-    if fits and available() and x.dtype == jnp.float32 and packed.dtype == jnp.float32:
-        y = _packed_matmul(rows, packed, n)
-    else:
-        y = _xla(rows, packed, n)
-    return y.reshape(*x.shape[:-1], n)
-
-
-def _xla(rows, packed, n):
-    y = jnp.einsum("...mk,...pkj->...mpj", rows, packed, preferred_element_type=jnp.float32)
-    return y.reshape(*y.shape[:-2], -1)[..., :n].astype(jnp.result_type(rows, packed))
-
-
-def _on_cpu(rows, packed, n):
-    return jax.lax.platform_dependent(
-        rows, packed, cpu=functools.partial(_call, n=n), default=functools.partial(_xla, n=n)
-    )
-
-
-def _call(rows, packed, n):
-    out = jax.ShapeDtypeStruct((*rows.shape[:-1], n), rows.dtype)
-    return jax.ffi.ffi_call(_TARGET, out)(rows, packed)
-
-
-@functools.cache
-def _batched(n: int):
-    """The kernel call for ``n`` output columns, with a vmap rule (custom_vmap takes no static
-    arguments, so there is one function per ``n``)."""
-
-    @jax.custom_batching.custom_vmap
-    def call(rows, packed):
-        return _on_cpu(rows, packed, n)
-
-    @call.def_vmap
-    def rule(axis_size, in_batched, rows, packed):
-        rows_b, packed_b = in_batched
-        if packed_b:  # a different weight per vmapped entry: XLA's batched dot
-            rows = rows if rows_b else jnp.broadcast_to(rows, (axis_size, *rows.shape))
-            return jax.vmap(functools.partial(_xla, n=n))(rows, packed), True
-        # One weight for all entries: they become more rows of the same product.
-        m, k = rows.shape[-2:]
-        rows = jnp.moveaxis(rows, 0, -3).reshape(*rows.shape[1:-2], axis_size * m, k)
-        y = call(rows, packed) if rows.shape[-2] <= MAX_ROWS else _xla(rows, packed, n)
-        y = y.reshape(*y.shape[:-2], axis_size, m, n)
-        return jnp.moveaxis(y, -3, 0), True
-
-    return call
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _packed_matmul(rows, packed, n):
-    return _batched(n)(rows, packed)
-
-
-def _fwd(rows, packed, n):
-    return _packed_matmul(rows, packed, n), (rows, packed)
-
-
-def _bwd(n, saved, dy):
-    rows, packed = saved
-    panels = packed.shape[-3]
-    pad = [(0, 0)] * (dy.ndim - 1) + [(0, panels * PANEL - n)]
-    dy = jnp.pad(dy, pad).reshape(*dy.shape[:-1], panels, PANEL)
-    d_rows = jnp.einsum("...mpj,...pkj->...mk", dy, packed)
-    d_packed = jnp.einsum("...mk,...mpj->...pkj", rows, dy)
-    return d_rows, d_packed
-
-
-_packed_matmul.defvjp(_fwd, _bwd)
+    return library_path() is not None

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .. import _kernels
+from .._kernels import MAX_ROWS
+from .._kernels import matmul as kernels
 from .._registry import register
 from ._common import xp
 from ._conv_lowering import acc_dtype
@@ -62,11 +63,23 @@ def matmul_trans_b(a, bt):
 
 
 @register("PackedMatMul", domain="ai.onnx2jax")
-def packed_matmul(a, packed):
-    """``a @ W`` for ``packed`` = W [K, N] as 8-column panels [P, K, 8] (passes/matmul.py packs
-    it once, in prep); the result has all P * 8 columns, a Slice after it drops the padding.
-    Few rows run onnx2jax's own CPU kernel (onnx2jax/_kernels), else an XLA dot."""
-    return _kernels.packed_matmul(a, packed, packed.shape[0] * _kernels.PANEL)
+def packed_matmul(a, w, packed):
+    """``a @ w`` for a weight ``w`` [K, N] that passes/matmul.py also packed, once, as panels
+    [P, K, 8]: few rows run onnx2jax's CPU kernel on ``packed``, more rows XLA's dot on ``w``."""
+    return _packed_product(a, w, packed, trans_b=False)
+
+
+@register("PackedMatMulTransB", domain="ai.onnx2jax")
+def packed_matmul_trans_b(a, wt, packed):
+    """:func:`packed_matmul` for a weight in [N, K] layout (``Gemm(transB=1)``)."""
+    return _packed_product(a, wt, packed, trans_b=True)
+
+
+def _packed_product(a, w, packed, trans_b):
+    rows = int(np.prod(a.shape[:-1]))
+    if rows <= MAX_ROWS and kernels.available() and a.dtype == packed.dtype == jnp.float32:
+        return kernels.packed_matmul(a, packed, w.shape[0] if trans_b else w.shape[1])
+    return matmul_trans_b(a, w) if trans_b else jnp.matmul(a, w)
 
 
 @register("Gemm", since=1)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _kernels
+from .._kernels import MAX_ROWS
+from .._kernels import matmul as kernels
 from .._registry import register
 
 # Activation functions of the recurrent ops: name -> (function, takes alpha, takes beta,
@@ -150,11 +151,11 @@ def _recurrent_product(R, batch: int):
     reads the packed panels (NOTES entry 16: the zoo's LSTM at batch 8, 303 -> 227 ms). At
     batch 1 XLA's matrix-vector product is faster (37 vs 46 ms), so it keeps that case.
     """
-    few = 1 < batch <= _kernels.MAX_ROWS
-    if R.dtype != jnp.float32 or not few or not _kernels.available():
+    few = 1 < batch <= MAX_ROWS
+    if R.dtype != jnp.float32 or not few or not kernels.available():
         return lambda h: jnp.einsum("dbh,dgh->dbg", h, R)
-    packed = _kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
-    return lambda h: _kernels.packed_matmul(h, packed, R.shape[1])
+    packed = kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
+    return lambda h: kernels.packed_matmul(h, packed, R.shape[1])
 
 
 def _initial(v, num_dirs, batch, hidden, dtype, layout):

@@ -1,0 +1,126 @@
+"""The JAX side of the packed few-row product: packing, the FFI call, its gradient and vmap.
+
+Without the built kernel, off the CPU, for dtypes other than float32 and above ``MAX_ROWS``
+rows, ``packed_matmul`` runs as an XLA dot on the packed layout, so a model gives the same
+results everywhere. Both paths are differentiable (the gradient is two dots on the packed
+layout), and vmap folds a batch into the kernel's rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import MAX_ROWS, PANEL, enabled, library_path
+
+_TARGET = "onnx2jax_packed_matmul"
+
+
+@functools.cache
+def _registered() -> bool:
+    try:
+        lib = ctypes.CDLL(library_path())
+    except OSError:
+        return False
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.onnx2jax_packed_matmul), "cpu")
+    return True
+
+
+def available() -> bool:
+    """Whether ``packed_matmul`` runs the kernel here: built, enabled, and JAX's default
+    backend is the CPU (elsewhere XLA's dots are the fast path)."""
+    return enabled() and jax.default_backend() == "cpu" and _registered()
+
+
+def pack(w):
+    """A [K, N] weight as panels [ceil(N / 8), K, 8], zero-padded: differentiable jnp ops.
+    A leading batch ([B, K, N], e.g. an RNN's directions) gives [B, P, K, 8]."""
+    *batch, k, n = w.shape
+    panels = -(-n // PANEL)
+    xp = np if isinstance(w, np.ndarray) else jnp
+    w = xp.pad(w, [(0, 0)] * len(batch) + [(0, 0), (0, panels * PANEL - n)])
+    w = w.reshape(*batch, k, panels, PANEL)
+    return xp.moveaxis(w, -2, -3)
+
+
+def packed_matmul(x, packed, n: int):
+    """``x @ W`` for ``x`` [..., K] and ``packed = pack(W)``; the result is [..., n].
+
+    With a batch of weights (``packed`` [B, P, K, 8]) ``x`` is [B, ..., K]: one product per
+    batch entry, in one kernel call.
+    """
+    batch = packed.shape[:-3]
+    rows = x.reshape(*batch, int(np.prod(x.shape[len(batch) : -1])), x.shape[-1])
+    fits = rows.shape[-2] <= MAX_ROWS
+    if fits and available() and x.dtype == jnp.float32 and packed.dtype == jnp.float32:
+        y = _packed_matmul(rows, packed, n)
+    else:
+        y = _xla(rows, packed, n)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def _xla(rows, packed, n):
+    y = jnp.einsum("...mk,...pkj->...mpj", rows, packed, preferred_element_type=jnp.float32)
+    return y.reshape(*y.shape[:-2], -1)[..., :n].astype(jnp.result_type(rows, packed))
+
+
+def _on_cpu(rows, packed, n):
+    return jax.lax.platform_dependent(
+        rows, packed, cpu=functools.partial(_call, n=n), default=functools.partial(_xla, n=n)
+    )
+
+
+def _call(rows, packed, n):
+    out = jax.ShapeDtypeStruct((*rows.shape[:-1], n), rows.dtype)
+    return jax.ffi.ffi_call(_TARGET, out)(rows, packed)
+
+
+@functools.cache
+def _batched(n: int):
+    """The kernel call for ``n`` output columns, with a vmap rule (custom_vmap takes no static
+    arguments, so there is one function per ``n``)."""
+
+    @jax.custom_batching.custom_vmap
+    def call(rows, packed):
+        return _on_cpu(rows, packed, n)
+
+    @call.def_vmap
+    def rule(axis_size, in_batched, rows, packed):
+        rows_b, packed_b = in_batched
+        if packed_b:  # a different weight per vmapped entry: XLA's batched dot
+            rows = rows if rows_b else jnp.broadcast_to(rows, (axis_size, *rows.shape))
+            return jax.vmap(functools.partial(_xla, n=n))(rows, packed), True
+        # One weight for all entries: they become more rows of the same product.
+        m, k = rows.shape[-2:]
+        rows = jnp.moveaxis(rows, 0, -3).reshape(*rows.shape[1:-2], axis_size * m, k)
+        y = call(rows, packed) if rows.shape[-2] <= MAX_ROWS else _xla(rows, packed, n)
+        y = y.reshape(*y.shape[:-2], axis_size, m, n)
+        return jnp.moveaxis(y, -3, 0), True
+
+    return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _packed_matmul(rows, packed, n):
+    return _batched(n)(rows, packed)
+
+
+def _fwd(rows, packed, n):
+    return _packed_matmul(rows, packed, n), (rows, packed)
+
+
+def _bwd(n, saved, dy):
+    rows, packed = saved
+    panels = packed.shape[-3]
+    pad = [(0, 0)] * (dy.ndim - 1) + [(0, panels * PANEL - n)]
+    dy = jnp.pad(dy, pad).reshape(*dy.shape[:-1], panels, PANEL)
+    d_rows = jnp.einsum("...mpj,...pkj->...mk", dy, packed)
+    d_packed = jnp.einsum("...mk,...mpj->...pkj", rows, dy)
+    return d_rows, d_packed
+
+
+_packed_matmul.defvjp(_fwd, _bwd)
