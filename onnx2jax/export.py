@@ -16,6 +16,7 @@ from jax import export as jax_export
 
 import onnx2jax  # its error classes are plain Python, importable without onnx
 
+from . import _kernels
 from ._cache import enable_default_cache  # jax only
 from ._compiler import compiler_options  # jax only
 
@@ -137,6 +138,12 @@ def convert(
             Shape feeding Reshape); names the node. Fix the dims it depends on with ``dims``.
         Onnx2JaxError: graph breaks, inputs that decide shapes, or inputs without a shape.
     """
+    with _kernels.disabled():  # an artifact holds no custom calls (nor packed weights)
+        return _convert(source, output, dims, constraints, platforms, x64, vjp_order, prepare,
+                        load_kwargs)  # fmt: skip
+
+
+def _convert(source, output, dims, constraints, platforms, x64, vjp_order, prepare, load_kwargs):
     model = onnx2jax.load(source, x64=x64, **load_kwargs)
     if model.graph_breaks:
         names = ", ".join(f"{b.node!r} ({b.op_type})" for b in model.graph_breaks)

@@ -259,3 +259,14 @@ def test_recurrences_on_the_kernel_match_onnxruntime(op, monkeypatch):
     plain = onnx2jax.load(model)
     assert "onnx2jax_packed_matmul" not in plain.lower(x=x)[0].as_text()
     np.testing.assert_allclose(plain(x=x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_export_holds_no_custom_call():
+    """jax.export artifacts must run where this library is not: convert traces without it."""
+    model = _product_model(["batch", 1, 24])
+    loaded = onnx2jax.load_exported(onnx2jax.convert(model))
+    assert "onnx2jax_packed_matmul" not in loaded.exported.mlir_module()
+    x = _f32(3, 1, 24)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(loaded(x)[0], want, rtol=1e-5, atol=1e-5)

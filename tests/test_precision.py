@@ -11,6 +11,7 @@ import onnx.helper as oh
 import pytest
 
 import onnx2jax
+from onnx2jax._kernels import MAX_ROWS
 
 
 def _matmul_model() -> bytes:
@@ -30,7 +31,9 @@ def _precisions(text: str) -> set[str]:
     return set(re.findall(r"precision = \[(\w+), \w+\]", text))
 
 
-X = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+# More rows than onnx2jax's few-row CPU kernel takes (onnx2jax/_kernels: it computes in float32
+# whatever the policy, with no XLA dot to carry a precision), so XLA's dot runs here.
+X = np.random.default_rng(1).standard_normal((MAX_ROWS + 6, 8)).astype(np.float32)
 
 
 @pytest.mark.parametrize(("policy", "hlo"), [("highest", "HIGHEST"), ("bfloat16", "DEFAULT")])

@@ -12,9 +12,11 @@ This module says whether it is there without loading JAX (the graph passes read 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
+from collections.abc import Iterator
 
 PANEL = 8  # output columns per panel (one AVX2 vector of float32)
 # Up to here the kernel beats XLA's dots (8 rows: 1.4-1.9x; 32 rows: 1.2x); at 128 rows and
@@ -29,8 +31,26 @@ def library_path() -> str | None:
     return found[0] if found else None
 
 
+_disabled = 0  # > 0 inside ``disabled()``
+
+
 def enabled() -> bool:
-    """Whether the kernel was built and is not switched off (``ONNX2JAX_KERNELS=off``)."""
-    if os.environ.get("ONNX2JAX_KERNELS", "").strip().lower() in ("0", "off", "none", "no"):
+    """Whether the kernel was built and is not switched off (``ONNX2JAX_KERNELS=off``, or
+    inside ``disabled()``)."""
+    if _disabled or os.environ.get("ONNX2JAX_KERNELS", "").strip().lower() in (
+        "0", "off", "none", "no"
+    ):  # fmt: skip
         return False
     return library_path() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Load and trace with XLA's dots only: what ``jax.export`` artifacts need (they refuse
+    custom calls they do not know, and must run where this library is not)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1

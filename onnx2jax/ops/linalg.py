@@ -76,10 +76,11 @@ def packed_matmul_trans_b(a, wt, packed):
 
 
 def _packed_product(a, w, packed, trans_b):
-    rows = int(np.prod(a.shape[:-1]))
-    if rows <= MAX_ROWS and kernels.available() and a.dtype == packed.dtype == jnp.float32:
+    lead = a.shape[:-1]  # symbolic under jax.export: XLA's dot
+    few = all(isinstance(d, int) for d in lead) and int(np.prod(lead)) <= MAX_ROWS
+    if few and kernels.available() and a.dtype == packed.dtype == jnp.float32:
         return kernels.packed_matmul(a, packed, w.shape[0] if trans_b else w.shape[1])
-    return matmul_trans_b(a, w) if trans_b else jnp.matmul(a, w)
+    return matmul_trans_b(a, w) if trans_b else matmul(a, w)
 
 
 @register("Gemm", since=1)

@@ -151,7 +151,7 @@ def _recurrent_product(R, batch: int):
     reads the packed panels (NOTES entry 16: the zoo's LSTM at batch 8, 303 -> 227 ms). At
     batch 1 XLA's matrix-vector product is faster (37 vs 46 ms), so it keeps that case.
     """
-    few = 1 < batch <= MAX_ROWS
+    few = isinstance(batch, int) and 1 < batch <= MAX_ROWS  # symbolic under jax.export
     if R.dtype != jnp.float32 or not few or not kernels.available():
         return lambda h: jnp.einsum("dbh,dgh->dbg", h, R)
     packed = kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
