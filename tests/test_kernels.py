@@ -7,7 +7,9 @@ onnx's reference evaluator and onnxruntime, with and without the kernel.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 
 import jax
@@ -270,3 +272,24 @@ def test_export_holds_no_custom_call():
     x = _f32(3, 1, 24)
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(loaded(x)[0], want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_the_portable_path_matches_numpy_too():
+    """The kernel's plain C++ path (CPUs without AVX2) is chosen once per process, so it runs
+    in a child process with ONNX2JAX_KERNELS_PORTABLE=1."""
+    code = (
+        "import numpy as np\n"
+        "from onnx2jax._kernels import matmul as k\n"
+        "rng = np.random.default_rng(1)\n"
+        "for m, kk, n in ((1, 33, 13), (5, 40, 8), (9, 17, 21), (8, 64, 50)):\n"
+        "    x = rng.standard_normal((m, kk)).astype(np.float32)\n"
+        "    w = rng.standard_normal((kk, n)).astype(np.float32)\n"
+        "    got = np.asarray(k.packed_matmul(x, k.pack(w), n), np.float64)\n"
+        "    want = x.astype(np.float64) @ w\n"
+        "    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max(), (m, kk, n)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ONNX2JAX_KERNELS_PORTABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
