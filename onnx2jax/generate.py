@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import InputError, Model, compiler_options, load
+from . import InputError, Model, _kernels, compiler_options, load
 from ._compiler import candidates
 from ._tune import TuneReport, time_choices
 from .passes import kv_cache as _kv
@@ -83,7 +83,12 @@ class Generator:
             raise InputError(f"Generator: capacity must be a positive int, got {capacity!r}")
         self.capacity = capacity
         names = dict(names or {})
-        model = decoder if isinstance(decoder, Model) else load(decoder)
+        # The Generator runs model.apply inside its own jitted loops, where prep's steps run on
+        # every call; the few-row packing (passes/matmul.py) made generation slower there
+        # (1,123 vs 1,446 tok/s, benchmarks/generate.py at batch 4). Until the loops take
+        # prepared weights, the Generator's own loads skip it.
+        with _kernels.disabled():
+            model = decoder if isinstance(decoder, Model) else load(decoder)
         self._layout = _layout(model, names)
         self._model = model
         self.params = model.params
@@ -94,7 +99,8 @@ class Generator:
         # buffer in place; prompt chunks run the graph as written (see _append_step for why).
         self._inplace = None
         if not self.shared_buffer and not isinstance(decoder, Model):
-            self._inplace = _rewritten(decoder, self._layout)
+            with _kernels.disabled():
+                self._inplace = _rewritten(decoder, self._layout)
         if self._inplace is not None and set(self._inplace.params) == set(model.params):
             self._inplace.params = model.params  # one copy of the weights
         if self._inplace is not None and not self._inplace_fits():
@@ -102,7 +108,8 @@ class Generator:
         self._prefill = None
         self.prefill_params: dict[str, Any] = {}
         if prefill is not None:
-            self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
+            with _kernels.disabled():
+                self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
             self._prefill_names = _check_prefill(self._prefill, self._layout)
             self.prefill_params = self._prefill.params
         roles = self._layout.roles
