@@ -83,12 +83,7 @@ class Generator:
             raise InputError(f"Generator: capacity must be a positive int, got {capacity!r}")
         self.capacity = capacity
         names = dict(names or {})
-        # The Generator runs model.apply inside its own jitted loops, where prep's steps run on
-        # every call; the few-row packing (passes/matmul.py) made generation slower there
-        # (1,123 vs 1,446 tok/s, benchmarks/generate.py at batch 4). Until the loops take
-        # prepared weights, the Generator's own loads skip it.
-        with _kernels.disabled():
-            model = decoder if isinstance(decoder, Model) else load(decoder)
+        model = decoder if isinstance(decoder, Model) else _load(decoder)
         self._layout = _layout(model, names)
         self._model = model
         self.params = model.params
@@ -99,8 +94,7 @@ class Generator:
         # buffer in place; prompt chunks run the graph as written (see _append_step for why).
         self._inplace = None
         if not self.shared_buffer and not isinstance(decoder, Model):
-            with _kernels.disabled():
-                self._inplace = _rewritten(decoder, self._layout)
+            self._inplace = _rewritten(decoder, self._layout)
         if self._inplace is not None and set(self._inplace.params) == set(model.params):
             self._inplace.params = model.params  # one copy of the weights
         if self._inplace is not None and not self._inplace_fits():
@@ -108,8 +102,7 @@ class Generator:
         self._prefill = None
         self.prefill_params: dict[str, Any] = {}
         if prefill is not None:
-            with _kernels.disabled():
-                self._prefill = prefill if isinstance(prefill, Model) else load(prefill)
+            self._prefill = prefill if isinstance(prefill, Model) else _load(prefill)
             self._prefill_names = _check_prefill(self._prefill, self._layout)
             self.prefill_params = self._prefill.params
         roles = self._layout.roles
@@ -691,6 +684,15 @@ def _check_prefill(prefill: Model, lay: _Layout) -> dict[str, str]:
     return names
 
 
+def _load(source, **kwargs) -> Model:
+    """``load`` for the Generator's own models, without the few-row packing: the Generator runs
+    ``model.apply`` inside its jitted loops, where prep's steps run on every call, and the
+    packing made generation slower there (1,123 vs 1,446 tok/s, benchmarks/generate.py at batch
+    4). Until the loops take prepared weights, its loads skip it."""
+    with _kernels.disabled():
+        return load(source, **kwargs)
+
+
 def _rewritten(source, lay: _Layout) -> Model | None:
     """The decoder with ``present = Concat(past, new)`` rewritten in place, or None where the
     graph computes a present otherwise (the decode step then runs the graph as written)."""
@@ -717,7 +719,7 @@ def _rewritten(source, lay: _Layout) -> Model | None:
     rewrite = _kv.FixedKvCache(lay.pairs)
     if not rewrite(model).modified or any(a != lay.axis for a in rewrite.axes.values()):
         return None
-    return load(ir.to_proto(model), base_dir=base_dir)
+    return _load(ir.to_proto(model), base_dir=base_dir)
 
 
 def _check_prompt(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
 """Standard-ONNX function bodies for the ``ai.onnx2jax`` ops, so optimized files run anywhere.
 
 onnx2jax runs these ops natively (onnx2jax/ops/nhwc.py, MatMulTransB and PackedMatMul* in
-ops/linalg.py,
-Attention in ops/attention.py, LayerNormalization in ops/normalization.py). ``onnx2jax optimize`` writes the file
-with one model-local function per op used, whose body is the plain ONNX op between transposes:
+ops/linalg.py, Attention in ops/attention.py, LayerNormalization in ops/normalization.py).
+``onnx2jax optimize`` writes the file with one model-local function per op used, whose body is
+the plain ONNX op between transposes:
 onnxruntime (or any runtime) inlines it, while a reader still sees ``NhwcConv`` in the graph.
 """
 

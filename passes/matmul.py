@@ -98,11 +98,13 @@ class PackFewRows(CountingPass):
         if model.opset_imports.get("", 0) < 13:
             return ir.passes.PassResult(model, False)
         graph = model.graph
-        taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+        taken: set[str] | None = None  # value names in use, gathered at the first match
         for node in list(graph):
             match = _few_rows_product(node)
             if match is None:
                 continue
+            if taken is None:
+                taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
             a, w, trans_b, bias, key = match
             tape = ir.tape.Tape()
             k, n = (int(d) for d in w.shape.dims)

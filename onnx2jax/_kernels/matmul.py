@@ -36,6 +36,15 @@ def available() -> bool:
     return enabled() and jax.default_backend() == "cpu" and _registered()
 
 
+def takes(lead, *dtypes) -> bool:
+    """Whether the kernel runs a product whose rows are ``lead`` (the leading dims, static ints;
+    symbolic under jax.export) with operands of ``dtypes``: at most MAX_ROWS rows, float32,
+    and the kernel available here."""
+    if not all(isinstance(d, int) for d in lead) or int(np.prod(lead)) > MAX_ROWS:
+        return False
+    return all(d == jnp.float32 for d in dtypes) and available()
+
+
 def pack(w):
     """A [K, N] weight as panels [ceil(N / 8), K, 8], zero-padded: differentiable jnp ops.
     A leading batch ([B, K, N], e.g. an RNN's directions) gives [B, P, K, 8]."""
@@ -54,9 +63,9 @@ def packed_matmul(x, packed, n: int):
     batch entry, in one kernel call.
     """
     batch = packed.shape[:-3]
-    rows = x.reshape(*batch, int(np.prod(x.shape[len(batch) : -1])), x.shape[-1])
-    fits = rows.shape[-2] <= MAX_ROWS
-    if fits and available() and x.dtype == jnp.float32 and packed.dtype == jnp.float32:
+    lead = x.shape[len(batch) : -1]
+    rows = x.reshape(*batch, int(np.prod(lead)), x.shape[-1])
+    if takes(lead, x.dtype, packed.dtype):
         y = _packed_matmul(rows, packed, n)
     else:
         y = _xla(rows, packed, n)

@@ -16,7 +16,8 @@ COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
 # count sees the graph after the passes. NhwcConv: the layout pass's Conv (x NHWC, w HWIO);
 # MatMulTransB: the matmul_weights pass's MatMul (weight [N, K]); PackedMatMul(TransB): the
 # pack_few_rows pass's MatMul and Gemm.
-PASS_OPS = {"ai.onnx2jax": ("NhwcConv", "MatMulTransB", "PackedMatMul", "PackedMatMulTransB")}
+_PASS_MATMULS = ("MatMulTransB", "PackedMatMul", "PackedMatMulTransB")
+PASS_OPS = {"ai.onnx2jax": ("NhwcConv", *_PASS_MATMULS)}
 
 
 def _counted(domain: str, op: str) -> bool:
@@ -37,7 +38,7 @@ def node_flops(
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[1][:-1]))
     if op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
         return 2 * int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
-    if op in _MATMUL_A or op in ("MatMulTransB", "PackedMatMul", "PackedMatMulTransB"):
+    if op in _MATMUL_A or op in _PASS_MATMULS:
         return 2 * int(np.prod(outs[0])) * int(ins[_MATMUL_A.get(op, 0)][-1])
     if op == "Gemm":
         a = ins[0]

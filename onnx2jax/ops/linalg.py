@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._kernels import MAX_ROWS
 from .._kernels import matmul as kernels
 from .._registry import register
 from ._common import xp
@@ -76,9 +75,7 @@ def packed_matmul_trans_b(a, wt, packed):
 
 
 def _packed_product(a, w, packed, trans_b):
-    lead = a.shape[:-1]  # symbolic under jax.export: XLA's dot
-    few = all(isinstance(d, int) for d in lead) and int(np.prod(lead)) <= MAX_ROWS
-    if few and kernels.available() and a.dtype == packed.dtype == jnp.float32:
+    if kernels.takes(a.shape[:-1], a.dtype, packed.dtype):
         return kernels.packed_matmul(a, packed, w.shape[0] if trans_b else w.shape[1])
     return matmul_trans_b(a, w) if trans_b else matmul(a, w)
 

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._kernels import MAX_ROWS
 from .._kernels import matmul as kernels
 from .._registry import register
 
@@ -93,7 +92,7 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, proj
     bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
     With ``gates > 1`` the projection is split into that many per-gate arrays before the scan
     and ``xw_t`` is their tuple: XLA's CPU fusions that slice gates out of the scan's
-    dynamic slice run 3.5x slower (0.15 vs 0.04 ms per LSTM step at 8 x 512; NOTES 16).
+    dynamic slice run 3.5x slower (0.15 vs 0.04 ms per LSTM step at 8 x 512; NOTES 17).
     ``project(xs)`` replaces that matmul when given (``[D, T, B, I] -> [T, D, B, G]``; the
     quantized LSTM of ops/contrib_quant.py). Returns ``Y`` and the final states, in the op's
     layout.
@@ -156,8 +155,7 @@ def _recurrent_product(R, batch: int):
     reads the packed panels (NOTES entry 16: the zoo's LSTM at batch 8, 303 -> 227 ms). At
     batch 1 XLA's matrix-vector product is faster (37 vs 46 ms), so it keeps that case.
     """
-    few = isinstance(batch, int) and 1 < batch <= MAX_ROWS  # symbolic under jax.export
-    if R.dtype != jnp.float32 or not few or not kernels.available():
+    if not kernels.takes((batch,), R.dtype) or batch == 1:
         return lambda h: jnp.einsum("dbh,dgh->dbg", h, R)
     packed = kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
     return lambda h: kernels.packed_matmul(h, packed, R.shape[1])
