@@ -1,7 +1,7 @@
 """Builds onnx2jax's optional CPU kernels (onnx2jax/_kernels); everything else is in pyproject.toml.
 
 The extension is optional: without a C++ compiler the install still succeeds and onnx2jax runs
-every dot through XLA (``onnx2jax._kernels.available()`` says which).
+every dot and convolution through XLA (``onnx2jax._kernels.available()`` says which).
 """
 
 from setuptools import Extension, setup
@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "onnx2jax._kernels._packed_matmul",
-            sources=["onnx2jax/_kernels/packed_matmul.cc"],
+            "onnx2jax._kernels._lib",
+            sources=["onnx2jax/_kernels/packed_matmul.cc", "onnx2jax/_kernels/packed_conv.cc"],
             include_dirs=["onnx2jax/_kernels/include"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-w"],

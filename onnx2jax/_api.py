@@ -664,15 +664,15 @@ def _matmul_precision(precision: str) -> str | None:
 
 
 def _pass_names(passes: str | Sequence[str] | None) -> tuple[str, ...]:
-    from ._kernels import matmul as kernels
-    from .passes import resolve
+    from ._kernels import _ffi as kernels
+    from .passes import KERNEL_PASSES, resolve
 
     try:
         names = resolve(passes)
     except ValueError as e:
         raise Onnx2JaxError(str(e)) from None
-    if not kernels.available():  # its PackedMatMul only pays with onnx2jax's CPU kernel
-        names = tuple(n for n in names if n != "pack_few_rows")
+    if not kernels.available():  # their ops only pay with onnx2jax's CPU kernels
+        names = tuple(n for n in names if n not in KERNEL_PASSES)
     return names
 
 

@@ -11,6 +11,6 @@ Install name ``onnx2jax.passes``; see ``pipeline.PASSES`` for what each pass doe
 
 from __future__ import annotations
 
-from .pipeline import DEFAULT, PASSES, PassReport, Report, optimize, resolve
+from .pipeline import DEFAULT, KERNEL_PASSES, PASSES, PassReport, Report, optimize, resolve
 
-__all__ = ["DEFAULT", "PASSES", "PassReport", "Report", "optimize", "resolve"]
+__all__ = ["DEFAULT", "KERNEL_PASSES", "PASSES", "PassReport", "Report", "optimize", "resolve"]

@@ -134,3 +134,18 @@ def replace(
     ir.convenience.replace_nodes_and_values(
         graph, old[0], list(old), list(tape.nodes), list(old_values), list(new_values)
     )
+
+
+def new_initializer(graph: ir.Graph, taken: set[str], name: str, values) -> ir.Value:
+    """An initializer named ``name`` (made unique among ``taken`` names, which it joins):
+    ``values`` as int64 unless it is already an array. For shapes and pads that prep
+    (onnx2jax/_prepare.py) must see as constants: it reads initializers, not Constant nodes."""
+    base, i = name, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    array = values if isinstance(values, np.ndarray) else np.asarray(values, np.int64)
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value

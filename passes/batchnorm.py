@@ -77,6 +77,7 @@ class FoldBatchNorm(CountingPass):
         else:  # Gemm: output features are B's columns (rows when transB)
             shape = [-1, 1] if attr(op, "transB", 0) else [1, -1]
         w2 = tape.op("Mul", [w, tape.op("Reshape", [s, constant(tape, shape)])])
+        w2.shape, w2.dtype = w.shape, w.dtype  # later passes read the weight's shape
         attrs = dict(op.attributes)
         if b is not None:
             gemm_beta = float(attr(op, "beta", 1.0)) if op.op_type == "Gemm" else 1.0

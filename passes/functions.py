@@ -15,6 +15,7 @@ from . import attention, norm_act
 from ._util import DOMAIN
 
 _INTS, _INT, _STR = ir.AttributeType.INTS, ir.AttributeType.INT, ir.AttributeType.STRING
+_FLOAT = ir.AttributeType.FLOAT
 _TO_NCHW, _TO_NHWC, _HWIO_TO_OIHW = [0, 3, 1, 2], [0, 2, 3, 1], [3, 2, 0, 1]
 
 # op -> (ONNX op, its inputs, attribute types, input perms; None: passed as is); the output
@@ -56,6 +57,8 @@ def function(op_type: str, opset: int) -> ir.Function:
         return norm_act.layernorm_function(opset)
     if op_type in ("PackedMatMul", "PackedMatMulTransB"):
         return _packed_matmul_function(op_type, opset)
+    if op_type == "PackedNhwcConv":
+        return _packed_conv_function(opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
     nodes, args = [], []
@@ -94,6 +97,52 @@ def _packed_matmul_function(op_type: str, opset: int) -> ir.Function:
     nodes[-1].outputs[0].name = "y"
     graph = ir.Graph([a, w, packed], nodes[-1].outputs, nodes=nodes, opset_imports={"": opset})
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=[])
+
+
+def _packed_conv_function(opset: int) -> ir.Function:
+    """``PackedNhwcConv(x, packed, b)``: the weight unpacked (panels [P, K, 16] -> HWIO, shapes
+    from the ``kernel_shape`` and ``output_channels`` attributes), ``NhwcConv``, then ``Clip``
+    to ``[activation_min, activation_max]``. Needs opset 13 (the pass checks)."""
+    x, packed, b = ir.Value(name="x"), ir.Value(name="packed"), ir.Value(name="b")
+    nodes: list[ir.Node] = []
+
+    def op(op_type, inputs, attributes=()):
+        nodes.append(ir.Node("", op_type, inputs, list(attributes)))
+        return nodes[-1].outputs[0]
+
+    def const_ints(values):
+        return op("Constant", [], [ir.AttrInt64s("value_ints", values)])
+
+    out_channels = op("Constant", [], [ir.RefAttr("value_int", "output_channels", _INT)])
+    out_channels = op("Reshape", [out_channels, const_ints([1])])
+    rows = op("Transpose", [packed], [ir.AttrInt64s("perm", [1, 0, 2])])  # [K, P, 16]
+    k = op("Slice", [op("Shape", [packed]), const_ints([1]), const_ints([2])])
+    rows = op("Reshape", [rows, op("Concat", [k, const_ints([-1])], [ir.AttrInt64("axis", 0)])])
+    rows = op("Slice", [rows, const_ints([0]), out_channels, const_ints([1])])  # padding off
+    kernel = op("Constant", [], [ir.RefAttr("value_ints", "kernel_shape", _INTS)])
+    hwio_shape = op("Concat", [kernel, const_ints([-1]), out_channels], [ir.AttrInt64("axis", 0)])
+    hwio = op("Reshape", [rows, hwio_shape])
+    conv_attrs = {"auto_pad": _STR, "dilations": _INTS, "group": _INT, "kernel_shape": _INTS,
+                  "pads": _INTS, "strides": _INTS}  # fmt: skip
+    y = op(
+        "Conv",
+        [
+            op("Transpose", [x], [ir.AttrInt64s("perm", _TO_NCHW)]),
+            op("Transpose", [hwio], [ir.AttrInt64s("perm", _HWIO_TO_OIHW)]),
+            b,
+        ],
+        [ir.RefAttr(name, name, kind) for name, kind in conv_attrs.items()],
+    )
+    y = op("Transpose", [y], [ir.AttrInt64s("perm", _TO_NHWC)])
+    lo = op("Constant", [], [ir.RefAttr("value_float", "activation_min", _FLOAT)])
+    hi = op("Constant", [], [ir.RefAttr("value_float", "activation_max", _FLOAT)])
+    y = op("Clip", [y, lo, hi])
+    y.name = "y"
+    graph = ir.Graph([x, packed, b], [y], nodes=nodes, opset_imports={"": opset})
+    declared = {**conv_attrs, "output_channels": _INT, "activation_min": _FLOAT,
+                "activation_max": _FLOAT}  # fmt: skip
+    attributes = [ir.Attr(name, kind, None) for name, kind in declared.items()]
+    return ir.Function(DOMAIN, "PackedNhwcConv", graph=graph, attributes=attributes)
 
 
 def _schema_attributes(op_type: str, opset: int) -> set[str]:

@@ -121,6 +121,9 @@ class ChannelsLast(CountingPass):
         tape = ir.tape.Tape()
         xt = tape.op("Transpose", [x], attributes={"perm": list(TO_NHWC)})
         wt = tape.op("Transpose", [w], attributes={"perm": [2, 3, 1, 0]})  # OIHW -> HWIO
+        if w.shape is not None:  # later passes (pack_convs) read the weight's shape
+            wt.shape = ir.Shape([w.shape[i] for i in (2, 3, 1, 0)])
+        wt.dtype = w.dtype
         inputs = [xt, wt] + ([node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else [])
         y = tape.op(
             "NhwcConv", inputs, attributes=dict(node.attributes), domain=DOMAIN, name=node.name

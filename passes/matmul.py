@@ -18,9 +18,6 @@ within noise).
 
 from __future__ import annotations
 
-import functools
-
-import numpy as np
 import onnx_ir as ir
 
 from onnx2jax._kernels import MAX_ROWS, PANEL  # constants only: no JAX here
@@ -31,6 +28,7 @@ from ._util import (
     attr,
     is_op,
     is_param,
+    new_initializer,
     param_derived,
     rank,
     replace,
@@ -115,11 +113,13 @@ class PackFewRows(CountingPass):
             panels = -(-n // PANEL)
             # Shapes and pads as initializers, not Constant nodes: prep (onnx2jax/_prepare.py)
             # runs only param-only steps, and reads initializers as constants.
-            const = functools.partial(_initializer, graph, taken, node.name or key)
+            prefix = node.name or key
             if panels * PANEL != n:
-                pads = const("pads", [0, 0, 0, panels * PANEL - n])
+                pad = [0, 0, 0, panels * PANEL - n]
+                pads = new_initializer(graph, taken, f"{prefix}_pads", pad)
                 source = tape.op("Pad", [source, pads])
-            source = tape.op("Reshape", [source, const("panels", [k, panels, PANEL])])
+            shape = new_initializer(graph, taken, f"{prefix}_panels", [k, panels, PANEL])
+            source = tape.op("Reshape", [source, shape])
             packed = tape.op("Transpose", [source], attributes={"perm": [1, 0, 2]})
             op = "PackedMatMulTransB" if trans_b else "PackedMatMul"
             y = tape.op(op, [a, w, packed], domain=DOMAIN)
@@ -130,19 +130,6 @@ class PackFewRows(CountingPass):
         if self.matches:
             model.opset_imports.setdefault(DOMAIN, 1)
         return ir.passes.PassResult(model, bool(self.matches))
-
-
-def _initializer(graph: ir.Graph, taken: set[str], prefix: str, suffix: str, values) -> ir.Value:
-    """A small int64 initializer named after its node, unique among ``taken`` names."""
-    name = base = f"{prefix}_{suffix}"
-    i = 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(values, np.int64), name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _few_rows_product(node: ir.Node):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from . import arith, attention, batchnorm, layout, matmul, norm_act
+from . import arith, attention, batchnorm, conv, layout, matmul, norm_act
 from ._util import count_nodes
 
 
@@ -60,6 +60,11 @@ PASSES: dict[str, PassSpec] = {
             "2-D convs and pools run channels-last; transposes sunk and cancelled",
         ),
         PassSpec(
+            "pack_convs",
+            conv.PackConvs,
+            "NhwcConv weights packed once for onnx2jax's CPU kernel; ReLU/Clip folded in",
+        ),
+        PassSpec(
             "fuse_attention",
             attention.FuseAttention,
             "MatMul, scale, mask, Softmax, MatMul chains as one Attention op",
@@ -77,6 +82,9 @@ PASSES: dict[str, PassSpec] = {
     )
 }
 DEFAULT: tuple[str, ...] = tuple(PASSES)
+# Passes whose ops pay only with onnx2jax's CPU kernels: ``load`` drops them where those do not
+# run (no compiler at install, another backend, ONNX2JAX_KERNELS=off).
+KERNEL_PASSES: tuple[str, ...] = ("pack_convs", "pack_few_rows")
 MAX_ROUNDS = 8
 
 

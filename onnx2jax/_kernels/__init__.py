@@ -1,13 +1,17 @@
 """onnx2jax's own CPU kernels, called from XLA programs through JAX's FFI.
 
-One so far: a product with few rows (a decode step, a classifier head, an RNN step) whose
-weight was packed once into 8-column panels (``matmul.pack``). XLA's CPU dots re-pack the
-weight on every call; for few rows that doubles the traffic over a weight the product is bound
-by reading (benchmarks/NOTES.md, entry 16).
+Two, each on a weight packed once into panels of output columns, in prep:
 
-The kernel is C++ (packed_matmul.cc), built by ``pip install`` when a C++ compiler is there.
-This module says whether it is there without loading JAX (the graph passes read it);
-``matmul.py`` holds the JAX side.
+- a product with few rows (a decode step, a classifier head, an RNN step), on 8-column panels
+  (packed_matmul.cc; JAX side ``matmul.py``). XLA's CPU dots re-pack the weight on every call;
+  for few rows that doubles the traffic over a weight the product is bound by reading
+  (benchmarks/NOTES.md, entry 16);
+- a channels-last 2-D convolution with its bias and a ReLU/Clip epilogue, on 16-column panels
+  (packed_conv.cc; JAX side ``conv.py``): an indirect GEMM, 1.2-3x XLA's CPU convolutions
+  (entry 18).
+
+Both are C++, built into one library by ``pip install`` when a C++ compiler is there. This
+module says whether it is there without loading JAX (the graph passes read it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import glob
 import os
 from collections.abc import Iterator
 
-PANEL = 8  # output columns per panel (one AVX2 vector of float32)
+PANEL = 8  # output columns per panel of the few-row product (one AVX2 vector of float32)
+CONV_PANEL = 16  # output channels per panel of the convolution (two AVX2 vectors)
 # Up to here the kernel beats XLA's dots (8 rows: 1.4-1.9x; 32 rows: 1.2x); at 128 rows and
 # more XLA's GEMMs win by 1.3x even counting a per-call relayout of the packed weight.
 MAX_ROWS = 64
@@ -27,7 +32,7 @@ MAX_ROWS = 64
 @functools.cache
 def library_path() -> str | None:
     """The built kernel library, or None (no C++ compiler at install time)."""
-    found = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "_packed_matmul*.so")))
+    found = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "_lib*.so")))
     return found[0] if found else None
 
 
@@ -35,7 +40,7 @@ _disabled = 0  # > 0 inside ``disabled()``
 
 
 def enabled() -> bool:
-    """Whether the kernel was built and is not switched off (``ONNX2JAX_KERNELS=off``, or
+    """Whether the kernels were built and are not switched off (``ONNX2JAX_KERNELS=off``, or
     inside ``disabled()``)."""
     if _disabled or os.environ.get("ONNX2JAX_KERNELS", "").strip().lower() in (
         "0", "off", "none", "no"
@@ -46,7 +51,7 @@ def enabled() -> bool:
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Load and trace with XLA's dots only: what ``jax.export`` artifacts need (they refuse
+    """Load and trace with XLA's dots and convolutions only: what ``jax.export`` artifacts need (they refuse
     custom calls they do not know, and must run where this library is not)."""
     global _disabled
     _disabled += 1

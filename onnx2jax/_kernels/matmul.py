@@ -8,32 +8,17 @@ layout), and vmap folds a batch into the kernel's rows.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import MAX_ROWS, PANEL, enabled, library_path
+from . import MAX_ROWS, PANEL
+from ._ffi import available
 
+__all__ = ["available", "pack", "packed_matmul", "takes"]
 _TARGET = "onnx2jax_packed_matmul"
-
-
-@functools.cache
-def _registered() -> bool:
-    try:
-        lib = ctypes.CDLL(library_path())
-    except OSError:
-        return False
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.onnx2jax_packed_matmul), "cpu")
-    return True
-
-
-def available() -> bool:
-    """Whether ``packed_matmul`` runs the kernel here: built, enabled, and JAX's default
-    backend is the CPU (elsewhere XLA's dots are the fast path)."""
-    return enabled() and jax.default_backend() == "cpu" and _registered()
 
 
 def takes(lead, *dtypes) -> bool:

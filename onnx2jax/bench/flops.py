@@ -15,9 +15,10 @@ COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
 # onnx2jax's own ops that graph passes put in place of counted ONNX ops, by domain: the traced
 # count sees the graph after the passes. NhwcConv: the layout pass's Conv (x NHWC, w HWIO);
 # MatMulTransB: the matmul_weights pass's MatMul (weight [N, K]); PackedMatMul(TransB): the
-# pack_few_rows pass's MatMul and Gemm.
+# pack_few_rows pass's MatMul and Gemm; PackedNhwcConv: the pack_convs pass's NhwcConv (w packed
+# [P, KH * KW * C, 16]).
 _PASS_MATMULS = ("MatMulTransB", "PackedMatMul", "PackedMatMulTransB")
-PASS_OPS = {"ai.onnx2jax": ("NhwcConv", *_PASS_MATMULS)}
+PASS_OPS = {"ai.onnx2jax": ("NhwcConv", "PackedNhwcConv", *_PASS_MATMULS)}
 
 
 def _counted(domain: str, op: str) -> bool:
@@ -36,6 +37,8 @@ def node_flops(
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[_CONV_W[op]][1:]))
     if op == "NhwcConv":  # out (N, *spatial, M) x reduction (kernel * C/group): w is HWIO
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[1][:-1]))
+    if op == "PackedNhwcConv":  # out (N, *spatial, M) x reduction (kernel * C): w [P, K, 16]
+        return 2 * int(np.prod(outs[0])) * int(ins[1][1])
     if op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
         return 2 * int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))
     if op in _MATMUL_A or op in _PASS_MATMULS:

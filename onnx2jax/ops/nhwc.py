@@ -7,11 +7,13 @@ weight arrives as HWIO. `onnx2jax optimize` writes a standard-ONNX function body
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import jax.numpy as jnp
 from jax import lax
 
+from .._kernels import conv as packed
 from .._registry import register
 from . import _conv_lowering as lowering
 from . import pool
@@ -45,6 +47,51 @@ def nhwc_conv(
     return lowering.conv_nhwc(
         x, w, b, strides=strides, pads=pad, dilations=dilations, groups=int(group)
     )
+
+
+@register("PackedNhwcConv", domain=DOMAIN)
+def packed_nhwc_conv(
+    x,
+    w,
+    b=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    output_channels=None,
+    activation_min=-math.inf,
+    activation_max=math.inf,
+):
+    """NhwcConv on a weight packed for onnx2jax's CPU kernel (the pack_convs pass), then
+    ``clamp(y, activation_min, activation_max)`` (a fused ReLU or Clip).
+
+    ``w`` is ``onnx2jax._kernels.conv.pack(HWIO)``: panels [ceil(O / 16), KH * KW * C, 16];
+    ``kernel_shape`` and ``output_channels`` say how to read it. Where the kernel does not run
+    (another backend, another dtype, symbolic shapes) XLA's convolution runs on the unpacked
+    weight.
+    """
+    if int(group) != 1 or not kernel_shape or output_channels is None:
+        raise ValueError(
+            "PackedNhwcConv needs group=1, kernel_shape and output_channels "
+            f"(got group={group}, kernel_shape={kernel_shape}, output_channels={output_channels})"
+        )
+    kernel = ints(kernel_shape)
+    strides = ints(strides) if strides else [1, 1]
+    dilations = ints(dilations) if dilations else [1, 1]
+    pad = lowering.conv_pads(auto_pad, x.shape[1:3], kernel, strides, dilations, pads)
+    geometry = packed.Geometry(
+        kernel=tuple(kernel),
+        out_channels=int(output_channels),
+        strides=tuple(strides),
+        pads=tuple(tuple(int(p) for p in pair) for pair in pad),
+        dilations=tuple(dilations),
+        lo=float(activation_min),
+        hi=float(activation_max),
+    )
+    return packed.packed_conv(x, w, b, geometry)
 
 
 def _via_nchw(fn, x, **attrs):

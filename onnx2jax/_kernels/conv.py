@@ -1,0 +1,174 @@
+"""The JAX side of the packed channels-last convolution: packing, the FFI call, gradient, vmap.
+
+``packed_conv`` takes x NHWC and a weight packed by ``pack`` (HWIO -> 16-channel panels), adds
+the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Without the built kernel, off the
+CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``), it runs
+as XLA's convolution on the unpacked weight, so a model gives the same results everywhere. Both
+paths are differentiable (the kernel's gradient is the XLA form's), and vmap folds a batch into
+the images.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import CONV_PANEL
+from ._ffi import available
+
+_TARGET = "onnx2jax_packed_conv"
+
+
+class Geometry(NamedTuple):
+    """What the kernel needs besides the operands (hashable: a static argument)."""
+
+    kernel: tuple[int, int]
+    out_channels: int
+    strides: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    dilations: tuple[int, int]
+    lo: float = -math.inf  # the epilogue's clamp: (0, inf) is a ReLU
+    hi: float = math.inf
+
+
+def pack(w):
+    """An HWIO weight [KH, KW, C, O] as panels [ceil(O / 16), KH * KW * C, 16], zero-padded:
+    differentiable jnp ops (numpy for numpy input)."""
+    kh, kw, c, o = w.shape
+    panels = -(-o // CONV_PANEL)
+    xp = np if isinstance(w, np.ndarray) else jnp
+    w = xp.pad(w.reshape(kh * kw * c, o), [(0, 0), (0, panels * CONV_PANEL - o)])
+    return xp.moveaxis(w.reshape(kh * kw * c, panels, CONV_PANEL), 1, 0)
+
+
+def unpack(packed, kernel, out_channels: int):
+    """``pack``'s inverse: the HWIO weight."""
+    panels, k, _ = packed.shape
+    w = jnp.moveaxis(packed, 0, 1).reshape(k, panels * CONV_PANEL)[:, :out_channels]
+    return w.reshape(*kernel, k // math.prod(kernel), out_channels)
+
+
+def takes(x, packed, geometry: Geometry) -> bool:
+    """Whether the kernel runs this convolution: static shapes, float32, no cropping pads, and
+    the kernel available here."""
+    if not all(isinstance(d, int) for d in x.shape):
+        return False
+    if any(p < 0 for pair in geometry.pads for p in pair):
+        return False
+    return x.dtype == jnp.float32 and packed.dtype == jnp.float32 and available()
+
+
+def packed_conv(x, packed, b, geometry: Geometry):
+    """``clamp(conv(x, W) + b, lo, hi)`` for x [N, H, W, C], ``packed = pack(W)`` with W HWIO,
+    b [O] or None; the result is [N, OH, OW, O] in x's dtype."""
+    if b is None:
+        b = jnp.zeros((geometry.out_channels,), x.dtype)
+    if takes(x, packed, geometry):
+        return _packed_conv(x, packed, b.astype(jnp.float32), geometry)
+    return _xla(x, packed, b, geometry)
+
+
+def _xla(x, packed, b, g: Geometry):
+    acc = jnp.float32 if x.dtype in (jnp.float16, jnp.bfloat16) else x.dtype
+    w = unpack(packed, g.kernel, g.out_channels).astype(x.dtype)
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=g.strides,
+        padding=g.pads,
+        rhs_dilation=g.dilations,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=acc,
+    )
+    return _clamp(y + b.astype(acc), g).astype(x.dtype)
+
+
+def _clamp(y, g: Geometry):
+    # maximum/minimum, not clip: NaN stays NaN (as in the kernel)
+    if g.lo > -math.inf:
+        y = jnp.maximum(y, jnp.asarray(g.lo, y.dtype))
+    if g.hi < math.inf:
+        y = jnp.minimum(y, jnp.asarray(g.hi, y.dtype))
+    return y
+
+
+def _out_shape(x, g: Geometry) -> tuple[int, ...]:
+    n, h, w, _ = x.shape
+    sizes = [
+        (size + lo + hi - (k - 1) * d - 1) // s + 1
+        for size, k, s, d, (lo, hi) in zip((h, w), g.kernel, g.strides, g.dilations, g.pads)
+    ]
+    return (n, *sizes, g.out_channels)
+
+
+def _call(x, packed, b, g: Geometry):
+    out = jax.ShapeDtypeStruct(_out_shape(x, g), x.dtype)
+    i64 = np.int64
+    return jax.ffi.ffi_call(_TARGET, out)(
+        x,
+        packed,
+        b,
+        kh=i64(g.kernel[0]),
+        kw=i64(g.kernel[1]),
+        sh=i64(g.strides[0]),
+        sw=i64(g.strides[1]),
+        dh=i64(g.dilations[0]),
+        dw=i64(g.dilations[1]),
+        pt=i64(g.pads[0][0]),
+        pl=i64(g.pads[1][0]),
+        lo=np.float32(g.lo),
+        hi=np.float32(g.hi),
+    )
+
+
+@functools.cache
+def _batched(g: Geometry):
+    """The kernel call for one geometry, with a vmap rule (custom_vmap takes no static
+    arguments, so there is one function per geometry)."""
+
+    @jax.custom_batching.custom_vmap
+    def call(x, packed, b):
+        return lax.platform_dependent(
+            x,
+            packed,
+            b,
+            cpu=functools.partial(_call, g=g),
+            default=functools.partial(_xla, g=g),
+        )
+
+    @call.def_vmap
+    def rule(axis_size, in_batched, x, packed, b):
+        x_b, packed_b, b_b = in_batched
+        if packed_b or b_b:  # a different weight per vmapped entry: XLA's convolution
+            x = x if x_b else jnp.broadcast_to(x, (axis_size, *x.shape))
+            in_axes = (0, 0 if packed_b else None, 0 if b_b else None)
+            return jax.vmap(functools.partial(_xla, g=g), in_axes=in_axes)(x, packed, b), True
+        # One weight for all entries: the entries become more images.
+        y = call(x.reshape(-1, *x.shape[2:]), packed, b)
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+    return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _packed_conv(x, packed, b, g):
+    return _batched(g)(x, packed, b)
+
+
+def _fwd(x, packed, b, g):
+    return _packed_conv(x, packed, b, g), (x, packed, b)
+
+
+def _bwd(g, saved, dy):
+    # The gradient of the XLA form: the same function, so the same derivative.
+    _, vjp = jax.vjp(functools.partial(_xla, g=g), *saved)
+    return vjp(dy)
+
+
+_packed_conv.defvjp(_fwd, _bwd)

@@ -1,0 +1,324 @@
+// onnx2jax_packed_conv: a 2-D channels-last convolution on a weight packed once.
+//
+// y[N, OH, OW, O] = clamp(conv(x[N, H, W, C], W) + b, lo, hi) (a fused ReLU or Clip), W as
+// panels [P, KH * KW * C, 16] (P = ceil(O / 16), the last one zero-padded): panel p holds
+// output channels 16p..16p+15 for every (tap, input channel), contiguous.
+//
+// It is an indirect GEMM (as XNNPACK's convolutions are): a tile of 6 output pixels times one
+// panel of 16 channels is 12 AVX2 accumulators, and the tile reads its input through pointers,
+// so no patch matrix is ever written. In NHWC one kernel row's KW taps of C channels are one
+// contiguous run of the input (with dilation 1), so a pixel needs KH pointers to runs of KW * C
+// values (an RGB stem: 7 runs of 21, not 49 of 3); a run that crosses the left or right
+// padding is copied, zero-filled, into scratch; a row in the top or bottom padding reads zeros.
+// Tiles run in blocks of 8 against a few panels whose weights stay in L2, on XLA's intra-op
+// threads. XLA's CPU convolutions (Eigen's) run at 40-45% of this machine's
+// matmul peak at batch 1; benchmarks/NOTES.md entry 18 has the measurements.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 16;  // output channels per panel: two AVX2 vectors
+constexpr int kTile = 6;        // output pixels per tile: 6 x 2 accumulators + 3 = 15 registers
+constexpr int64_t kTilesPerBlock = 8;    // 4-16 and 64-384 KiB measured within noise
+constexpr int64_t kPanelBytes = 192 << 10;  // weights one block keeps hot (in a 512 KiB L2)
+
+struct Geometry {
+  int64_t N, H, W, C, OH, OW, O, KH, KW, SH, SW, DH, DW, PT, PL, P, K;
+  int64_t S, L;  // runs per output pixel and values per run (S * L = K)
+  float lo, hi;  // the epilogue's clamp; +-inf for none
+};
+
+// Tile kernel: acc[R pixels][16 channels] = sum over runs s and their values c of
+// rows[s * kTile + r][c] * w[s * L + c][0..15]; then bias, clamp, store. The clamp keeps NaN.
+template <int R>
+void TileGeneric(const float* const* rows, const float* w, const float* bias, float* y,
+                 const Geometry& g, int64_t ncols) {
+  float acc[R][kPanel] = {};
+  for (int64_t t = 0; t < g.S; ++t) {
+    const float* wt = w + t * g.L * kPanel;
+    for (int r = 0; r < R; ++r) {
+      const float* a = rows[t * kTile + r];
+      for (int64_t c = 0; c < g.L; ++c)
+        for (int j = 0; j < kPanel; ++j) acc[r][j] += a[c] * wt[c * kPanel + j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < kPanel; ++j) {
+      acc[r][j] += bias[j];
+      if (acc[r][j] < g.lo) acc[r][j] = g.lo;
+      if (acc[r][j] > g.hi) acc[r][j] = g.hi;
+    }
+    std::memcpy(y + r * g.O, acc[r], ncols * sizeof(float));
+  }
+}
+
+#if defined(__x86_64__)
+// The pragmas matter (as in packed_matmul.cc): without full unrolling GCC keeps the
+// accumulators on the stack.
+template <int R>
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* const* rows, const float* w,
+                                                   const float* bias, float* y, const Geometry& g,
+                                                   int64_t ncols) {
+  __m256 acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < g.S; ++t) {
+    const float* wt = w + t * g.L * kPanel;
+    const float* a[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) a[r] = rows[t * kTile + r];
+    for (int64_t c = 0; c < g.L; ++c) {
+      const __m256 w0 = _mm256_loadu_ps(wt + c * kPanel);
+      const __m256 w1 = _mm256_loadu_ps(wt + c * kPanel + 8);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m256 v = _mm256_broadcast_ss(a[r] + c);
+        acc[r][0] = _mm256_fmadd_ps(v, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(v, w1, acc[r][1]);
+      }
+    }
+  }
+  const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+  const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    // max/min return their second operand when either is NaN: v second keeps NaN.
+    __m256 v0 = _mm256_add_ps(acc[r][0], b0), v1 = _mm256_add_ps(acc[r][1], b1);
+    v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, v0));
+    v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, v1));
+    if (ncols == kPanel) {
+      _mm256_storeu_ps(y + r * g.O, v0);
+      _mm256_storeu_ps(y + r * g.O + 8, v1);
+    } else {
+      alignas(32) float tmp[kPanel];
+      _mm256_store_ps(tmp, v0);
+      _mm256_store_ps(tmp + 8, v1);
+      std::memcpy(y + r * g.O, tmp, ncols * sizeof(float));
+    }
+  }
+}
+
+// ONNX2JAX_KERNELS_PORTABLE=1 takes the portable path on any CPU (its test runs that way).
+bool HasAvx2() {
+  static const bool has = [] {
+    const char* portable = std::getenv("ONNX2JAX_KERNELS_PORTABLE");
+    if (portable != nullptr && portable[0] == '1') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#endif
+
+template <int R>
+void Tile(const float* const* rows, const float* w, const float* bias, float* y,
+          const Geometry& g, int64_t ncols) {
+#if defined(__x86_64__)
+  if (HasAvx2()) return TileAvx2<R>(rows, w, bias, y, g, ncols);
+#endif
+  TileGeneric<R>(rows, w, bias, y, g, ncols);
+}
+
+using TileFn = void (*)(const float* const*, const float*, const float*, float*,
+                        const Geometry&, int64_t);
+constexpr TileFn kTiles[kTile + 1] = {nullptr, Tile<1>, Tile<2>, Tile<3>,
+                                      Tile<4>, Tile<5>, Tile<6>};
+
+struct Work {
+  Geometry g;
+  const float* x;
+  const float* w;
+  float* y;
+  std::vector<float> bias;  // [P * 16], zero-padded
+  std::vector<float> zero;  // [L]: what a run in the top or bottom padding reads
+  int64_t pixels, tiles, mblocks, panels_per_block, total, chunk;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  // The input run s of output pixel m: its start, or nullptr when it crosses the left or
+  // right padding (then ``Fill`` writes it).
+  const float* Run(int64_t m, int64_t s) const {
+    const int64_t n = m / (g.OH * g.OW), rem = m % (g.OH * g.OW);
+    const int64_t oh = rem / g.OW, ow = rem % g.OW;
+    const int64_t i = g.S == g.KH ? s : s / g.KW;  // kernel row
+    const int64_t j = g.S == g.KH ? 0 : s % g.KW;  // first kernel column of the run
+    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+    if (ih < 0 || ih >= g.H) return zero.data();
+    const int64_t iw = ow * g.SW - g.PL + j * g.DW;
+    const int64_t taps = g.L / g.C;  // kernel columns in the run: KW, or 1
+    if (iw < 0 || iw + (taps - 1) * g.DW >= g.W) return nullptr;
+    return x + ((n * g.H + ih) * g.W + iw) * g.C;
+  }
+
+  // Run s of pixel m copied into ``out`` (L values), zeros where it reads padding.
+  void Fill(int64_t m, int64_t s, float* out) const {
+    const int64_t n = m / (g.OH * g.OW), rem = m % (g.OH * g.OW);
+    const int64_t oh = rem / g.OW, ow = rem % g.OW;
+    const int64_t i = g.S == g.KH ? s : s / g.KW;
+    const int64_t j0 = g.S == g.KH ? 0 : s % g.KW;
+    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+    for (int64_t j = 0; j < g.L / g.C; ++j) {
+      const int64_t iw = ow * g.SW - g.PL + (j0 + j) * g.DW;
+      float* dst = out + j * g.C;
+      if (iw < 0 || iw >= g.W)
+        std::memset(dst, 0, g.C * sizeof(float));
+      else
+        std::memcpy(dst, x + ((n * g.H + ih) * g.W + iw) * g.C, g.C * sizeof(float));
+    }
+  }
+
+  void Block(int64_t q, std::vector<const float*>& rows, std::vector<float>& scratch) const {
+    const int64_t mb = q % mblocks, pb = q / mblocks;
+    const int64_t t0 = mb * kTilesPerBlock, t1 = std::min(tiles, t0 + kTilesPerBlock);
+    const int64_t p0 = pb * panels_per_block, p1 = std::min(g.P, p0 + panels_per_block);
+    const int64_t per_tile = g.S * kTile;
+    rows.resize((t1 - t0) * per_tile);
+    int64_t edges = 0;  // runs to copy
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int r = 0; r < kTile; ++r) {
+        const int64_t m = std::min(t * kTile + r, pixels - 1);  // a short tile repeats its last
+        for (int64_t s = 0; s < g.S; ++s) {
+          const float* run = Run(m, s);
+          rows[(t - t0) * per_tile + s * kTile + r] = run;
+          edges += run == nullptr;
+        }
+      }
+    }
+    if (edges > 0) {
+      scratch.resize(edges * g.L);
+      float* next_run = scratch.data();
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int r = 0; r < kTile; ++r) {
+          const int64_t m = std::min(t * kTile + r, pixels - 1);
+          for (int64_t s = 0; s < g.S; ++s) {
+            const float*& run = rows[(t - t0) * per_tile + s * kTile + r];
+            if (run != nullptr) continue;
+            Fill(m, s, next_run);
+            run = next_run;
+            next_run += g.L;
+          }
+        }
+      }
+    }
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
+      const float* wp = w + p * g.K * kPanel;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t m = t * kTile;
+        const int count = static_cast<int>(std::min<int64_t>(kTile, pixels - m));
+        kTiles[count](&rows[(t - t0) * per_tile], wp, bias.data() + p * kPanel,
+                      y + m * g.O + p * kPanel, g, ncols);
+      }
+    }
+  }
+
+  void Drain() {
+    std::vector<const float*> rows;
+    std::vector<float> scratch;
+    for (;;) {
+      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
+      if (q0 >= total) return;
+      const int64_t q1 = std::min(total, q0 + chunk);
+      for (int64_t q = q0; q < q1; ++q) Block(q, rows, scratch);
+      done.fetch_add(q1 - q0, std::memory_order_release);
+    }
+  }
+};
+
+constexpr int64_t kParallelWork = 1 << 20;  // multiply-adds below which one thread does it all
+
+ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
+                      ffi::AnyBuffer b_buf, ffi::Result<ffi::AnyBuffer> y_buf, int64_t kh,
+                      int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
+                      int64_t pl, float lo, float hi) {
+  const auto xd = x_buf.dimensions();
+  const auto wd = w_buf.dimensions();
+  const auto bd = b_buf.dimensions();
+  const auto yd = y_buf->dimensions();
+  if (x_buf.element_type() != ffi::F32 || w_buf.element_type() != ffi::F32 ||
+      b_buf.element_type() != ffi::F32 || y_buf->element_type() != ffi::F32)
+    return ffi::Error::InvalidArgument("onnx2jax_packed_conv: float32 only");
+  if (xd.size() != 4 || wd.size() != 3 || bd.size() != 1 || yd.size() != 4 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument(
+        "onnx2jax_packed_conv: expected x [N, H, W, C], w [P, KH * KW * C, 16], b [O], "
+        "y [N, OH, OW, O]");
+  Geometry g{};
+  g.N = xd[0], g.H = xd[1], g.W = xd[2], g.C = xd[3];
+  g.OH = yd[1], g.OW = yd[2], g.O = yd[3];
+  g.KH = kh, g.KW = kw, g.SH = sh, g.SW = sw, g.DH = dh, g.DW = dw, g.PT = pt, g.PL = pl;
+  g.P = wd[0], g.K = wd[1], g.lo = lo, g.hi = hi;
+  g.S = dw == 1 ? kh : kh * kw;  // with dilation 1 a kernel row is one contiguous run
+  g.L = g.K / std::max<int64_t>(g.S, 1);
+  if (yd[0] != g.N || g.K != kh * kw * g.C || g.P != (g.O + kPanel - 1) / kPanel ||
+      bd[0] != g.O || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return ffi::Error::InvalidArgument("onnx2jax_packed_conv: x, w, b and y do not agree");
+  auto work = std::make_shared<Work>();
+  work->g = g;
+  work->pixels = g.N * g.OH * g.OW;
+  if (work->pixels == 0 || g.O == 0) return ffi::Error::Success();
+  if (g.C == 0) {  // no input channels: every output is the clamped bias
+    const float* b = b_buf.typed_data<float>();
+    float* y = y_buf->typed_data<float>();
+    for (int64_t m = 0; m < work->pixels; ++m)
+      for (int64_t o = 0; o < g.O; ++o) y[m * g.O + o] = std::min(std::max(b[o], lo), hi);
+    return ffi::Error::Success();
+  }
+  work->x = x_buf.typed_data<float>();
+  work->w = w_buf.typed_data<float>();
+  work->y = y_buf->typed_data<float>();
+  work->bias.assign(g.P * kPanel, 0.0f);
+  std::memcpy(work->bias.data(), b_buf.typed_data<float>(), g.O * sizeof(float));
+  work->zero.assign(std::max<int64_t>(g.L, 1), 0.0f);
+  work->tiles = (work->pixels + kTile - 1) / kTile;
+  work->mblocks = (work->tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  const int64_t panel_bytes = std::max<int64_t>(g.K * kPanel * 4, 1);
+  work->panels_per_block = std::clamp<int64_t>(kPanelBytes / panel_bytes, 1, g.P);
+  work->total = work->mblocks * ((g.P + work->panels_per_block - 1) / work->panels_per_block);
+  const int64_t macs = work->pixels * g.K * g.O;
+  const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
+  const int64_t parts = threads > 1 ? 4 * threads : 1;
+  work->chunk = (work->total + parts - 1) / parts;
+  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
+    pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_packed_conv(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_conv, PackedConv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));

@@ -1,0 +1,142 @@
+"""Channels-last convolutions on weights packed once for onnx2jax's CPU kernel.
+
+``NhwcConv(x, W, b)`` (the layout pass's conv, W HWIO) -> ``ai.onnx2jax::PackedNhwcConv(x,
+pack(W), b)``, and a ``Relu`` or constant ``Clip`` that alone reads its output folded into it.
+The kernel (onnx2jax/_kernels/packed_conv.cc) runs 1.2-3x XLA's CPU convolutions, bias and
+clamp included (benchmarks/NOTES.md, entry 18). The packing (Reshape, Pad, Transpose) is
+param-only, so prep runs it once per params object, and it replaces the HWIO copy the layout
+pass had prep hold: no extra memory. Only float32, group 1, weights computed from params.
+``load`` and ``onnx2jax optimize`` run this pass only where the kernel is built and JAX's
+backend is the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import onnx_ir as ir
+
+from onnx2jax._kernels import CONV_PANEL  # constants only: no JAX here
+
+from ._util import (
+    DOMAIN,
+    CountingPass,
+    attr,
+    const_tensor,
+    new_initializer,
+    only_user,
+    param_derived,
+    replace,
+)
+
+
+class PackConvs(CountingPass):
+    """``NhwcConv`` -> ``PackedNhwcConv`` on a packed weight; ReLU / Clip folded into it."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.reset()
+        if model.opset_imports.get("", 0) < 13:  # the function bodies need opset 13
+            return ir.passes.PassResult(model, False)
+        graph = model.graph
+        taken: set[str] | None = None  # value names in use, gathered at the first match
+        for node in list(graph):
+            if node.graph is None:
+                continue  # removed earlier in this sweep (a folded activation)
+            if _is(node, "NhwcConv") and _packable(node):
+                if taken is None:
+                    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
+                self._pack(graph, node, functools.partial(new_initializer, graph, taken))
+            elif _is(node, "PackedNhwcConv"):
+                self._fold_activation(graph, node)
+        if self.matches:
+            model.opset_imports.setdefault(DOMAIN, 1)
+        return ir.passes.PassResult(model, bool(self.matches))
+
+    def _pack(self, graph: ir.Graph, node: ir.Node, initializer) -> None:
+        x, w = node.inputs[:2]
+        kh, kw, c, o = (int(d) for d in w.shape.dims)
+        panels = -(-o // CONV_PANEL)
+        prefix = node.name or "conv"
+        tape = ir.tape.Tape()
+        source = tape.op("Reshape", [w, initializer(f"{prefix}_rows", [kh * kw * c, o])])
+        if panels * CONV_PANEL != o:
+            pads = initializer(f"{prefix}_pads", [0, 0, 0, panels * CONV_PANEL - o])
+            source = tape.op("Pad", [source, pads])
+        shape = initializer(f"{prefix}_panels", [kh * kw * c, panels, CONV_PANEL])
+        source = tape.op("Reshape", [source, shape])
+        packed = tape.op("Transpose", [source], attributes={"perm": [1, 0, 2]})
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        attributes = {k: v for k, v in node.attributes.items() if k != "kernel_shape"}
+        attributes.update(
+            kernel_shape=ir.AttrInt64s("kernel_shape", [kh, kw]),
+            output_channels=ir.AttrInt64("output_channels", o),
+            activation_min=ir.AttrFloat32("activation_min", -math.inf),
+            activation_max=ir.AttrFloat32("activation_max", math.inf),
+        )
+        y = tape.op(
+            "PackedNhwcConv",
+            [x, packed, b] if b is not None else [x, packed],
+            attributes=attributes,
+            domain=DOMAIN,
+            name=node.name,
+        )
+        replace(graph, [node], tape, node.outputs, [y])
+        self.hit("NhwcConv")
+
+    def _fold_activation(self, graph: ir.Graph, node: ir.Node) -> None:
+        if attr(node, "activation_min", -math.inf) != -math.inf:
+            return  # one activation already folded
+        if attr(node, "activation_max", math.inf) != math.inf:
+            return
+        user = only_user(node.outputs[0])
+        bounds = _clamp_bounds(user)
+        if bounds is None:
+            return
+        node.attributes["activation_min"] = ir.AttrFloat32("activation_min", bounds[0])
+        node.attributes["activation_max"] = ir.AttrFloat32("activation_max", bounds[1])
+        out = user.outputs[0]
+        ir.convenience.replace_all_uses_with(out, node.outputs[0])
+        node.outputs[0].name, out.name = out.name, node.outputs[0].name
+        if out.is_graph_output():
+            outputs = graph.outputs
+            outputs[outputs.index(out)] = node.outputs[0]
+        graph.remove(user, safe=True)
+        self.hit(f"PackedNhwcConv + {user.op_type}")
+
+
+def _is(node: ir.Node, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain == DOMAIN
+
+
+def _packable(node: ir.Node) -> bool:
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if w is None or w.dtype != ir.DataType.FLOAT or not param_derived(w):
+        return False
+    if w.shape is None or len(w.shape) != 4 or not w.shape.is_static():
+        return False
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    if b is not None and b.dtype != ir.DataType.FLOAT:
+        return False
+    return int(attr(node, "group", 1)) == 1 and len(node.outputs) == 1
+
+
+def _clamp_bounds(node: ir.Node | None) -> tuple[float, float] | None:
+    """(lo, hi) of a ``Relu`` or a ``Clip`` with constant bounds; None for anything else."""
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    if node.op_type != "Clip":
+        return None
+    bounds = []
+    for i, default in ((1, -math.inf), (2, math.inf)):
+        value = node.inputs[i] if len(node.inputs) > i else None
+        if value is None:
+            bounds.append(default)
+            continue
+        tensor = const_tensor(value)
+        if tensor is None or tensor.size != 1:
+            return None
+        bounds.append(float(tensor.numpy().reshape(-1)[0]))
+    return bounds[0], bounds[1]

@@ -1,0 +1,280 @@
+"""onnx2jax's packed channels-last convolution kernel (onnx2jax/_kernels) and the pack_convs pass.
+
+The kernel is checked against float64 numpy convolutions, jitted and eagerly, through vmap and
+grad, and against its own XLA fallback; the pass against onnx's reference evaluator and
+onnxruntime, with the optimized file run in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import onnx2jax
+from onnx2jax import _kernels
+from onnx2jax import passes as onnx2jax_passes
+from onnx2jax._kernels import conv as kc
+from onnx2jax._loader import optimize_proto
+
+ort = pytest.importorskip("onnxruntime")
+rng = np.random.default_rng(0)
+needs_kernel = pytest.mark.skipif(not kc.available(), reason="kernel not built here")
+
+
+def _f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _conv64(x, w, b, g: kc.Geometry):
+    """The float64 numpy convolution: x NHWC, w HWIO, one shifted slice per tap."""
+    (pt, pb), (pl, pr) = g.pads
+    xp = np.pad(x.astype(np.float64), [(0, 0), (pt, pb), (pl, pr), (0, 0)])
+    n, oh, ow, o = kc._out_shape(x, g)
+    y = np.zeros((n, oh, ow, o)) + b.astype(np.float64)
+    for i in range(g.kernel[0]):
+        for j in range(g.kernel[1]):
+            r0, c0 = i * g.dilations[0], j * g.dilations[1]
+            sl = xp[:, r0 : r0 + (oh - 1) * g.strides[0] + 1 : g.strides[0],
+                    c0 : c0 + (ow - 1) * g.strides[1] + 1 : g.strides[1]]  # fmt: skip
+            y += np.einsum("nhwc,co->nhwo", sl, w[i, j].astype(np.float64))
+    return np.minimum(np.maximum(y, g.lo), g.hi)
+
+
+def _close(got, want, rtol=2e-5):
+    want = np.asarray(want, np.float64)
+    err = np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
+    assert err < rtol, err
+
+
+# (x NHWC, kernel, O, strides, pads ((top, bottom), (left, right)), dilations, clamp)
+CASES = {
+    "3x3": ((1, 9, 11, 5), (3, 3), 7, (1, 1), ((1, 1), (1, 1)), (1, 1), (0.0, math.inf)),
+    "uneven": ((2, 10, 9, 20), (3, 2), 33, (2, 1), ((0, 2), (1, 0)), (1, 1), (-math.inf, math.inf)),
+    "dilated": ((2, 10, 10, 6), (3, 3), 16, (1, 2), ((2, 2), (2, 1)), (2, 2), (-0.5, 0.5)),
+    "1x1, images across tiles": ((3, 7, 7, 17), (1, 1), 16, (1, 1), ((0, 0), (0, 0)), (1, 1), (0.0, 6.0)),
+    "rgb stem": ((1, 20, 20, 3), (7, 7), 8, (2, 2), ((3, 3), (3, 3)), (1, 1), (0.0, math.inf)),
+    "kernel wider than input": ((1, 3, 3, 4), (5, 5), 3, (1, 1), ((2, 2), (2, 2)), (1, 1), (-math.inf, math.inf)),
+    "one pixel": ((1, 1, 1, 8), (1, 1), 1, (1, 1), ((0, 0), (0, 0)), (1, 1), (-math.inf, math.inf)),
+    "no images": ((0, 5, 5, 4), (3, 3), 4, (1, 1), ((1, 1), (1, 1)), (1, 1), (-math.inf, math.inf)),
+}  # fmt: skip
+
+
+def _case(name):
+    x_shape, kernel, o, strides, pads, dilations, (lo, hi) = CASES[name]
+    g = kc.Geometry(kernel, o, strides, pads, dilations, lo, hi)
+    return _f32(*x_shape), _f32(*kernel, x_shape[3], o), _f32(o), g
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(CASES))
+def test_packed_conv_matches_numpy(name):
+    x, w, b, g = _case(name)
+    packed = kc.pack(w)
+    assert packed.shape == (-(-g.out_channels // 16), w.shape[0] * w.shape[1] * w.shape[2], 16)
+    np.testing.assert_array_equal(kc.unpack(jnp.asarray(packed), g.kernel, g.out_channels), w)
+    want = _conv64(x, w, b, g)
+    eager = kc.packed_conv(x, packed, b, g)
+    jitted = jax.jit(kc.packed_conv, static_argnums=3)(x, packed, b, g)
+    for got in (eager, jitted):
+        assert got.shape == want.shape
+        if want.size:
+            _close(got, want)
+    hlo = jax.jit(kc.packed_conv, static_argnums=3).lower(x, packed, b, g).as_text()
+    assert "onnx2jax_packed_conv" in hlo
+
+
+@needs_kernel
+def test_no_bias_and_the_xla_fallback_agree():
+    x, w, _, g = _case("uneven")
+    packed = kc.pack(w)
+    want = _conv64(x, w, np.zeros(g.out_channels, np.float32), g)
+    _close(kc.packed_conv(x, packed, None, g), want)
+    with _kernels.disabled():
+        assert not kc.available()
+        hlo = jax.jit(kc.packed_conv, static_argnums=3).lower(x, packed, None, g).as_text()
+        assert "onnx2jax_packed_conv" not in hlo
+        _close(kc.packed_conv(x, packed, None, g), want)
+
+
+@needs_kernel
+def test_the_clamp_keeps_nan():
+    g = kc.Geometry((1, 1), 2, (1, 1), ((0, 0), (0, 0)), (1, 1), 0.0, 6.0)
+    x = np.full((1, 2, 2, 3), np.nan, np.float32)
+    x[0, 0, 0] = [10.0, 0.0, 0.0]  # -> 10 -> clamped to 6
+    y = np.asarray(kc.packed_conv(x, kc.pack(np.ones((1, 1, 3, 2), np.float32)), None, g))
+    assert np.isnan(y[0, 1]).all() and np.isnan(y[0, 0, 1]).all()
+    np.testing.assert_array_equal(y[0, 0, 0], [6.0, 6.0])
+
+
+@needs_kernel
+def test_vmap_folds_images_or_falls_back_for_batched_weights():
+    x, w, b, g = _case("3x3")
+    xs = _f32(3, *x.shape)
+    packed = kc.pack(w)
+    got = jax.vmap(lambda xi: kc.packed_conv(xi, packed, b, g))(xs)
+    _close(got, np.stack([_conv64(xi, w, b, g) for xi in xs]))
+    hlo = jax.jit(jax.vmap(lambda xi: kc.packed_conv(xi, packed, b, g))).lower(xs).as_text()
+    assert "onnx2jax_packed_conv" in hlo
+    ws = _f32(3, *w.shape)
+    got = jax.vmap(lambda wi: kc.packed_conv(x, kc.pack(wi), b, g))(ws)
+    _close(got, np.stack([_conv64(x, wi, b, g) for wi in ws]))
+
+
+@needs_kernel
+def test_gradients_equal_xlas_convolution():
+    x, w, b, g = _case("dilated")
+    g = g._replace(lo=-math.inf, hi=math.inf)  # a clamp's kink would make the check brittle
+
+    def via_kernel(x, w, b):
+        return jnp.sum(jnp.sin(kc.packed_conv(x, kc.pack(w), b, g)))
+
+    def via_xla(x, w, b):
+        y = jax.lax.conv_general_dilated(
+            x, w, g.strides, g.pads, rhs_dilation=g.dilations,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        return jnp.sum(jnp.sin(y + b))
+
+    got = jax.grad(via_kernel, (0, 1, 2))(x, w, b)
+    want = jax.grad(via_xla, (0, 1, 2))(x, w, b)
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_the_portable_path_matches_numpy_too():
+    """The kernel's plain C++ path (CPUs without AVX2) is chosen once per process, so it runs
+    in a child process with ONNX2JAX_KERNELS_PORTABLE=1."""
+    code = (
+        "import sys, numpy as np\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import test_conv_kernel as t\n"
+        "for name in ('3x3', 'uneven', 'dilated', 'rgb stem'):\n"
+        "    x, w, b, g = t._case(name)\n"
+        "    t._close(t.kc.packed_conv(x, t.kc.pack(w), b, g), t._conv64(x, w, b, g))\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ONNX2JAX_KERNELS_PORTABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# -- the pack_convs pass ---------------------------------------------------------------------
+
+
+def _cnn(opset=17):
+    """Conv+Relu, Conv+Clip(0, 6) (a graph output too), a bias-free strided conv, a dilated
+    conv read twice, a depthwise conv (left to XLA): the forms the pass meets."""
+    inits = [
+        numpy_helper.from_array(_f32(8, 3, 3, 3) * 0.3, "w1"),
+        numpy_helper.from_array(_f32(8) * 0.1, "b1"),
+        numpy_helper.from_array(_f32(20, 8, 1, 1) * 0.3, "w2"),
+        numpy_helper.from_array(_f32(20) * 0.1, "b2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+        numpy_helper.from_array(_f32(20, 1, 3, 3) * 0.3, "wd"),
+        numpy_helper.from_array(_f32(17, 20, 3, 3) * 0.1, "w3"),
+        numpy_helper.from_array(_f32(4, 17, 2, 2) * 0.2, "w4"),
+        numpy_helper.from_array(_f32(4) * 0.1, "b4"),
+    ]
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c1"], ["r1"]),
+        oh.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        oh.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
+        oh.make_node("Conv", ["r2", "wd"], ["d"], group=20, pads=[1, 1, 1, 1]),
+        oh.make_node("Conv", ["d", "w3"], ["c3"], strides=[2, 2], pads=[0, 1, 1, 0]),
+        oh.make_node("Conv", ["c3", "w4", "b4"], ["c4"], dilations=[2, 2], pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c4"], ["r4"]),
+        oh.make_node("Add", ["c4", "r4"], ["y"]),
+    ]
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 12, 12])
+    outs = [oh.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "r2")]
+    graph = oh.make_graph(nodes, "g", [x], outs, inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+
+
+def _ort(model, feeds):
+    return ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+
+
+@needs_kernel
+def test_pack_convs_keeps_outputs():
+    model = _cnn()
+    x = _f32(2, 3, 12, 12)
+    want = ReferenceEvaluator(model).run(None, {"x": x})
+    m = onnx2jax.load(model)
+    report = {p.name: p.matches for p in m.pass_report.passes}
+    # c4 is read twice (by the Relu and the Add): its Relu stays a node
+    assert report["pack_convs"] == {
+        "NhwcConv": 4, "PackedNhwcConv + Relu": 1, "PackedNhwcConv + Clip": 1
+    }  # fmt: skip
+    assert m._program.prep  # the packing runs once per params object
+    # ONNX names kept; the Clip's bounds became attributes of the conv it was folded into
+    assert sorted(m.params) == ["b1", "b2", "b4", "w1", "w2", "w3", "w4", "wd"]
+    assert m.lower(x=x)[0].as_text().count("onnx2jax_packed_conv") == 4
+    for how, got in (("jit", m(x=x)), ("eager", m.apply(m.params, x=x))):
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=how)
+    optimized, _ = optimize_proto(model, onnx2jax_passes.resolve("default"), portable=True)
+    onnx.checker.check_model(optimized, full_check=True)
+    assert "PackedNhwcConv" in {n.op_type for n in optimized.graph.node}
+    for g, w in zip(_ort(optimized, {"x": x}), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_pack_convs_gradient_reaches_the_onnx_named_weights():
+    model = _cnn()
+    x = _f32(2, 3, 12, 12)
+    grads = []
+    for passes in ("default", None):
+        m = onnx2jax.load(model, passes=passes)
+        loss = lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x=x)[0]))  # noqa: E731
+        grads.append(jax.grad(loss)(m.params))
+    assert set(grads[0]) == set(grads[1]) - {"lo", "hi"}  # Clip's bounds: folded constants
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_pack_convs_needs_opset_13_and_skips_half_precision():
+    _, report = optimize_proto(_cnn(opset=12), ("nhwc", "pack_convs"))
+    assert not report.passes[1].matches
+    half = _cnn()
+    for init in half.graph.initializer:
+        if init.name.startswith("w"):
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
+    _, report = optimize_proto(half, ("nhwc", "pack_convs"))
+    assert not report.passes[1].matches
+
+
+def test_load_drops_pack_convs_without_the_kernel(monkeypatch):
+    monkeypatch.setenv("ONNX2JAX_KERNELS", "off")
+    model = _cnn()
+    m = onnx2jax.load(model)
+    assert "pack_convs" not in [p.name for p in m.pass_report.passes]
+    x = _f32(1, 3, 12, 12)
+    want = ReferenceEvaluator(model).run(None, {"x": x})
+    for g, w in zip(m(x=x), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_conv_op_names_what_it_needs():
+    from onnx2jax.ops.nhwc import packed_nhwc_conv
+
+    x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 18, 16))
+    with pytest.raises(ValueError, match="group=1, kernel_shape and output_channels"):
+        packed_nhwc_conv(x, w, kernel_shape=[3, 3], output_channels=4, group=2)
