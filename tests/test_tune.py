@@ -16,6 +16,7 @@ from test_graph_breaks import nonzero_gather
 import onnx2jax
 from onnx2jax import _compiler, _tune
 from onnx2jax._compiler import candidates
+from onnx2jax._kernels import _ffi as kernels
 
 # The suite runs without the YNNPACK option (conftest: faster compiles), which leaves
 # candidates() one choice; these are the CPU choices with it on (the third for programs with
@@ -55,13 +56,20 @@ def _conv_relu() -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize(
-    "proto,shape,choices",
-    [(affine_relu(), (3, 4), CPU_CHOICES), (_conv_relu(), (2, 3, 8, 8), CPU_CHOICES | YNN_CONVS)],
-    ids=["matmul", "conv"],
+    "proto,shape,passes,choices",
+    [
+        (affine_relu(), (3, 4), "default", CPU_CHOICES),
+        (_conv_relu(), (2, 3, 8, 8), ["nhwc"], CPU_CHOICES | YNN_CONVS),
+        (_conv_relu(), (2, 3, 8, 8), "default", None),
+    ],
+    ids=["matmul", "conv", "conv after passes"],
 )
-def test_tune_times_every_choice_and_keeps_the_fastest(two_choices, proto, shape, choices):
-    """A program with convolutions also times them on Eigen; one without does not."""
-    m = onnx2jax.load(proto)
+def test_tune_times_every_choice_and_keeps_the_fastest(two_choices, proto, shape, passes, choices):
+    """A program with XLA convolutions also times them on YNNPACK; one without does not (after
+    the passes, onnx2jax's own conv kernel runs them where it is built)."""
+    if choices is None:
+        choices = CPU_CHOICES if kernels.available() else CPU_CHOICES | YNN_CONVS
+    m = onnx2jax.load(proto, passes=passes)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     report = m.tune(x, rounds=1)
     assert set(report.ms) == set(choices)
