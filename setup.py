@@ -10,7 +10,11 @@ setup(
     ext_modules=[
         Extension(
             "onnx2jax._kernels._lib",
-            sources=["onnx2jax/_kernels/packed_matmul.cc", "onnx2jax/_kernels/packed_conv.cc"],
+            sources=[
+                "onnx2jax/_kernels/packed_matmul.cc",
+                "onnx2jax/_kernels/packed_conv.cc",
+                "onnx2jax/_kernels/depthwise_conv.cc",
+            ],
             include_dirs=["onnx2jax/_kernels/include"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-w"],

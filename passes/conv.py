@@ -2,10 +2,12 @@
 
 ``NhwcConv(x, W, b)`` (the layout pass's conv, W HWIO) -> ``ai.onnx2jax::PackedNhwcConv(x,
 pack(W), b)``, and a ``Relu`` or constant ``Clip`` that alone reads its output folded into it.
-The kernel (onnx2jax/_kernels/packed_conv.cc) runs 1.2-3x XLA's CPU convolutions, bias and
-clamp included (benchmarks/NOTES.md, entry 18). The packing (Reshape, Pad, Transpose) is
+Dense convs run on onnx2jax/_kernels/packed_conv.cc (1.0-2x XLA's CPU convolutions, bias and
+clamp included; benchmarks/NOTES.md, entry 18), depthwise ones on depthwise_conv.cc, which
+skips the padding XLA's lowering copies the activation for (entry 19). The packing (Reshape, Pad, Transpose) is
 param-only, so prep runs it once per params object, and it replaces the HWIO copy the layout
-pass had prep hold: no extra memory. Only float32, group 1, weights computed from params.
+pass had prep hold: no extra memory. Only float32, group 1 or depthwise (a channel multiplier
+of 1), weights computed from params.
 ``load`` and ``onnx2jax optimize`` run this pass only where the kernel is built and JAX's
 backend is the CPU.
 """
@@ -118,7 +120,9 @@ def _packable(node: ir.Node) -> bool:
     b = node.inputs[2] if len(node.inputs) > 2 else None
     if b is not None and b.dtype != ir.DataType.FLOAT:
         return False
-    return int(attr(node, "group", 1)) == 1 and len(node.outputs) == 1
+    group, (_, _, c_per_group, o) = int(attr(node, "group", 1)), w.shape.dims
+    depthwise = c_per_group == 1 and group == o  # one filter per input channel
+    return (group == 1 or depthwise) and len(node.outputs) == 1
 
 
 def _clamp_bounds(node: ir.Node | None) -> tuple[float, float] | None:

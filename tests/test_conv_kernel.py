@@ -37,7 +37,8 @@ def _f32(*shape):
 
 
 def _conv64(x, w, b, g: kc.Geometry):
-    """The float64 numpy convolution: x NHWC, w HWIO, one shifted slice per tap."""
+    """The float64 numpy convolution: x NHWC, w HWIO (dense, or depthwise [KH, KW, 1, C]),
+    one shifted slice per tap."""
     (pt, pb), (pl, pr) = g.pads
     xp = np.pad(x.astype(np.float64), [(0, 0), (pt, pb), (pl, pr), (0, 0)])
     n, oh, ow, o = kc._out_shape(x, g)
@@ -47,7 +48,10 @@ def _conv64(x, w, b, g: kc.Geometry):
             r0, c0 = i * g.dilations[0], j * g.dilations[1]
             sl = xp[:, r0 : r0 + (oh - 1) * g.strides[0] + 1 : g.strides[0],
                     c0 : c0 + (ow - 1) * g.strides[1] + 1 : g.strides[1]]  # fmt: skip
-            y += np.einsum("nhwc,co->nhwo", sl, w[i, j].astype(np.float64))
+            if g.groups == 1:
+                y += np.einsum("nhwc,co->nhwo", sl, w[i, j].astype(np.float64))
+            else:
+                y += sl * w[i, j, 0].astype(np.float64)
     return np.minimum(np.maximum(y, g.lo), g.hi)
 
 
@@ -67,13 +71,17 @@ CASES = {
     "kernel wider than input": ((1, 3, 3, 4), (5, 5), 3, (1, 1), ((2, 2), (2, 2)), (1, 1), (-math.inf, math.inf)),
     "one pixel": ((1, 1, 1, 8), (1, 1), 1, (1, 1), ((0, 0), (0, 0)), (1, 1), (-math.inf, math.inf)),
     "no images": ((0, 5, 5, 4), (3, 3), 4, (1, 1), ((1, 1), (1, 1)), (1, 1), (-math.inf, math.inf)),
+    "depthwise": ((2, 9, 8, 24), (3, 3), 24, (1, 1), ((1, 1), (1, 1)), (1, 1), (0.0, 6.0)),
+    "depthwise strided": ((1, 11, 11, 32), (3, 3), 32, (2, 2), ((0, 1), (1, 0)), (1, 1), (-math.inf, math.inf)),
+    "depthwise 5x5 dilated": ((1, 12, 10, 7), (5, 5), 7, (1, 1), ((4, 3), (2, 4)), (2, 1), (0.0, math.inf)),
 }  # fmt: skip
 
 
 def _case(name):
     x_shape, kernel, o, strides, pads, dilations, (lo, hi) = CASES[name]
-    g = kc.Geometry(kernel, o, strides, pads, dilations, lo, hi)
-    return _f32(*x_shape), _f32(*kernel, x_shape[3], o), _f32(o), g
+    groups = o if name.startswith("depthwise") else 1
+    g = kc.Geometry(kernel, o, strides, pads, dilations, lo, hi, groups)
+    return _f32(*x_shape), _f32(*kernel, x_shape[3] // groups, o), _f32(o), g
 
 
 @needs_kernel
@@ -91,7 +99,7 @@ def test_packed_conv_matches_numpy(name):
         if want.size:
             _close(got, want)
     hlo = jax.jit(kc.packed_conv, static_argnums=3).lower(x, packed, b, g).as_text()
-    assert "onnx2jax_packed_conv" in hlo
+    assert ("onnx2jax_packed_conv" if g.groups == 1 else "onnx2jax_depthwise_conv") in hlo
 
 
 @needs_kernel
@@ -132,8 +140,9 @@ def test_vmap_folds_images_or_falls_back_for_batched_weights():
 
 
 @needs_kernel
-def test_gradients_equal_xlas_convolution():
-    x, w, b, g = _case("dilated")
+@pytest.mark.parametrize("name", ["dilated", "depthwise strided"])
+def test_gradients_equal_xlas_convolution(name):
+    x, w, b, g = _case(name)
     g = g._replace(lo=-math.inf, hi=math.inf)  # a clamp's kink would make the check brittle
 
     def via_kernel(x, w, b):
@@ -142,7 +151,7 @@ def test_gradients_equal_xlas_convolution():
     def via_xla(x, w, b):
         y = jax.lax.conv_general_dilated(
             x, w, g.strides, g.pads, rhs_dilation=g.dilations,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g.groups,
         )  # fmt: skip
         return jnp.sum(jnp.sin(y + b))
 
@@ -160,7 +169,7 @@ def test_the_portable_path_matches_numpy_too():
         "import sys, numpy as np\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "import test_conv_kernel as t\n"
-        "for name in ('3x3', 'uneven', 'dilated', 'rgb stem'):\n"
+        "for name in ('3x3', 'uneven', 'dilated', 'rgb stem', 'depthwise', 'depthwise strided'):\n"
         "    x, w, b, g = t._case(name)\n"
         "    t._close(t.kc.packed_conv(x, t.kc.pack(w), b, g), t._conv64(x, w, b, g))\n"
         "print('ok')\n"
@@ -175,7 +184,7 @@ def test_the_portable_path_matches_numpy_too():
 
 def _cnn(opset=17):
     """Conv+Relu, Conv+Clip(0, 6) (a graph output too), a bias-free strided conv, a dilated
-    conv read twice, a depthwise conv (left to XLA): the forms the pass meets."""
+    conv read twice, a depthwise conv: the forms the pass meets."""
     inits = [
         numpy_helper.from_array(_f32(8, 3, 3, 3) * 0.3, "w1"),
         numpy_helper.from_array(_f32(8) * 0.1, "b1"),
@@ -218,12 +227,13 @@ def test_pack_convs_keeps_outputs():
     report = {p.name: p.matches for p in m.pass_report.passes}
     # c4 is read twice (by the Relu and the Add): its Relu stays a node
     assert report["pack_convs"] == {
-        "NhwcConv": 4, "PackedNhwcConv + Relu": 1, "PackedNhwcConv + Clip": 1
+        "NhwcConv": 5, "PackedNhwcConv + Relu": 1, "PackedNhwcConv + Clip": 1
     }  # fmt: skip
     assert m._program.prep  # the packing runs once per params object
     # ONNX names kept; the Clip's bounds became attributes of the conv it was folded into
     assert sorted(m.params) == ["b1", "b2", "b4", "w1", "w2", "w3", "w4", "wd"]
-    assert m.lower(x=x)[0].as_text().count("onnx2jax_packed_conv") == 4
+    hlo = m.lower(x=x)[0].as_text()
+    assert hlo.count("onnx2jax_packed_conv") == 4 and hlo.count("onnx2jax_depthwise_conv") == 1
     for how, got in (("jit", m(x=x)), ("eager", m.apply(m.params, x=x))):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=how)
@@ -276,5 +286,5 @@ def test_packed_conv_op_names_what_it_needs():
     from onnx2jax.ops.nhwc import packed_nhwc_conv
 
     x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 18, 16))
-    with pytest.raises(ValueError, match="group=1, kernel_shape and output_channels"):
+    with pytest.raises(ValueError, match="group 1, or group = input channels = output_channels"):
         packed_nhwc_conv(x, w, kernel_shape=[3, 3], output_channels=4, group=2)

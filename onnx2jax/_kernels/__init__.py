@@ -6,9 +6,10 @@ Two, each on a weight packed once into panels of output columns, in prep:
   (packed_matmul.cc; JAX side ``matmul.py``). XLA's CPU dots re-pack the weight on every call;
   for few rows that doubles the traffic over a weight the product is bound by reading
   (benchmarks/NOTES.md, entry 16);
-- a channels-last 2-D convolution with its bias and a ReLU/Clip epilogue, on 16-column panels
-  (packed_conv.cc; JAX side ``conv.py``): an indirect GEMM, 1.2-3x XLA's CPU convolutions
-  (entry 18).
+- channels-last 2-D convolutions with their bias and a ReLU/Clip epilogue, on 16-channel
+  panels (JAX side ``conv.py``): dense ones as an indirect GEMM (packed_conv.cc, 1.0-2x XLA's
+  CPU convolutions, entry 18), depthwise ones with channels in the vector lanes
+  (depthwise_conv.cc, entry 19).
 
 Both are C++, built into one library by ``pip install`` when a C++ compiler is there. This
 module says whether it is there without loading JAX (the graph passes read it).

@@ -1,7 +1,9 @@
-"""The JAX side of the packed channels-last convolution: packing, the FFI call, gradient, vmap.
+"""The JAX side of the packed channels-last convolutions: packing, the FFI call, gradient, vmap.
 
 ``packed_conv`` takes x NHWC and a weight packed by ``pack`` (HWIO -> 16-channel panels), adds
-the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Without the built kernel, off the
+the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Dense convolutions (one group) run
+on packed_conv.cc's indirect GEMM, depthwise ones (one filter per channel) on
+depthwise_conv.cc. Without the built kernel, off the
 CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``), it runs
 as XLA's convolution on the unpacked weight, so a model gives the same results everywhere. Both
 paths are differentiable (the kernel's gradient is the XLA form's), and vmap folds a batch into
@@ -22,7 +24,7 @@ from jax import lax
 from . import CONV_PANEL
 from ._ffi import available
 
-_TARGET = "onnx2jax_packed_conv"
+_DENSE, _DEPTHWISE = "onnx2jax_packed_conv", "onnx2jax_depthwise_conv"
 
 
 class Geometry(NamedTuple):
@@ -35,6 +37,7 @@ class Geometry(NamedTuple):
     dilations: tuple[int, int]
     lo: float = -math.inf  # the epilogue's clamp: (0, inf) is a ReLU
     hi: float = math.inf
+    groups: int = 1  # 1, or out_channels for a depthwise convolution (one input channel each)
 
 
 def pack(w):
@@ -55,9 +58,11 @@ def unpack(packed, kernel, out_channels: int):
 
 
 def takes(x, packed, geometry: Geometry) -> bool:
-    """Whether the kernel runs this convolution: static shapes, float32, no cropping pads, and
-    the kernel available here."""
+    """Whether a kernel runs this convolution: dense or depthwise, static shapes, float32, no
+    cropping pads, and the kernels available here."""
     if not all(isinstance(d, int) for d in x.shape):
+        return False
+    if geometry.groups != 1 and not geometry.groups == x.shape[3] == geometry.out_channels:
         return False
     if any(p < 0 for pair in geometry.pads for p in pair):
         return False
@@ -84,6 +89,7 @@ def _xla(x, packed, b, g: Geometry):
         padding=g.pads,
         rhs_dilation=g.dilations,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=g.groups,
         preferred_element_type=acc,
     )
     return _clamp(y + b.astype(acc), g).astype(x.dtype)
@@ -110,7 +116,7 @@ def _out_shape(x, g: Geometry) -> tuple[int, ...]:
 def _call(x, packed, b, g: Geometry):
     out = jax.ShapeDtypeStruct(_out_shape(x, g), x.dtype)
     i64 = np.int64
-    return jax.ffi.ffi_call(_TARGET, out)(
+    return jax.ffi.ffi_call(_DENSE if g.groups == 1 else _DEPTHWISE, out)(
         x,
         packed,
         b,

@@ -11,8 +11,8 @@
 // values (an RGB stem: 7 runs of 21, not 49 of 3); a run that crosses the left or right
 // padding is copied, zero-filled, into scratch; a row in the top or bottom padding reads zeros.
 // Tiles run in blocks of 8 against a few panels whose weights stay in L2, on XLA's intra-op
-// threads. XLA's CPU convolutions (Eigen's) run at 40-45% of this machine's
-// matmul peak at batch 1; benchmarks/NOTES.md entry 18 has the measurements.
+// threads. XLA's CPU convolutions run at 40-65% of this machine's matmul peak, this at
+// 55-80%; benchmarks/NOTES.md entry 18 has the measurements.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_features.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -113,23 +114,13 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* const* rows, cons
   }
 }
 
-// ONNX2JAX_KERNELS_PORTABLE=1 takes the portable path on any CPU (its test runs that way).
-bool HasAvx2() {
-  static const bool has = [] {
-    const char* portable = std::getenv("ONNX2JAX_KERNELS_PORTABLE");
-    if (portable != nullptr && portable[0] == '1') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
 #endif
 
 template <int R>
 void Tile(const float* const* rows, const float* w, const float* bias, float* y,
           const Geometry& g, int64_t ncols) {
 #if defined(__x86_64__)
-  if (HasAvx2()) return TileAvx2<R>(rows, w, bias, y, g, ncols);
+  if (onnx2jax::HasAvx2()) return TileAvx2<R>(rows, w, bias, y, g, ncols);
 #endif
   TileGeneric<R>(rows, w, bias, y, g, ncols);
 }

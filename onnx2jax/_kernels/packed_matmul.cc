@@ -13,6 +13,7 @@
 #include <memory>
 #include <thread>
 
+#include "cpu_features.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -83,22 +84,12 @@ __attribute__((target("avx2,fma"))) void PanelRowsAvx2(const float* x, int64_t K
   }
 }
 
-// ONNX2JAX_KERNELS_PORTABLE=1 takes the portable path on any CPU (its test runs that way).
-bool HasAvx2() {
-  static const bool has = [] {
-    const char* portable = std::getenv("ONNX2JAX_KERNELS_PORTABLE");
-    if (portable != nullptr && portable[0] == '1') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
 #endif
 
 template <int R>
 void PanelRows(const float* x, int64_t K, const float* w, float* out, int64_t ldo, int64_t ncols) {
 #if defined(__x86_64__)
-  if (HasAvx2()) return PanelRowsAvx2<R>(x, K, w, out, ldo, ncols);
+  if (onnx2jax::HasAvx2()) return PanelRowsAvx2<R>(x, K, w, out, ldo, ncols);
 #endif
   PanelRowsGeneric<R>(x, K, w, out, ldo, ncols);
 }

@@ -65,18 +65,21 @@ def packed_nhwc_conv(
     activation_min=-math.inf,
     activation_max=math.inf,
 ):
-    """NhwcConv on a weight packed for onnx2jax's CPU kernel (the pack_convs pass), then
-    ``clamp(y, activation_min, activation_max)`` (a fused ReLU or Clip).
+    """NhwcConv on a weight packed for onnx2jax's CPU kernels (the pack_convs pass), then
+    ``clamp(y, activation_min, activation_max)`` (a fused ReLU or Clip). Dense (``group`` 1)
+    or depthwise (``group`` = input channels = ``output_channels``).
 
     ``w`` is ``onnx2jax._kernels.conv.pack(HWIO)``: panels [ceil(O / 16), KH * KW * C, 16];
     ``kernel_shape`` and ``output_channels`` say how to read it. Where the kernel does not run
     (another backend, another dtype, symbolic shapes) XLA's convolution runs on the unpacked
     weight.
     """
-    if int(group) != 1 or not kernel_shape or output_channels is None:
+    depthwise = output_channels is not None and int(group) == x.shape[3] == int(output_channels)
+    if not kernel_shape or output_channels is None or not (int(group) == 1 or depthwise):
         raise ValueError(
-            "PackedNhwcConv needs group=1, kernel_shape and output_channels "
-            f"(got group={group}, kernel_shape={kernel_shape}, output_channels={output_channels})"
+            "PackedNhwcConv needs kernel_shape, output_channels and group 1, or group = input "
+            f"channels = output_channels (got group={group}, kernel_shape={kernel_shape}, "
+            f"output_channels={output_channels}, {x.shape[3]} input channels)"
         )
     kernel = ints(kernel_shape)
     strides = ints(strides) if strides else [1, 1]
@@ -90,6 +93,7 @@ def packed_nhwc_conv(
         dilations=tuple(dilations),
         lo=float(activation_min),
         hi=float(activation_max),
+        groups=int(group),
     )
     return packed.packed_conv(x, w, b, geometry)
 

@@ -1,0 +1,203 @@
+// onnx2jax_depthwise_conv: a 2-D channels-last depthwise convolution (one filter per channel).
+//
+// y[N, OH, OW, C] = clamp(dwconv(x[N, H, W, C], W) + b, lo, hi), W in the convolution kernel's
+// panel layout [P, KH * KW, 16] (P = ceil(C / 16): 16 channels per panel, per tap). Channels
+// sit in the vector lanes; taps in the padding are skipped rather than read from a padded copy
+// (XLA's lowering pads the whole activation first, which cost MobileNetV2 more than the
+// convolutions themselves: benchmarks/NOTES.md entry 19). Output rows are spread over XLA's
+// intra-op threads.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "cpu_features.h"
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 16;  // channels per panel (the convolution kernel's panel width)
+
+struct Geometry {
+  int64_t N, H, W, C, OH, OW, KH, KW, SH, SW, DH, DW, PT, PL, P;
+  float lo, hi;
+};
+
+// One output pixel's channels [16p, 16p + n) for every panel p: taps in the padding skipped.
+void PixelGeneric(const Geometry& g, const float* x, const float* w, const float* b, float* y,
+                  int64_t n, int64_t oh, int64_t ow) {
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t c0 = p * kPanel, nc = std::min(kPanel, g.C - c0);
+    float acc[kPanel];
+    for (int64_t j = 0; j < nc; ++j) acc[j] = b[c0 + j];
+    for (int64_t i = 0; i < g.KH; ++i) {
+      const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t j = 0; j < g.KW; ++j) {
+        const int64_t iw = ow * g.SW - g.PL + j * g.DW;
+        if (iw < 0 || iw >= g.W) continue;
+        const float* xv = x + ((n * g.H + ih) * g.W + iw) * g.C + c0;
+        const float* wv = w + (p * g.KH * g.KW + i * g.KW + j) * kPanel;
+        for (int64_t k = 0; k < nc; ++k) acc[k] += xv[k] * wv[k];
+      }
+    }
+    for (int64_t k = 0; k < nc; ++k) {
+      float v = acc[k];
+      if (v < g.lo) v = g.lo;  // comparisons with NaN are false: NaN stays
+      if (v > g.hi) v = g.hi;
+      y[c0 + k] = v;
+    }
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void PixelAvx2(const Geometry& g, const float* x,
+                                                    const float* w, const float* b, float* y,
+                                                    int64_t n, int64_t oh, int64_t ow) {
+  const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t c0 = p * kPanel, nc = std::min(kPanel, g.C - c0);
+    // Lanes past the last channel are masked off: loads there neither fault nor count.
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nc)), lane);
+    const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(nc) - 8), lane);
+    __m256 acc0 = _mm256_maskload_ps(b + c0, m0), acc1 = _mm256_maskload_ps(b + c0 + 8, m1);
+    for (int64_t i = 0; i < g.KH; ++i) {
+      const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+      if (ih < 0 || ih >= g.H) continue;
+      const float* xrow = x + (n * g.H + ih) * g.W * g.C + c0;
+      const float* wrow = w + (p * g.KH * g.KW + i * g.KW) * kPanel;
+      for (int64_t j = 0; j < g.KW; ++j) {
+        const int64_t iw = ow * g.SW - g.PL + j * g.DW;
+        if (iw < 0 || iw >= g.W) continue;
+        const float* xv = xrow + iw * g.C;
+        const float* wv = wrow + j * kPanel;
+        if (nc == kPanel) {
+          acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xv), _mm256_loadu_ps(wv), acc0);
+          acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(xv + 8), _mm256_loadu_ps(wv + 8), acc1);
+        } else {
+          acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(xv, m0), _mm256_loadu_ps(wv), acc0);
+          acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(xv + 8, m1), _mm256_loadu_ps(wv + 8), acc1);
+        }
+      }
+    }
+    // max/min return their second operand when either is NaN: acc second keeps NaN.
+    acc0 = _mm256_min_ps(hi, _mm256_max_ps(lo, acc0));
+    acc1 = _mm256_min_ps(hi, _mm256_max_ps(lo, acc1));
+    if (nc == kPanel) {
+      _mm256_storeu_ps(y + c0, acc0);
+      _mm256_storeu_ps(y + c0 + 8, acc1);
+    } else {
+      _mm256_maskstore_ps(y + c0, m0, acc0);
+      _mm256_maskstore_ps(y + c0 + 8, m1, acc1);
+    }
+  }
+}
+#endif
+
+struct Work {
+  Geometry g;
+  const float* x;
+  const float* w;
+  const float* b;
+  float* y;
+  int64_t total, chunk;  // total = N * OH output rows
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Row(int64_t q) const {
+    const int64_t n = q / g.OH, oh = q % g.OH;
+    float* out = y + q * g.OW * g.C;
+#if defined(__x86_64__)
+    if (onnx2jax::HasAvx2()) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) PixelAvx2(g, x, w, b, out + ow * g.C, n, oh, ow);
+      return;
+    }
+#endif
+    for (int64_t ow = 0; ow < g.OW; ++ow) PixelGeneric(g, x, w, b, out + ow * g.C, n, oh, ow);
+  }
+
+  void Drain() {
+    for (;;) {
+      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
+      if (q0 >= total) return;
+      const int64_t q1 = std::min(total, q0 + chunk);
+      for (int64_t q = q0; q < q1; ++q) Row(q);
+      done.fetch_add(q1 - q0, std::memory_order_release);
+    }
+  }
+};
+
+constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread does it all
+
+ffi::Error DepthwiseConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
+                         ffi::AnyBuffer b_buf, ffi::Result<ffi::AnyBuffer> y_buf, int64_t kh,
+                         int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
+                         int64_t pl, float lo, float hi) {
+  const auto xd = x_buf.dimensions();
+  const auto wd = w_buf.dimensions();
+  const auto bd = b_buf.dimensions();
+  const auto yd = y_buf->dimensions();
+  if (x_buf.element_type() != ffi::F32 || w_buf.element_type() != ffi::F32 ||
+      b_buf.element_type() != ffi::F32 || y_buf->element_type() != ffi::F32)
+    return ffi::Error::InvalidArgument("onnx2jax_depthwise_conv: float32 only");
+  if (xd.size() != 4 || wd.size() != 3 || bd.size() != 1 || yd.size() != 4 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument(
+        "onnx2jax_depthwise_conv: expected x [N, H, W, C], w [P, KH * KW, 16], b [C], "
+        "y [N, OH, OW, C]");
+  Geometry g{};
+  g.N = xd[0], g.H = xd[1], g.W = xd[2], g.C = xd[3], g.OH = yd[1], g.OW = yd[2];
+  g.KH = kh, g.KW = kw, g.SH = sh, g.SW = sw, g.DH = dh, g.DW = dw, g.PT = pt, g.PL = pl;
+  g.P = wd[0], g.lo = lo, g.hi = hi;
+  if (yd[0] != g.N || yd[3] != g.C || wd[1] != kh * kw || g.P != (g.C + kPanel - 1) / kPanel ||
+      bd[0] != g.C || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    return ffi::Error::InvalidArgument("onnx2jax_depthwise_conv: x, w, b and y do not agree");
+  auto work = std::make_shared<Work>();
+  work->g = g;
+  work->total = g.N * g.OH;
+  if (work->total == 0 || g.OW == 0 || g.C == 0) return ffi::Error::Success();
+  work->x = x_buf.typed_data<float>();
+  work->w = w_buf.typed_data<float>();
+  work->b = b_buf.typed_data<float>();
+  work->y = y_buf->typed_data<float>();
+  const int64_t macs = work->total * g.OW * g.C * kh * kw;
+  const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
+  const int64_t parts = threads > 1 ? 4 * threads : 1;
+  work->chunk = (work->total + parts - 1) / parts;
+  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
+    pool.Schedule([work] { work->Drain(); });
+  work->Drain();
+  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_depthwise_conv(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_depthwise_conv, DepthwiseConv,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
