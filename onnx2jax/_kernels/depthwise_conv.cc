@@ -7,13 +7,11 @@
 // convolutions themselves: benchmarks/NOTES.md entry 19). Output rows are spread over XLA's
 // intra-op threads.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 
 #include "cpu_features.h"
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -109,9 +107,7 @@ struct Work {
   const float* w;
   const float* b;
   float* y;
-  int64_t total, chunk;  // total = N * OH output rows
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  int64_t total;  // N * OH output rows
 
   void Row(int64_t q) const {
     const int64_t n = q / g.OH, oh = q % g.OH;
@@ -123,16 +119,6 @@ struct Work {
     }
 #endif
     for (int64_t ow = 0; ow < g.OW; ++ow) PixelGeneric(g, x, w, b, out + ow * g.C, n, oh, ow);
-  }
-
-  void Drain() {
-    for (;;) {
-      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
-      if (q0 >= total) return;
-      const int64_t q1 = std::min(total, q0 + chunk);
-      for (int64_t q = q0; q < q1; ++q) Row(q);
-      done.fetch_add(q1 - q0, std::memory_order_release);
-    }
   }
 };
 
@@ -160,7 +146,8 @@ ffi::Error DepthwiseConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuf
   if (yd[0] != g.N || yd[3] != g.C || wd[1] != kh * kw || g.P != (g.C + kPanel - 1) / kPanel ||
       bd[0] != g.C || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     return ffi::Error::InvalidArgument("onnx2jax_depthwise_conv: x, w, b and y do not agree");
-  auto work = std::make_shared<Work>();
+  Work work_;
+  Work* work = &work_;
   work->g = g;
   work->total = g.N * g.OH;
   if (work->total == 0 || g.OW == 0 || g.C == 0) return ffi::Error::Success();
@@ -170,12 +157,9 @@ ffi::Error DepthwiseConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuf
   work->y = y_buf->typed_data<float>();
   const int64_t macs = work->total * g.OW * g.C * kh * kw;
   const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
-  const int64_t parts = threads > 1 ? 4 * threads : 1;
-  work->chunk = (work->total + parts - 1) / parts;
-  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
-    pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  onnx2jax::ParallelFor(pool, threads, work->total, [work](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) work->Row(q);
+  });
   return ffi::Error::Success();
 }
 

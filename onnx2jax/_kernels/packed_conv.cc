@@ -14,15 +14,13 @@
 // threads. XLA's CPU convolutions run at 40-65% of this machine's matmul peak, this at
 // 55-80%; benchmarks/NOTES.md entry 18 has the measurements.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #include "cpu_features.h"
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -137,9 +135,7 @@ struct Work {
   float* y;
   std::vector<float> bias;  // [P * 16], zero-padded
   std::vector<float> zero;  // [L]: what a run in the top or bottom padding reads
-  int64_t pixels, tiles, mblocks, panels_per_block, total, chunk;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  int64_t pixels, tiles, mblocks, panels_per_block, total;
 
   // The input run s of output pixel m: its start, or nullptr when it crosses the left or
   // right padding (then ``Fill`` writes it).
@@ -218,16 +214,10 @@ struct Work {
     }
   }
 
-  void Drain() {
-    std::vector<const float*> rows;
-    std::vector<float> scratch;
-    for (;;) {
-      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
-      if (q0 >= total) return;
-      const int64_t q1 = std::min(total, q0 + chunk);
-      for (int64_t q = q0; q < q1; ++q) Block(q, rows, scratch);
-      done.fetch_add(q1 - q0, std::memory_order_release);
-    }
+  void Blocks(int64_t q0, int64_t q1) const {
+    thread_local std::vector<const float*> rows;
+    thread_local std::vector<float> scratch;
+    for (int64_t q = q0; q < q1; ++q) Block(q, rows, scratch);
   }
 };
 
@@ -258,7 +248,8 @@ ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer
   if (yd[0] != g.N || g.K != kh * kw * g.C || g.P != (g.O + kPanel - 1) / kPanel ||
       bd[0] != g.O || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     return ffi::Error::InvalidArgument("onnx2jax_packed_conv: x, w, b and y do not agree");
-  auto work = std::make_shared<Work>();
+  Work work_;
+  Work* work = &work_;
   work->g = g;
   work->pixels = g.N * g.OH * g.OW;
   if (work->pixels == 0 || g.O == 0) return ffi::Error::Success();
@@ -282,12 +273,8 @@ ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer
   work->total = work->mblocks * ((g.P + work->panels_per_block - 1) / work->panels_per_block);
   const int64_t macs = work->pixels * g.K * g.O;
   const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
-  const int64_t parts = threads > 1 ? 4 * threads : 1;
-  work->chunk = (work->total + parts - 1) / parts;
-  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
-    pool.Schedule([work] { work->Drain(); });
-  work->Drain();
-  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  onnx2jax::ParallelFor(pool, threads, work->total,
+                        [work](int64_t q0, int64_t q1) { work->Blocks(q0, q1); });
   return ffi::Error::Success();
 }
 

@@ -6,14 +6,12 @@
 // here each panel is read once, front to back, by up to 8 rows at a time (8 accumulators,
 // one AVX2 vector of columns each), and the panels are split across XLA's intra-op threads.
 // benchmarks/NOTES.md entry 16 has the measurements.
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <thread>
 
 #include "cpu_features.h"
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__)
@@ -110,30 +108,6 @@ void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64
   }
 }
 
-// Panels handed out in chunks from a shared counter; shared_ptr because a pool task may start
-// after the call has returned (it then finds no chunk left and touches nothing else).
-struct Work {
-  const float* x;
-  const float* w;
-  float* y;
-  int64_t M, K, N, P, total, chunk;  // total = batch * P panels
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Run() {
-    for (;;) {
-      const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
-      if (q0 >= total) return;
-      const int64_t q1 = q0 + chunk < total ? q0 + chunk : total;
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t b = q / P;
-        Panel(x + b * M * K, M, K, w + b * P * K * kPanel, y + b * M * N, N, q % P);
-      }
-      done.fetch_add(q1 - q0, std::memory_order_release);
-    }
-  }
-};
-
 // Below this many multiply-adds waking a second thread costs more than it saves.
 constexpr int64_t kParallelWork = 1 << 20;
 
@@ -162,23 +136,16 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuff
     std::memset(y, 0, B * M * N * sizeof(float));
     return ffi::Error::Success();
   }
-  auto work = std::make_shared<Work>();
-  work->x = x_buf.typed_data<float>();
-  work->w = w_buf.typed_data<float>();
-  work->y = y;
-  work->M = M;
-  work->K = K;
-  work->N = N;
-  work->P = P;
-  work->total = B * P;
+  const float* x = x_buf.typed_data<float>();
+  const float* w = w_buf.typed_data<float>();
   const int64_t threads = B * M * K * N < kParallelWork ? 1 : pool.num_threads();
-  // About 4 chunks per thread evens out the tail without much traffic on the counter.
-  const int64_t parts = threads > 1 ? 4 * threads : 1;
-  work->chunk = (work->total + parts - 1) / parts;
-  for (int64_t t = 1; t < threads && t * work->chunk < work->total; ++t)
-    pool.Schedule([work] { work->Run(); });
-  work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->total) std::this_thread::yield();
+  // Panels of all batch entries are the work items: q = b * P + p.
+  onnx2jax::ParallelFor(pool, threads, B * P, [=](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / P;
+      Panel(x + b * M * K, M, K, w + b * P * K * kPanel, y + b * M * N, N, q % P);
+    }
+  });
   return ffi::Error::Success();
 }
 
