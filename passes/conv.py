@@ -34,7 +34,8 @@ from ._util import (
 
 
 class PackConvs(CountingPass):
-    """``NhwcConv`` -> ``PackedNhwcConv`` on a packed weight; ReLU / Clip folded into it."""
+    """``NhwcConv`` -> ``PackedNhwcConv`` on a packed weight; a residual ``Add`` (dense convs:
+    ``PackedNhwcConvAdd``), then a ReLU / Clip, folded into it."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.reset()
@@ -49,7 +50,9 @@ class PackConvs(CountingPass):
                 if taken is None:
                     taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs}
                 self._pack(graph, node, functools.partial(new_initializer, graph, taken))
-            elif _is(node, "PackedNhwcConv"):
+            elif _is(node, "PackedNhwcConv") and not self._fold_residual(graph, node):
+                self._fold_activation(graph, node)
+            elif _is(node, "PackedNhwcConvAdd"):
                 self._fold_activation(graph, node)
         if self.matches:
             model.opset_imports.setdefault(DOMAIN, 1)
@@ -86,11 +89,36 @@ class PackConvs(CountingPass):
         replace(graph, [node], tape, node.outputs, [y])
         self.hit("NhwcConv")
 
+    def _fold_residual(self, graph: ir.Graph, node: ir.Node) -> bool:
+        """``Add(PackedNhwcConv(x, W, b), s)`` -> ``PackedNhwcConvAdd(x, W, b, s)`` for a dense
+        conv with no activation folded yet (the clamp comes after the sum). ``s`` may
+        broadcast: the op then adds it in XLA, after the kernel."""
+        if int(attr(node, "group", 1)) != 1 or _has_activation(node):
+            return False
+        user = only_user(node.outputs[0])
+        if user is None or user.op_type != "Add" or user.domain not in ("", "ai.onnx"):
+            return False
+        a, b = user.inputs
+        residual = b if a is node.outputs[0] else a
+        if residual is node.outputs[0] or residual.dtype not in (None, ir.DataType.FLOAT):
+            return False  # Add(y, y), or another dtype
+        tape = ir.tape.Tape()
+        inputs = list(node.inputs) + [None] * (3 - len(node.inputs)) + [residual]
+        y = tape.op(
+            "PackedNhwcConvAdd",
+            inputs,
+            attributes=dict(node.attributes),
+            domain=DOMAIN,
+            name=node.name,
+        )
+        # After the Add: the residual may be computed after the conv.
+        replace(graph, [user, node], tape, user.outputs, [y])
+        self.hit("PackedNhwcConv + Add")
+        return True
+
     def _fold_activation(self, graph: ir.Graph, node: ir.Node) -> None:
-        if attr(node, "activation_min", -math.inf) != -math.inf:
+        if _has_activation(node):
             return  # one activation already folded
-        if attr(node, "activation_max", math.inf) != math.inf:
-            return
         user = only_user(node.outputs[0])
         bounds = _clamp_bounds(user)
         if bounds is None:
@@ -104,11 +132,17 @@ class PackConvs(CountingPass):
             outputs = graph.outputs
             outputs[outputs.index(out)] = node.outputs[0]
         graph.remove(user, safe=True)
-        self.hit(f"PackedNhwcConv + {user.op_type}")
+        self.hit(f"{node.op_type} + {user.op_type}")
 
 
 def _is(node: ir.Node, op_type: str) -> bool:
     return node.op_type == op_type and node.domain == DOMAIN
+
+
+def _has_activation(node: ir.Node) -> bool:
+    return attr(node, "activation_min", -math.inf) != -math.inf or (
+        attr(node, "activation_max", math.inf) != math.inf
+    )
 
 
 def _packable(node: ir.Node) -> bool:

@@ -57,8 +57,8 @@ def function(op_type: str, opset: int) -> ir.Function:
         return norm_act.layernorm_function(opset)
     if op_type in ("PackedMatMul", "PackedMatMulTransB"):
         return _packed_matmul_function(op_type, opset)
-    if op_type == "PackedNhwcConv":
-        return _packed_conv_function(opset)
+    if op_type in ("PackedNhwcConv", "PackedNhwcConvAdd"):
+        return _packed_conv_function(op_type, opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
     nodes, args = [], []
@@ -99,11 +99,15 @@ def _packed_matmul_function(op_type: str, opset: int) -> ir.Function:
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=[])
 
 
-def _packed_conv_function(opset: int) -> ir.Function:
+def _packed_conv_function(op_type: str, opset: int) -> ir.Function:
     """``PackedNhwcConv(x, packed, b)``: the weight unpacked (panels [P, K, 16] -> HWIO, shapes
     from the ``kernel_shape`` and ``output_channels`` attributes), ``NhwcConv``, then ``Clip``
-    to ``[activation_min, activation_max]``. Needs opset 13 (the pass checks)."""
+    to ``[activation_min, activation_max]``; ``PackedNhwcConvAdd(x, packed, b, residual)`` adds
+    ``residual`` before the ``Clip``. Needs opset 13 (the pass checks)."""
     x, packed, b = ir.Value(name="x"), ir.Value(name="packed"), ir.Value(name="b")
+    inputs = [x, packed, b]
+    if op_type == "PackedNhwcConvAdd":
+        inputs.append(ir.Value(name="residual"))
     nodes: list[ir.Node] = []
 
     def op(op_type, inputs, attributes=()):
@@ -134,15 +138,17 @@ def _packed_conv_function(opset: int) -> ir.Function:
         [ir.RefAttr(name, name, kind) for name, kind in conv_attrs.items()],
     )
     y = op("Transpose", [y], [ir.AttrInt64s("perm", _TO_NHWC)])
+    if len(inputs) == 4:
+        y = op("Add", [y, inputs[3]])
     lo = op("Constant", [], [ir.RefAttr("value_float", "activation_min", _FLOAT)])
     hi = op("Constant", [], [ir.RefAttr("value_float", "activation_max", _FLOAT)])
     y = op("Clip", [y, lo, hi])
     y.name = "y"
-    graph = ir.Graph([x, packed, b], [y], nodes=nodes, opset_imports={"": opset})
+    graph = ir.Graph(inputs, [y], nodes=nodes, opset_imports={"": opset})
     declared = {**conv_attrs, "output_channels": _INT, "activation_min": _FLOAT,
                 "activation_max": _FLOAT}  # fmt: skip
     attributes = [ir.Attr(name, kind, None) for name, kind in declared.items()]
-    return ir.Function(DOMAIN, "PackedNhwcConv", graph=graph, attributes=attributes)
+    return ir.Function(DOMAIN, op_type, graph=graph, attributes=attributes)
 
 
 def _schema_attributes(op_type: str, opset: int) -> set[str]:

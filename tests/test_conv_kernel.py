@@ -103,6 +103,22 @@ def test_packed_conv_matches_numpy(name):
 
 
 @needs_kernel
+@pytest.mark.parametrize("name", ["3x3", "uneven", "1x1, images across tiles", "no images"])
+def test_a_residual_is_added_before_the_clamp(name):
+    x, w, b, g = _case(name)
+    packed = kc.pack(w)
+    out = kc._out_shape(x, g)
+    for residual, kernel in ((_f32(*out), True), (_f32(1, 1, 1, g.out_channels), False)):
+        want = _conv64(x, w, b, g._replace(lo=-math.inf, hi=math.inf)) + residual
+        want = np.minimum(np.maximum(want, g.lo), g.hi)
+        got = jax.jit(kc.packed_conv, static_argnums=3)(x, packed, b, g, residual)
+        if want.size:
+            _close(got, want)
+        hlo = jax.jit(kc.packed_conv, static_argnums=3).lower(x, packed, b, g, residual)
+        assert ("onnx2jax_packed_conv_add" in hlo.as_text()) == kernel  # broadcast: XLA adds
+
+
+@needs_kernel
 def test_no_bias_and_the_xla_fallback_agree():
     x, w, _, g = _case("uneven")
     packed = kc.pack(w)
@@ -123,6 +139,23 @@ def test_the_clamp_keeps_nan():
     y = np.asarray(kc.packed_conv(x, kc.pack(np.ones((1, 1, 3, 2), np.float32)), None, g))
     assert np.isnan(y[0, 1]).all() and np.isnan(y[0, 0, 1]).all()
     np.testing.assert_array_equal(y[0, 0, 0], [6.0, 6.0])
+
+
+@needs_kernel
+def test_vmap_with_a_residual_batched_or_not():
+    x, w, b, g = _case("3x3")
+    packed, out = kc.pack(w), kc._out_shape(x, g)
+    xs, rs = _f32(3, *x.shape), _f32(3, *out)
+    r = rs[0]
+
+    def ref(xi, ri):
+        y = _conv64(xi, w, b, g._replace(lo=-math.inf, hi=math.inf)) + ri
+        return np.minimum(np.maximum(y, g.lo), g.hi)
+
+    f = lambda xi, ri: kc.packed_conv(xi, packed, b, g, ri)  # noqa: E731
+    _close(jax.vmap(f)(xs, rs), np.stack([ref(xi, ri) for xi, ri in zip(xs, rs)]))
+    _close(jax.vmap(f, (0, None))(xs, r), np.stack([ref(xi, r) for xi in xs]))
+    _close(jax.vmap(f, (None, 0))(x, rs), np.stack([ref(x, ri) for ri in rs]))
 
 
 @needs_kernel
@@ -183,8 +216,9 @@ def test_the_portable_path_matches_numpy_too():
 
 
 def _cnn(opset=17):
-    """Conv+Relu, Conv+Clip(0, 6) (a graph output too), a bias-free strided conv, a dilated
-    conv read twice, a depthwise conv: the forms the pass meets."""
+    """Conv+Relu, Conv+Clip(0, 6) (a graph output too), a residual block (Conv, Add, Relu), a
+    depthwise conv, a bias-free strided conv, a dilated conv read twice: the forms the pass
+    meets."""
     inits = [
         numpy_helper.from_array(_f32(8, 3, 3, 3) * 0.3, "w1"),
         numpy_helper.from_array(_f32(8) * 0.1, "b1"),
@@ -196,13 +230,18 @@ def _cnn(opset=17):
         numpy_helper.from_array(_f32(17, 20, 3, 3) * 0.1, "w3"),
         numpy_helper.from_array(_f32(4, 17, 2, 2) * 0.2, "w4"),
         numpy_helper.from_array(_f32(4) * 0.1, "b4"),
+        numpy_helper.from_array(_f32(20, 20, 3, 3) * 0.1, "w5"),
+        numpy_helper.from_array(_f32(20) * 0.1, "b5"),
     ]
     nodes = [
         oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         oh.make_node("Relu", ["c1"], ["r1"]),
         oh.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
         oh.make_node("Clip", ["c2", "lo", "hi"], ["r2"]),
-        oh.make_node("Conv", ["r2", "wd"], ["d"], group=20, pads=[1, 1, 1, 1]),
+        oh.make_node("Conv", ["r2", "w5", "b5"], ["c5"], pads=[1, 1, 1, 1]),
+        oh.make_node("Add", ["r2", "c5"], ["s5"]),
+        oh.make_node("Relu", ["s5"], ["r5"]),
+        oh.make_node("Conv", ["r5", "wd"], ["d"], group=20, pads=[1, 1, 1, 1]),
         oh.make_node("Conv", ["d", "w3"], ["c3"], strides=[2, 2], pads=[0, 1, 1, 0]),
         oh.make_node("Conv", ["c3", "w4", "b4"], ["c4"], dilations=[2, 2], pads=[1, 1, 1, 1]),
         oh.make_node("Relu", ["c4"], ["r4"]),
@@ -227,13 +266,16 @@ def test_pack_convs_keeps_outputs():
     report = {p.name: p.matches for p in m.pass_report.passes}
     # c4 is read twice (by the Relu and the Add): its Relu stays a node
     assert report["pack_convs"] == {
-        "NhwcConv": 5, "PackedNhwcConv + Relu": 1, "PackedNhwcConv + Clip": 1
+        "NhwcConv": 6, "PackedNhwcConv + Relu": 1, "PackedNhwcConv + Clip": 1,
+        "PackedNhwcConv + Add": 1, "PackedNhwcConvAdd + Relu": 1,
     }  # fmt: skip
     assert m._program.prep  # the packing runs once per params object
     # ONNX names kept; the Clip's bounds became attributes of the conv it was folded into
-    assert sorted(m.params) == ["b1", "b2", "b4", "w1", "w2", "w3", "w4", "wd"]
+    assert sorted(m.params) == ["b1", "b2", "b4", "b5", "w1", "w2", "w3", "w4", "w5", "wd"]
     hlo = m.lower(x=x)[0].as_text()
-    assert hlo.count("onnx2jax_packed_conv") == 4 and hlo.count("onnx2jax_depthwise_conv") == 1
+    targets = ("packed_conv", "packed_conv_add", "depthwise_conv")
+    calls = {t: hlo.count(f"@onnx2jax_{t}(") for t in targets}
+    assert calls == {"packed_conv": 4, "packed_conv_add": 1, "depthwise_conv": 1}
     for how, got in (("jit", m(x=x)), ("eager", m.apply(m.params, x=x))):
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=how)

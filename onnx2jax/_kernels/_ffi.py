@@ -10,7 +10,12 @@ import jax
 from . import enabled, library_path
 
 # The handlers the library exports (each an XLA FFI handler symbol of the same name).
-TARGETS = ("onnx2jax_packed_matmul", "onnx2jax_packed_conv", "onnx2jax_depthwise_conv")
+TARGETS = (
+    "onnx2jax_packed_matmul",
+    "onnx2jax_packed_conv",
+    "onnx2jax_packed_conv_add",
+    "onnx2jax_depthwise_conv",
+)
 
 
 @functools.cache

@@ -24,7 +24,8 @@ from jax import lax
 from . import CONV_PANEL
 from ._ffi import available
 
-_DENSE, _DEPTHWISE = "onnx2jax_packed_conv", "onnx2jax_depthwise_conv"
+_DENSE, _DENSE_ADD = "onnx2jax_packed_conv", "onnx2jax_packed_conv_add"
+_DEPTHWISE = "onnx2jax_depthwise_conv"
 
 
 class Geometry(NamedTuple):
@@ -69,17 +70,27 @@ def takes(x, packed, geometry: Geometry) -> bool:
     return x.dtype == jnp.float32 and packed.dtype == jnp.float32 and available()
 
 
-def packed_conv(x, packed, b, geometry: Geometry):
-    """``clamp(conv(x, W) + b, lo, hi)`` for x [N, H, W, C], ``packed = pack(W)`` with W HWIO,
-    b [O] or None; the result is [N, OH, OW, O] in x's dtype."""
+def packed_conv(x, packed, b, geometry: Geometry, residual=None):
+    """``clamp(conv(x, W) + b + residual, lo, hi)`` for x [N, H, W, C], ``packed = pack(W)``
+    with W HWIO, b [O] or None, ``residual`` None or broadcastable to the convolution's output
+    [N, OH, OW, O]; the result has x's dtype."""
     if b is None:
         b = jnp.zeros((geometry.out_channels,), x.dtype)
-    if takes(x, packed, geometry):
-        return _packed_conv(x, packed, b.astype(jnp.float32), geometry)
-    return _xla(x, packed, b, geometry)
+    ops = (x, packed, b) if residual is None else (x, packed, b, residual)
+    kernel = takes(x, packed, geometry) and (
+        residual is None
+        or (
+            geometry.groups == 1
+            and tuple(residual.shape) == _out_shape(x, geometry)
+            and residual.dtype == jnp.float32
+        )
+    )
+    if kernel:
+        return _packed_conv(geometry, x, packed, b.astype(jnp.float32), *ops[3:])
+    return _xla(*ops, g=geometry)
 
 
-def _xla(x, packed, b, g: Geometry):
+def _xla(x, packed, b, residual=None, *, g: Geometry):
     acc = jnp.float32 if x.dtype in (jnp.float16, jnp.bfloat16) else x.dtype
     w = unpack(packed, g.kernel, g.out_channels).astype(x.dtype)
     y = lax.conv_general_dilated(
@@ -92,7 +103,10 @@ def _xla(x, packed, b, g: Geometry):
         feature_group_count=g.groups,
         preferred_element_type=acc,
     )
-    return _clamp(y + b.astype(acc), g).astype(x.dtype)
+    y = y + b.astype(acc)
+    if residual is not None:
+        y = y + residual.astype(acc)
+    return _clamp(y, g).astype(x.dtype)
 
 
 def _clamp(y, g: Geometry):
@@ -113,13 +127,13 @@ def _out_shape(x, g: Geometry) -> tuple[int, ...]:
     return (n, *sizes, g.out_channels)
 
 
-def _call(x, packed, b, g: Geometry):
+def _call(*ops, g: Geometry):
+    x = ops[0]
     out = jax.ShapeDtypeStruct(_out_shape(x, g), x.dtype)
+    target = _DENSE_ADD if len(ops) == 4 else _DENSE if g.groups == 1 else _DEPTHWISE
     i64 = np.int64
-    return jax.ffi.ffi_call(_DENSE if g.groups == 1 else _DEPTHWISE, out)(
-        x,
-        packed,
-        b,
+    return jax.ffi.ffi_call(target, out)(
+        *ops,
         kh=i64(g.kernel[0]),
         kw=i64(g.kernel[1]),
         sh=i64(g.strides[0]),
@@ -134,41 +148,43 @@ def _call(x, packed, b, g: Geometry):
 
 
 @functools.cache
-def _batched(g: Geometry):
-    """The kernel call for one geometry, with a vmap rule (custom_vmap takes no static
-    arguments, so there is one function per geometry)."""
+def _batched(g: Geometry, n_ops: int):
+    """The kernel call for one geometry and operand count (x, packed, b, and maybe the
+    residual), with a vmap rule (custom_vmap takes no static arguments, so there is one
+    function per geometry)."""
 
     @jax.custom_batching.custom_vmap
-    def call(x, packed, b):
+    def call(*ops):
         return lax.platform_dependent(
-            x,
-            packed,
-            b,
-            cpu=functools.partial(_call, g=g),
-            default=functools.partial(_xla, g=g),
+            *ops, cpu=functools.partial(_call, g=g), default=functools.partial(_xla, g=g)
         )
 
     @call.def_vmap
-    def rule(axis_size, in_batched, x, packed, b):
-        x_b, packed_b, b_b = in_batched
+    def rule(axis_size, in_batched, *ops):
+        x_b, packed_b, b_b = in_batched[:3]
         if packed_b or b_b:  # a different weight per vmapped entry: XLA's convolution
-            x = x if x_b else jnp.broadcast_to(x, (axis_size, *x.shape))
-            in_axes = (0, 0 if packed_b else None, 0 if b_b else None)
-            return jax.vmap(functools.partial(_xla, g=g), in_axes=in_axes)(x, packed, b), True
-        # One weight for all entries: the entries become more images.
-        y = call(x.reshape(-1, *x.shape[2:]), packed, b)
+            in_axes = tuple(0 if batched else None for batched in in_batched)
+            return jax.vmap(functools.partial(_xla, g=g), in_axes=in_axes)(*ops), True
+        # One weight for all entries: the entries become more images (the image operands,
+        # x and the residual, broadcast to the vmapped size where only one of them has it).
+        ops = list(ops)
+        for i in (0, 3)[: n_ops - 2]:
+            if not in_batched[i]:
+                ops[i] = jnp.broadcast_to(ops[i], (axis_size, *ops[i].shape))
+            ops[i] = ops[i].reshape(-1, *ops[i].shape[2:])
+        y = call(*ops)
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
     return call
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _packed_conv(x, packed, b, g):
-    return _batched(g)(x, packed, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _packed_conv(g, *ops):
+    return _batched(g, len(ops))(*ops)
 
 
-def _fwd(x, packed, b, g):
-    return _packed_conv(x, packed, b, g), (x, packed, b)
+def _fwd(g, *ops):
+    return _packed_conv(g, *ops), ops
 
 
 def _bwd(g, saved, dy):

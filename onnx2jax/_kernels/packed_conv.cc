@@ -1,6 +1,7 @@
 // onnx2jax_packed_conv: a 2-D channels-last convolution on a weight packed once.
 //
-// y[N, OH, OW, O] = clamp(conv(x[N, H, W, C], W) + b, lo, hi) (a fused ReLU or Clip), W as
+// y[N, OH, OW, O] = clamp(conv(x[N, H, W, C], W) + b (+ s), lo, hi) (a fused ReLU or Clip;
+// onnx2jax_packed_conv_add also adds s[N, OH, OW, O], a residual connection), W as
 // panels [P, KH * KW * C, 16] (P = ceil(O / 16), the last one zero-padded): panel p holds
 // output channels 16p..16p+15 for every (tap, input channel), contiguous.
 //
@@ -40,10 +41,13 @@ struct Geometry {
   int64_t N, H, W, C, OH, OW, O, KH, KW, SH, SW, DH, DW, PT, PL, P, K;
   int64_t S, L;  // runs per output pixel and values per run (S * L = K)
   float lo, hi;  // the epilogue's clamp; +-inf for none
+  const float* y0;   // the output, where a tile's offset into ``sum`` is measured from
+  const float* sum;  // added before the clamp (the residual), or nullptr
 };
 
 // Tile kernel: acc[R pixels][16 channels] = sum over runs s and their values c of
-// rows[s * kTile + r][c] * w[s * L + c][0..15]; then bias, clamp, store. The clamp keeps NaN.
+// rows[s * kTile + r][c] * w[s * L + c][0..15]; then bias (and sum), clamp, store. The clamp
+// keeps NaN.
 template <int R>
 void TileGeneric(const float* const* rows, const float* w, const float* bias, float* y,
                  const Geometry& g, int64_t ncols) {
@@ -56,9 +60,11 @@ void TileGeneric(const float* const* rows, const float* w, const float* bias, fl
         for (int j = 0; j < kPanel; ++j) acc[r][j] += a[c] * wt[c * kPanel + j];
     }
   }
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < kPanel; ++j) {
       acc[r][j] += bias[j];
+      if (sum != nullptr && j < ncols) acc[r][j] += sum[r * g.O + j];
       if (acc[r][j] < g.lo) acc[r][j] = g.lo;
       if (acc[r][j] > g.hi) acc[r][j] = g.hi;
     }
@@ -94,10 +100,18 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* const* rows, cons
   }
   const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
   const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     // max/min return their second operand when either is NaN: v second keeps NaN.
     __m256 v0 = _mm256_add_ps(acc[r][0], b0), v1 = _mm256_add_ps(acc[r][1], b1);
+    if (sum != nullptr) {
+      alignas(32) float tmp[kPanel] = {};
+      const float* s = sum + r * g.O;
+      if (ncols != kPanel) s = static_cast<const float*>(std::memcpy(tmp, s, ncols * 4));
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(s));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(s + 8));
+    }
     v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, v0));
     v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, v1));
     if (ncols == kPanel) {
@@ -223,10 +237,10 @@ struct Work {
 
 constexpr int64_t kParallelWork = 1 << 20;  // multiply-adds below which one thread does it all
 
-ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
-                      ffi::AnyBuffer b_buf, ffi::Result<ffi::AnyBuffer> y_buf, int64_t kh,
-                      int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
-                      int64_t pl, float lo, float hi) {
+ffi::Error Conv(ffi::ThreadPool& pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
+                ffi::AnyBuffer b_buf, const ffi::AnyBuffer* sum_buf,
+                ffi::Result<ffi::AnyBuffer> y_buf, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                int64_t dh, int64_t dw, int64_t pt, int64_t pl, float lo, float hi) {
   const auto xd = x_buf.dimensions();
   const auto wd = w_buf.dimensions();
   const auto bd = b_buf.dimensions();
@@ -248,16 +262,25 @@ ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer
   if (yd[0] != g.N || g.K != kh * kw * g.C || g.P != (g.O + kPanel - 1) / kPanel ||
       bd[0] != g.O || kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     return ffi::Error::InvalidArgument("onnx2jax_packed_conv: x, w, b and y do not agree");
+  if (sum_buf != nullptr) {
+    if (sum_buf->element_type() != ffi::F32 || sum_buf->dimensions().size() != 4 ||
+        !std::equal(yd.begin(), yd.end(), sum_buf->dimensions().begin()))
+      return ffi::Error::InvalidArgument("onnx2jax_packed_conv_add: s must be float32 like y");
+    g.sum = sum_buf->typed_data<float>();
+  }
+  g.y0 = y_buf->typed_data<float>();
   Work work_;
   Work* work = &work_;
   work->g = g;
   work->pixels = g.N * g.OH * g.OW;
   if (work->pixels == 0 || g.O == 0) return ffi::Error::Success();
-  if (g.C == 0) {  // no input channels: every output is the clamped bias
+  if (g.C == 0) {  // no input channels: every output is the clamped bias (+ sum)
     const float* b = b_buf.typed_data<float>();
     float* y = y_buf->typed_data<float>();
-    for (int64_t m = 0; m < work->pixels; ++m)
-      for (int64_t o = 0; o < g.O; ++o) y[m * g.O + o] = std::min(std::max(b[o], lo), hi);
+    for (int64_t i = 0; i < work->pixels * g.O; ++i) {
+      const float v = b[i % g.O] + (g.sum != nullptr ? g.sum[i] : 0.0f);
+      y[i] = std::min(std::max(v, lo), hi);
+    }
     return ffi::Error::Success();
   }
   work->x = x_buf.typed_data<float>();
@@ -278,14 +301,49 @@ ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer
   return ffi::Error::Success();
 }
 
+ffi::Error PackedConv(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                      ffi::Result<ffi::AnyBuffer> y, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl, float lo,
+                      float hi) {
+  return Conv(pool, x, w, b, nullptr, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi);
+}
+
+ffi::Error PackedConvAdd(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
+                         ffi::AnyBuffer b, ffi::AnyBuffer sum, ffi::Result<ffi::AnyBuffer> y,
+                         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw,
+                         int64_t pt, int64_t pl, float lo, float hi) {
+  return Conv(pool, x, w, b, &sum, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi);
+}
+
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_packed_conv(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_packed_conv_add(
     XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_conv, PackedConv,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("dh")
+                                  .Attr<int64_t>("dw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_conv_add, PackedConvAdd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()

@@ -16,9 +16,9 @@ COUNTED_OPS = (*_CONV_W, *_MATMUL_A, "Gemm", "ConvTranspose")
 # count sees the graph after the passes. NhwcConv: the layout pass's Conv (x NHWC, w HWIO);
 # MatMulTransB: the matmul_weights pass's MatMul (weight [N, K]); PackedMatMul(TransB): the
 # pack_few_rows pass's MatMul and Gemm; PackedNhwcConv: the pack_convs pass's NhwcConv (w packed
-# [P, KH * KW * C, 16]).
+# [P, KH * KW * C, 16]), with a residual Add folded in (PackedNhwcConvAdd).
 _PASS_MATMULS = ("MatMulTransB", "PackedMatMul", "PackedMatMulTransB")
-PASS_OPS = {"ai.onnx2jax": ("NhwcConv", "PackedNhwcConv", *_PASS_MATMULS)}
+PASS_OPS = {"ai.onnx2jax": ("NhwcConv", "PackedNhwcConv", "PackedNhwcConvAdd", *_PASS_MATMULS)}
 
 
 def _counted(domain: str, op: str) -> bool:
@@ -37,7 +37,10 @@ def node_flops(
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[_CONV_W[op]][1:]))
     if op == "NhwcConv":  # out (N, *spatial, M) x reduction (kernel * C/group): w is HWIO
         return 2 * int(np.prod(outs[0])) * int(np.prod(ins[1][:-1]))
-    if op == "PackedNhwcConv":  # out (N, *spatial, M) x reduction (kernel * C): w [P, K, 16]
+    if op in (
+        "PackedNhwcConv",
+        "PackedNhwcConvAdd",
+    ):  # out (N, *spatial, M) x reduction (kernel * C): w [P, K, 16]
         return 2 * int(np.prod(outs[0])) * int(ins[1][1])
     if op == "ConvTranspose":  # every input pixel scatters (M/group * kernel) products
         return 2 * int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))

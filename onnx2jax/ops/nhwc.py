@@ -50,10 +50,12 @@ def nhwc_conv(
 
 
 @register("PackedNhwcConv", domain=DOMAIN)
+@register("PackedNhwcConvAdd", domain=DOMAIN)
 def packed_nhwc_conv(
     x,
     w,
     b=None,
+    residual=None,
     *,
     auto_pad="NOTSET",
     dilations=None,
@@ -66,8 +68,9 @@ def packed_nhwc_conv(
     activation_max=math.inf,
 ):
     """NhwcConv on a weight packed for onnx2jax's CPU kernels (the pack_convs pass), then
-    ``clamp(y, activation_min, activation_max)`` (a fused ReLU or Clip). Dense (``group`` 1)
-    or depthwise (``group`` = input channels = ``output_channels``).
+    ``clamp(y + residual, activation_min, activation_max)`` (a fused ReLU or Clip;
+    ``PackedNhwcConvAdd`` adds the ``residual`` input, an NHWC tensor broadcastable to y).
+    Dense (``group`` 1) or depthwise (``group`` = input channels = ``output_channels``).
 
     ``w`` is ``onnx2jax._kernels.conv.pack(HWIO)``: panels [ceil(O / 16), KH * KW * C, 16];
     ``kernel_shape`` and ``output_channels`` say how to read it. Where the kernel does not run
@@ -95,7 +98,7 @@ def packed_nhwc_conv(
         hi=float(activation_max),
         groups=int(group),
     )
-    return packed.packed_conv(x, w, b, geometry)
+    return packed.packed_conv(x, w, b, geometry, residual)
 
 
 def _via_nchw(fn, x, **attrs):
