@@ -57,11 +57,16 @@ void PixelGeneric(const Geometry& g, const float* x, const float* w, const float
 }
 
 #if defined(__x86_64__)
+// One output pixel, with bounds checks: panels [p0, P), or only panel ``only`` (>= 0); with
+// ``tail_only`` only the partial last panel (the full ones go through FourPixelsAvx2).
 __attribute__((target("avx2,fma"))) void PixelAvx2(const Geometry& g, const float* x,
                                                     const float* w, const float* b, float* y,
-                                                    int64_t n, int64_t oh, int64_t ow) {
+                                                    int64_t n, int64_t oh, int64_t ow,
+                                                    bool tail_only = false, int64_t only = -1) {
   const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
-  for (int64_t p = 0; p < g.P; ++p) {
+  const int64_t p0 = only >= 0 ? only : tail_only ? g.C / kPanel : 0;
+  const int64_t p1 = only >= 0 ? only + 1 : g.P;
+  for (int64_t p = p0; p < p1; ++p) {
     const int64_t c0 = p * kPanel, nc = std::min(kPanel, g.C - c0);
     // Lanes past the last channel are masked off: loads there neither fault nor count.
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -99,6 +104,69 @@ __attribute__((target("avx2,fma"))) void PixelAvx2(const Geometry& g, const floa
     }
   }
 }
+
+// Four output pixels [ow, ow + 4) of row (n, oh) whose taps all fall inside the input
+// horizontally, for full 16-channel panels: each tap's weights are loaded once for the four.
+// ``rows`` lists the kernel rows inside the input vertically.
+__attribute__((target("avx2,fma"))) void FourPixelsAvx2(const Geometry& g, const float* x,
+                                                         const float* w, const float* b,
+                                                         float* y, int64_t n, int64_t oh,
+                                                         int64_t ow, int64_t p) {
+  const int64_t c0 = p * kPanel;
+  __m256 acc[4][2];
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    acc[q][0] = _mm256_loadu_ps(b + c0);
+    acc[q][1] = _mm256_loadu_ps(b + c0 + 8);
+  }
+  const int64_t step = g.SW * g.C;  // from one output pixel's input to the next one's
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+    if (ih < 0 || ih >= g.H) continue;
+    const float* xrow = x + ((n * g.H + ih) * g.W + ow * g.SW - g.PL) * g.C + c0;
+    const float* wrow = w + (p * g.KH * g.KW + i * g.KW) * kPanel;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const __m256 w0 = _mm256_loadu_ps(wrow + j * kPanel);
+      const __m256 w1 = _mm256_loadu_ps(wrow + j * kPanel + 8);
+      const float* xv = xrow + j * g.DW * g.C;
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        acc[q][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xv + q * step), w0, acc[q][0]);
+        acc[q][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xv + q * step + 8), w1, acc[q][1]);
+      }
+    }
+  }
+  const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    float* out = y + (ow + q) * g.C + c0;
+    _mm256_storeu_ps(out, _mm256_min_ps(hi, _mm256_max_ps(lo, acc[q][0])));
+    _mm256_storeu_ps(out + 8, _mm256_min_ps(hi, _mm256_max_ps(lo, acc[q][1])));
+  }
+}
+
+// One output row: full panels of interior pixels four at a time, everything else through
+// ``PixelAvx2``'s checked path (written for all panels, then the full panels of the interior
+// overwritten: simple, and the checked path costs only at the edges and the last panel).
+__attribute__((target("avx2,fma"))) void RowAvx2(const Geometry& g, const float* x,
+                                                  const float* w, const float* b, float* y,
+                                                  int64_t n, int64_t oh) {
+  // Output columns whose taps all lie inside the input: ow * SW - PL >= 0 and
+  // ow * SW - PL + (KW - 1) * DW <= W - 1.
+  const int64_t first = (g.PL + g.SW - 1) / g.SW;
+  const int64_t last_in = g.W - 1 - (g.KW - 1) * g.DW + g.PL;  // max ow * SW
+  const int64_t end = last_in < 0 ? 0 : std::min(g.OW, last_in / g.SW + 1);
+  const int64_t full = g.C / kPanel;
+  for (int64_t ow = 0; ow < g.OW; ++ow) {
+    const bool inner = ow >= first && ow < end;
+    if (!inner || full * kPanel != g.C) PixelAvx2(g, x, w, b, y + ow * g.C, n, oh, ow, inner);
+  }
+  for (int64_t p = 0; p < full; ++p) {
+    int64_t ow = first;
+    for (; ow + 4 <= end; ow += 4) FourPixelsAvx2(g, x, w, b, y, n, oh, ow, p);
+    for (; ow < end; ++ow) PixelAvx2(g, x, w, b, y + ow * g.C, n, oh, ow, false, p);
+  }
+}
 #endif
 
 struct Work {
@@ -113,10 +181,7 @@ struct Work {
     const int64_t n = q / g.OH, oh = q % g.OH;
     float* out = y + q * g.OW * g.C;
 #if defined(__x86_64__)
-    if (onnx2jax::HasAvx2()) {
-      for (int64_t ow = 0; ow < g.OW; ++ow) PixelAvx2(g, x, w, b, out + ow * g.C, n, oh, ow);
-      return;
-    }
+    if (onnx2jax::HasAvx2()) return RowAvx2(g, x, w, b, out, n, oh);
 #endif
     for (int64_t ow = 0; ow < g.OW; ++ow) PixelGeneric(g, x, w, b, out + ow * g.C, n, oh, ow);
   }
