@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "conv_attrs.h"
 #include "cpu_features.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -234,19 +235,9 @@ extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* onnx2jax_depthw
     XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_depthwise_conv, DepthwiseConv,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kh")
-                                  .Attr<int64_t>("kw")
-                                  .Attr<int64_t>("sh")
-                                  .Attr<int64_t>("sw")
-                                  .Attr<int64_t>("dh")
-                                  .Attr<int64_t>("dw")
-                                  .Attr<int64_t>("pt")
-                                  .Attr<int64_t>("pl")
-                                  .Attr<float>("lo")
-                                  .Attr<float>("hi"));
+                              onnx2jax::WithConvAttrs(ffi::Ffi::Bind()
+                                      .Ctx<ffi::ThreadPool>()
+                                      .Arg<ffi::AnyBuffer>()
+                                      .Arg<ffi::AnyBuffer>()
+                                      .Arg<ffi::AnyBuffer>()
+                                      .Ret<ffi::AnyBuffer>()));

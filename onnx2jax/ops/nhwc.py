@@ -41,9 +41,7 @@ def nhwc_conv(
     kernel = list(w.shape[:2])
     if kernel_shape and ints(kernel_shape) != kernel:
         raise ValueError(f"kernel_shape {ints(kernel_shape)} does not match the weight {kernel}")
-    strides = ints(strides) if strides else [1, 1]
-    dilations = ints(dilations) if dilations else [1, 1]
-    pad = lowering.conv_pads(auto_pad, x.shape[1:3], kernel, strides, dilations, pads)
+    strides, pad, dilations = _window(x, kernel, strides, pads, dilations, auto_pad)
     return lowering.conv_nhwc(
         x, w, b, strides=strides, pads=pad, dilations=dilations, groups=int(group)
     )
@@ -85,9 +83,7 @@ def packed_nhwc_conv(
             f"output_channels={output_channels}, {x.shape[3]} input channels)"
         )
     kernel = ints(kernel_shape)
-    strides = ints(strides) if strides else [1, 1]
-    dilations = ints(dilations) if dilations else [1, 1]
-    pad = lowering.conv_pads(auto_pad, x.shape[1:3], kernel, strides, dilations, pads)
+    strides, pad, dilations = _window(x, kernel, strides, pads, dilations, auto_pad)
     geometry = packed.Geometry(
         kernel=tuple(kernel),
         out_channels=int(output_channels),
@@ -99,6 +95,14 @@ def packed_nhwc_conv(
         groups=int(group),
     )
     return packed.packed_conv(x, w, b, geometry, residual)
+
+
+def _window(x, kernel, strides, pads, dilations, auto_pad):
+    """(strides, (lo, hi) pads per spatial dim, dilations) of a 2-D conv on NHWC ``x``."""
+    strides = ints(strides) if strides else [1, 1]
+    dilations = ints(dilations) if dilations else [1, 1]
+    pad = lowering.conv_pads(auto_pad, x.shape[1:3], kernel, strides, dilations, pads)
+    return strides, pad, dilations
 
 
 def _via_nchw(fn, x, **attrs):
