@@ -1,0 +1,62 @@
+// Splitting a kernel's work over XLA's intra-op threads.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace onnx2jax {
+
+// Runs body(begin, end) over chunks of [0, total) on the calling thread and threads - 1 tasks of
+// XLA's pool, about 4 chunks per thread (evens out the tail with little traffic on the
+// counter). The caller sleeps until every chunk is done: a spinning wait measured a fatter tail
+// of call times on these 2-core VMs (benchmarks/NOTES.md entry 19). The state is shared because
+// a pool task may start after the call has returned; it then finds no chunk left and runs
+// nothing.
+inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t total,
+                        std::function<void(int64_t, int64_t)> body) {
+  if (threads <= 1 || total <= 1) {
+    if (total > 0) body(0, total);
+    return;
+  }
+  struct State {
+    std::function<void(int64_t, int64_t)> body;
+    int64_t total, chunk;
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;  // guarded by mu
+    std::mutex mu;
+    std::condition_variable all_done;
+
+    void Drain() {
+      int64_t mine = 0;
+      for (;;) {
+        const int64_t q0 = next.fetch_add(1, std::memory_order_relaxed) * chunk;
+        if (q0 >= total) break;
+        const int64_t q1 = std::min(total, q0 + chunk);
+        body(q0, q1);
+        mine += q1 - q0;
+      }
+      if (mine == 0) return;
+      std::lock_guard<std::mutex> lock(mu);
+      done += mine;
+      if (done == total) all_done.notify_all();
+    }
+  };
+  auto state = std::make_shared<State>();
+  state->body = std::move(body);
+  state->total = total;
+  state->chunk = (total + 4 * threads - 1) / (4 * threads);
+  for (int64_t t = 1; t < threads && t * state->chunk < total; ++t)
+    pool.Schedule([state] { state->Drain(); });
+  state->Drain();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] { return state->done == state->total; });
+}
+
+}  // namespace onnx2jax
