@@ -92,7 +92,8 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, proj
     bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
     With ``gates > 1`` the projection is split into that many per-gate arrays before the scan
     and ``xw_t`` is their tuple: XLA's CPU fusions that slice gates out of the scan's
-    dynamic slice run 3.5x slower (0.15 vs 0.04 ms per LSTM step at 8 x 512; NOTES 17).
+    dynamic slice run 3.5x slower (0.15 vs 0.04 ms per LSTM step at 8 x 512; NOTES 17). The
+    projection is one GEMM per direction, [T, B, G] as GEMMs write it (NOTES 21).
     ``project(xs)`` replaces that matmul when given (``[D, T, B, I] -> [T, D, B, G]``; the
     quantized LSTM of ops/contrib_quant.py). Returns ``Y`` and the final states, in the op's
     layout.
@@ -109,11 +110,20 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, proj
             lens = None  # every sequence is full length: no masking needed
         else:
             lens = jnp.asarray(sequence_lens).astype(jnp.int32)
-    xs = jnp.stack([X if d == "forward" else _reverse(X, lens) for d in dirs])
     if project is None:
-        xw = jnp.einsum("dtbi,dgi->tdbg", xs, W.astype(X.dtype))
+        # One product per direction over all steps, each in the layout a GEMM writes
+        # ([T, B, G], row-major): XLA laid the batched product of both directions out as
+        # [D, G, T*B], and cutting the gates out of that took transposing copies.
+        w = W.astype(X.dtype)
+        xw = jnp.stack(
+            [
+                jnp.einsum("tbi,gi->tbg", X if d == "forward" else _reverse(X, lens), w[i])
+                for i, d in enumerate(dirs)
+            ],
+            axis=1,
+        )
     else:
-        xw = project(xs)
+        xw = project(jnp.stack([X if d == "forward" else _reverse(X, lens) for d in dirs]))
     xw = xw + bias[None, :, None, :]
     if gates > 1:
         xw = tuple(jnp.split(xw, gates, axis=-1))
