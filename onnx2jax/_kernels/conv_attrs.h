@@ -1,6 +1,8 @@
 // The attributes both convolution kernels take (onnx2jax/_kernels/conv.py passes them).
 #pragma once
 
+#include <utility>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace onnx2jax {
@@ -9,7 +11,8 @@ namespace onnx2jax {
 // bottom and right follow from the output's shape); lo, hi: the epilogue's clamp.
 template <typename Binding>
 auto WithConvAttrs(Binding binding) {
-  return binding.template Attr<int64_t>("kh")
+  // Binding::Attr is &&-qualified: each call consumes the binding it extends.
+  return std::move(binding).template Attr<int64_t>("kh")
       .template Attr<int64_t>("kw")
       .template Attr<int64_t>("sh")
       .template Attr<int64_t>("sw")
