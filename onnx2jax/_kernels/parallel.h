@@ -3,15 +3,19 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
 namespace onnx2jax {
+
+constexpr std::chrono::microseconds kPollBeforeSleep{100};
 
 // Runs body(begin, end) over chunks of [0, total) on the calling thread and threads - 1 tasks of
 // XLA's pool, about 4 chunks per thread (evens out the tail with little traffic on the
@@ -55,6 +59,17 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t tot
   for (int64_t t = 1; t < threads && t * state->chunk < total; ++t)
     pool.Schedule([state] { state->Drain(); });
   state->Drain();
+  // The other threads' last chunks mostly end within microseconds of the caller's: it polls
+  // (yielding its core) for a while before it sleeps, since a futex wake-up costs tens of
+  // microseconds here and a model makes ~50 such calls (benchmarks/NOTES.md entry 22).
+  const auto give_up = std::chrono::steady_clock::now() + kPollBeforeSleep;
+  do {
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      if (state->done == state->total) return;
+    }
+    std::this_thread::yield();
+  } while (std::chrono::steady_clock::now() < give_up);
   std::unique_lock<std::mutex> lock(state->mu);
   state->all_done.wait(lock, [&] { return state->done == state->total; });
 }
