@@ -21,10 +21,9 @@ constexpr std::chrono::microseconds kPollBeforeSleep{100};
 // XLA's pool, about 4 chunks per thread (evens out the tail with little traffic on the
 // counter). The caller then waits for the other threads' chunks: it polls for up to
 // kPollBeforeSleep, yielding its core, and then sleeps (an unbounded spin burns a core of a
-// 2-core machine; sleeping at once pays a wake-up per call: NOTES entries 19, 22). The state is
-// shared because
-// a pool task may start after the call has returned; it then finds no chunk left and runs
-// nothing.
+// 2-core machine; sleeping at once pays a wake-up per call: NOTES entries 19, 22). The state
+// is shared because a pool task may start after the call has returned; it then finds no chunk
+// left and runs nothing.
 inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t total,
                         std::function<void(int64_t, int64_t)> body) {
   if (threads <= 1 || total <= 1) {
