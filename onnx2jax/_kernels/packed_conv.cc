@@ -150,7 +150,30 @@ struct Work {
   float* y;
   std::vector<float> bias;  // [P * 16], zero-padded
   std::vector<float> zero;  // [L]: what a run in the top or bottom padding reads
-  int64_t pixels, tiles, mblocks, panels_per_block, total;
+  int64_t pixels, tiles, tiles_per_block, mblocks, panels_per_block, total;
+
+  // Cuts the output into mblocks x panel-blocks of work: blocks of up to kTilesPerBlock tiles
+  // against the panels that fit in kPanelBytes. A small convolution (the 7x7 and 14x14 layers
+  // of a CNN at batch 1) has fewer such blocks than 4 per thread, and 9 tiles cut 8 + 1 leave
+  // one thread idle most of the call: there the panels are split further and the tiles shared
+  // out evenly, until each thread has about 4 blocks (NOTES entry 22).
+  void Partition(int64_t threads) {
+    tiles = (pixels + kTile - 1) / kTile;
+    mblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+    const int64_t panel_bytes = std::max<int64_t>(g.K * kPanel * 4, 1);
+    panels_per_block = std::clamp<int64_t>(kPanelBytes / panel_bytes, 1, g.P);
+    const int64_t wanted = threads > 1 ? 4 * threads : 1;
+    int64_t pblocks = (g.P + panels_per_block - 1) / panels_per_block;
+    if (mblocks * pblocks < wanted) {
+      pblocks = std::min(g.P, (wanted + mblocks - 1) / mblocks);
+      panels_per_block = (g.P + pblocks - 1) / pblocks;
+      pblocks = (g.P + panels_per_block - 1) / panels_per_block;
+    }
+    if (mblocks * pblocks < wanted) mblocks = std::min(tiles, (wanted + pblocks - 1) / pblocks);
+    tiles_per_block = (tiles + mblocks - 1) / mblocks;
+    mblocks = (tiles + tiles_per_block - 1) / tiles_per_block;
+    total = mblocks * pblocks;
+  }
 
   // The input run s of output pixel m: its start, or nullptr when it crosses the left or
   // right padding (then ``Fill`` writes it).
@@ -186,7 +209,7 @@ struct Work {
 
   void Block(int64_t q, std::vector<const float*>& rows, std::vector<float>& scratch) const {
     const int64_t mb = q % mblocks, pb = q / mblocks;
-    const int64_t t0 = mb * kTilesPerBlock, t1 = std::min(tiles, t0 + kTilesPerBlock);
+    const int64_t t0 = mb * tiles_per_block, t1 = std::min(tiles, t0 + tiles_per_block);
     const int64_t p0 = pb * panels_per_block, p1 = std::min(g.P, p0 + panels_per_block);
     const int64_t per_tile = g.S * kTile;
     rows.resize((t1 - t0) * per_tile);
@@ -290,13 +313,9 @@ ffi::Error Conv(ffi::ThreadPool& pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_bu
   work->bias.assign(g.P * kPanel, 0.0f);
   std::memcpy(work->bias.data(), b_buf.typed_data<float>(), g.O * sizeof(float));
   work->zero.assign(std::max<int64_t>(g.L, 1), 0.0f);
-  work->tiles = (work->pixels + kTile - 1) / kTile;
-  work->mblocks = (work->tiles + kTilesPerBlock - 1) / kTilesPerBlock;
-  const int64_t panel_bytes = std::max<int64_t>(g.K * kPanel * 4, 1);
-  work->panels_per_block = std::clamp<int64_t>(kPanelBytes / panel_bytes, 1, g.P);
-  work->total = work->mblocks * ((g.P + work->panels_per_block - 1) / work->panels_per_block);
   const int64_t macs = work->pixels * g.K * g.O;
   const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
+  work->Partition(threads);
   onnx2jax::ParallelFor(pool, threads, work->total,
                         [work](int64_t q0, int64_t q1) { work->Blocks(q0, q1); });
   return ffi::Error::Success();

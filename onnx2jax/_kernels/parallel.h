@@ -56,7 +56,7 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t tot
   auto state = std::make_shared<State>();
   state->body = std::move(body);
   state->total = total;
-  state->chunk = (total + 4 * threads - 1) / (4 * threads);
+  state->chunk = std::max<int64_t>(1, total / (4 * threads));
   for (int64_t t = 1; t < threads && t * state->chunk < total; ++t)
     pool.Schedule([state] { state->Drain(); });
   state->Drain();
