@@ -154,15 +154,15 @@ struct Work {
 
   // Cuts the output into mblocks x panel-blocks of work: blocks of up to kTilesPerBlock tiles
   // against the panels that fit in kPanelBytes. A small convolution (the 7x7 and 14x14 layers
-  // of a CNN at batch 1) has fewer such blocks than 4 per thread, and 9 tiles cut 8 + 1 leave
-  // one thread idle most of the call: there the panels are split further and the tiles shared
-  // out evenly, until each thread has about 4 blocks (NOTES entry 22).
+  // of a CNN at batch 1) has fewer such blocks than ParallelFor's chunks per thread, and 9
+  // tiles cut 8 + 1 leave one thread idle most of the call: there the panels are split further
+  // and the tiles shared out evenly, until each thread has that many blocks (NOTES entry 22).
   void Partition(int64_t threads) {
     tiles = (pixels + kTile - 1) / kTile;
     mblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
     const int64_t panel_bytes = std::max<int64_t>(g.K * kPanel * 4, 1);
     panels_per_block = std::clamp<int64_t>(kPanelBytes / panel_bytes, 1, g.P);
-    const int64_t wanted = threads > 1 ? 4 * threads : 1;
+    const int64_t wanted = threads > 1 ? onnx2jax::kChunksPerThread * threads : 1;
     int64_t pblocks = (g.P + panels_per_block - 1) / panels_per_block;
     if (mblocks * pblocks < wanted) {
       pblocks = std::min(g.P, (wanted + mblocks - 1) / mblocks);

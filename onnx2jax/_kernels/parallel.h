@@ -15,11 +15,11 @@
 
 namespace onnx2jax {
 
+constexpr int64_t kChunksPerThread = 4;  // evens out the tail with little traffic on the counter
 constexpr std::chrono::microseconds kPollBeforeSleep{100};
 
 // Runs body(begin, end) over chunks of [0, total) on the calling thread and threads - 1 tasks of
-// XLA's pool, about 4 chunks per thread (evens out the tail with little traffic on the
-// counter). The caller then waits for the other threads' chunks: it polls for up to
+// XLA's pool, about kChunksPerThread chunks per thread. The caller then waits for the other threads' chunks: it polls for up to
 // kPollBeforeSleep, yielding its core, and then sleeps (an unbounded spin burns a core of a
 // 2-core machine; sleeping at once pays a wake-up per call: NOTES entries 19, 22). The state
 // is shared because a pool task may start after the call has returned; it then finds no chunk
@@ -56,13 +56,10 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t tot
   auto state = std::make_shared<State>();
   state->body = std::move(body);
   state->total = total;
-  state->chunk = std::max<int64_t>(1, total / (4 * threads));
+  state->chunk = std::max<int64_t>(1, total / (kChunksPerThread * threads));
   for (int64_t t = 1; t < threads && t * state->chunk < total; ++t)
     pool.Schedule([state] { state->Drain(); });
   state->Drain();
-  // The other threads' last chunks mostly end within microseconds of the caller's: it polls
-  // (yielding its core) for a while before it sleeps, since a futex wake-up costs tens of
-  // microseconds here and a model makes ~50 such calls (benchmarks/NOTES.md entry 22).
   const auto give_up = std::chrono::steady_clock::now() + kPollBeforeSleep;
   do {
     {
