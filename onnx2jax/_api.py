@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compute_dtype, _tracer, _tune
+from . import _compute_dtype, _kernels, _tracer, _tune
 from ._analysis import is_buffer, is_param
 from ._bounded import bounded_step, count_name
 from ._cache import enable_default_cache
@@ -69,6 +69,9 @@ class Program:
     # jax.default_matmul_precision for every trace of this program (None: JAX's default);
     # resolved from load(precision=...) by _matmul_precision.
     precision: str | None = None
+    # False: trace with XLA's dots and convolutions where the kernel passes left packed ops
+    # (``shard``: XLA cannot partition the kernels' custom calls; it would gather the weights).
+    kernels: bool = True
 
     @property
     def output_names(self) -> list[str]:
@@ -85,6 +88,8 @@ class Program:
         if self.precision is not None:
             # Read when a dot is traced, so it is baked into every jit (and user trace) of apply.
             stack.enter_context(jax.default_matmul_precision(self.precision))
+        if not self.kernels:
+            stack.enter_context(_kernels.disabled())
         return stack
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 import onnx2jax
+from onnx2jax._api import Jits
 
 Rules = Mapping[str, Any] | Sequence[tuple[str, Any]]
 
@@ -165,4 +167,8 @@ def shard(model: onnx2jax.Model, mesh: Mesh, rules: Rules | None = None) -> Shar
         name = _name(path)
         return jax.device_put(value, NamedSharding(mesh, _spec_for(name, value, compiled, mesh)))
 
+    # A model of its own (its own jit cache) that traces without onnx2jax's CPU kernels: XLA
+    # cannot partition their custom calls and would gather every packed weight to each device.
+    program = dataclasses.replace(model._program, kernels=False, jits=Jits())
+    model = onnx2jax.Model(program, model.params)
     return ShardedModel(jax.tree_util.tree_map_with_path(place, model), mesh)

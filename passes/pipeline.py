@@ -75,6 +75,11 @@ PASSES: dict[str, PassSpec] = {
             "Few-row MatMul/Gemm weights packed once for onnx2jax's CPU kernel",
         ),
         PassSpec(
+            "pack_many_rows",
+            matmul.PackManyRows,
+            "Other MatMul/Gemm weights packed once for the CPU kernel's GEMM (up to 256 rows)",
+        ),
+        PassSpec(
             "matmul_weights",
             matmul.MatMulTransB,
             "MatMul weights laid out [N, K] once (the layout CPU dots run fastest)",
@@ -84,7 +89,7 @@ PASSES: dict[str, PassSpec] = {
 DEFAULT: tuple[str, ...] = tuple(PASSES)
 # Passes whose ops pay only with onnx2jax's CPU kernels: ``load`` drops them where those do not
 # run (no compiler at install, another backend, ONNX2JAX_KERNELS=off).
-KERNEL_PASSES: tuple[str, ...] = ("pack_convs", "pack_few_rows")
+KERNEL_PASSES: tuple[str, ...] = ("pack_convs", "pack_few_rows", "pack_many_rows")
 MAX_ROUNDS = 8
 
 

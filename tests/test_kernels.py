@@ -165,6 +165,11 @@ def _ort(model, feeds):
     return ort.InferenceSession(model.SerializeToString()).run(None, feeds)
 
 
+def _matches(m, name):
+    (report,) = [p for p in m.pass_report.passes if p.name == name]
+    return report.matches
+
+
 @needs_kernel
 @pytest.mark.parametrize("x_shape", [["batch", 1, 24], [3, 24]])
 def test_pack_few_rows_keeps_outputs(x_shape):
@@ -172,8 +177,7 @@ def test_pack_few_rows_keeps_outputs(x_shape):
     x = _f32(5, 1, 24) if x_shape[0] == "batch" else _f32(3, 24)
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     m = onnx2jax.load(model)
-    assert m.pass_report.passes[-2].name == "pack_few_rows"
-    assert m.pass_report.passes[-2].matches == {"MatMul": 2, "Gemm": 1}
+    assert _matches(m, "pack_few_rows") == {"MatMul": 2, "Gemm": 1}
     assert m._program.prep  # the packing runs once per params object
     assert sorted(m.params) == ["c", "g", "v", "w"]  # ONNX names kept
     for how, got in (("jit", m(x=x)[0]), ("eager", m.apply(m.params, x=x)[0])):
@@ -215,7 +219,7 @@ def test_pack_few_rows_leaves_many_rows_and_half_precision_alone(x_shape, dtype)
 def test_many_rows_at_run_time_take_xlas_dot_on_the_weight_as_it_was():
     model = _product_model(["batch", 1, 24])
     m = onnx2jax.load(model)
-    assert m.pass_report.passes[-2].matches == {"MatMul": 2, "Gemm": 1}
+    assert _matches(m, "pack_few_rows") == {"MatMul": 2, "Gemm": 1}
     for batch, kernel in ((_kernels.MAX_ROWS, True), (_kernels.MAX_ROWS + 1, False)):
         x = _f32(batch, 1, 24)
         assert ("onnx2jax_packed_matmul" in m.lower(x=x)[0].as_text()) == kernel
@@ -223,11 +227,60 @@ def test_many_rows_at_run_time_take_xlas_dot_on_the_weight_as_it_was():
         np.testing.assert_allclose(m(x=x)[0], want, rtol=1e-5, atol=1e-5)
 
 
+# -- the pack_many_rows pass -----------------------------------------------------------------
+
+
+@needs_kernel
+def test_pack_many_rows_keeps_outputs_and_runs_the_gemm_up_to_its_row_limit():
+    """batch x seq rows: the two MatMuls go to the convolution kernel's GEMM on 16-column
+    panels up to GEMM_MAX_ROWS rows, to XLA's dot on the weight as it was above."""
+    model = _product_model(["batch", "seq", 24])
+    m = onnx2jax.load(model)
+    assert _matches(m, "pack_many_rows") == {"MatMul": 2}
+    assert sorted(m.params) == ["c", "g", "v", "w"]
+    for batch, seq, kernel in ((2, 50, True), (1, _kernels.GEMM_MAX_ROWS, True), (3, 100, False)):
+        x = _f32(batch, seq, 24)
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        text = m.lower(x=x)[0].as_text()
+        assert ("onnx2jax_packed_conv" in text) == kernel, (batch, seq)
+        for how, got in (("jit", m(x=x)[0]), ("eager", m.apply(m.params, x=x)[0])):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{how} {batch}")
+    x = _f32(2, 50, 24)
+    optimized, _ = optimize_proto(model, onnx2jax_passes.resolve("default"), portable=True)
+    onnx.checker.check_model(optimized)
+    assert "PackedMatMul" in {n.op_type for n in optimized.graph.node}
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(_ort(optimized, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_pack_many_rows_gradient_and_vmap_match_the_unpacked_graph():
+    model = _product_model(["batch", "seq", 24])
+    x = _f32(2, 40, 24)
+    grads, vmapped = [], []
+    for passes in ("default", None):
+        m = onnx2jax.load(model, passes=passes)
+        grads.append(jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x=x)[0])))(m.params))
+        vmapped.append(jax.vmap(lambda xi, m=m: m.apply(m.params, x=xi)[0])(x[:, None]))
+    for name in grads[1]:
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vmapped[0], vmapped[1], rtol=1e-5, atol=1e-5)
+
+
+def test_pack_many_rows_leaves_static_rows_above_its_limit_alone():
+    rows = _kernels.GEMM_MAX_ROWS + 1
+    _, report = optimize_proto(_product_model([rows, 24]), ("pack_many_rows",))
+    assert "MatMul" not in report.passes[0].matches
+    _, report = optimize_proto(_product_model([2, 64, 24]), ("pack_many_rows",))
+    assert report.passes[0].matches.get("MatMul") == 2
+
+
 def test_load_drops_the_pass_without_the_kernel(monkeypatch):
     monkeypatch.setenv("ONNX2JAX_KERNELS", "off")
     model = _product_model([3, 24])
     m = onnx2jax.load(model)
-    assert "pack_few_rows" not in [p.name for p in m.pass_report.passes]
+    ran = [p.name for p in m.pass_report.passes]
+    assert "pack_few_rows" not in ran and "pack_many_rows" not in ran
     x = _f32(3, 24)
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     np.testing.assert_allclose(m(x=x)[0], want, rtol=1e-5, atol=1e-5)

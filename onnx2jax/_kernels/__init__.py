@@ -28,6 +28,10 @@ CONV_PANEL = 16  # output channels per panel of the convolution (two AVX2 vector
 # Up to here the kernel beats XLA's dots (8 rows: 1.4-1.9x; 32 rows: 1.2x); at 128 rows and
 # more XLA's GEMMs win by 1.3x even counting a per-call relayout of the packed weight.
 MAX_ROWS = 64
+# Products on 16-column panels (the convolution kernel's GEMM, as a 1x1 convolution) up to here:
+# 64-256 rows run 1.05-1.6x faster than XLA's dots, which re-pack the weight on every call; by
+# 384-640 rows the two are even, and at 1,024 XLA's win (benchmarks/NOTES.md, entry 23).
+GEMM_MAX_ROWS = 256
 
 
 @functools.cache

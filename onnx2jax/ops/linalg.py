@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._kernels import CONV_PANEL, GEMM_MAX_ROWS
+from .._kernels import conv as conv_kernels
 from .._kernels import matmul as kernels
 from .._registry import register
 from ._common import xp
@@ -64,7 +68,9 @@ def matmul_trans_b(a, bt):
 @register("PackedMatMul", domain="ai.onnx2jax")
 def packed_matmul(a, w, packed):
     """``a @ w`` for a weight ``w`` [K, N] that passes/matmul.py also packed, once, as panels
-    [P, K, 8]: few rows run onnx2jax's CPU kernel on ``packed``, more rows XLA's dot on ``w``."""
+    [P, K, 8] (``pack_few_rows``: up to MAX_ROWS rows run onnx2jax's few-row kernel) or
+    [P, K, 16] (``pack_many_rows``: up to GEMM_MAX_ROWS rows run the convolution kernel's GEMM);
+    more rows, or no kernel here, run XLA's dot on ``w``."""
     return _packed_product(a, w, packed, trans_b=False)
 
 
@@ -75,8 +81,16 @@ def packed_matmul_trans_b(a, wt, packed):
 
 
 def _packed_product(a, w, packed, trans_b):
-    if kernels.takes(a.shape[:-1], a.dtype, packed.dtype):
-        return kernels.packed_matmul(a, packed, w.shape[0] if trans_b else w.shape[1])
+    n = w.shape[0] if trans_b else w.shape[1]
+    if packed.shape[-1] == CONV_PANEL:  # pack_many_rows: the convolution kernel's GEMM
+        lead = a.shape[:-1]
+        if all(isinstance(d, int) for d in lead) and math.prod(lead) <= GEMM_MAX_ROWS:
+            rows = a.reshape(1, 1, math.prod(lead), a.shape[-1])  # a 1x1 convolution's image
+            one = conv_kernels.Geometry((1, 1), n, (1, 1), ((0, 0), (0, 0)), (1, 1))
+            if conv_kernels.takes(rows, packed, one):
+                return conv_kernels.packed_conv(rows, packed, None, one).reshape(*lead, n)
+    elif kernels.takes(a.shape[:-1], a.dtype, packed.dtype):
+        return kernels.packed_matmul(a, packed, n)
     return matmul_trans_b(a, w) if trans_b else matmul(a, w)
 
 
