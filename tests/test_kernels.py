@@ -126,7 +126,9 @@ def test_gradients_equal_a_plain_dots():
 def test_bad_shapes_name_the_kernel():
     call = jax.ffi.ffi_call("onnx2jax_packed_matmul", jax.ShapeDtypeStruct((2, 9), np.float32))
     with pytest.raises(Exception, match="onnx2jax_packed_matmul"):
-        jax.block_until_ready(call(_f32(2, 4), _f32(1, 4, 8)))  # 9 columns need 2 panels
+        jax.block_until_ready(
+            call(_f32(2, 4), _f32(1, 4, 8), stream=True)
+        )  # 9 columns need 2 panels
 
 
 # -- the pack_few_rows pass ------------------------------------------------------------------

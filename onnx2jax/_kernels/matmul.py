@@ -41,17 +41,18 @@ def pack(w):
     return xp.moveaxis(w, -2, -3)
 
 
-def packed_matmul(x, packed, n: int):
+def packed_matmul(x, packed, n: int, stream: bool = True):
     """``x @ W`` for ``x`` [..., K] and ``packed = pack(W)``; the result is [..., n].
 
     With a batch of weights (``packed`` [B, P, K, 8]) ``x`` is [B, ..., K]: one product per
-    batch entry, in one kernel call.
+    batch entry, in one kernel call. ``stream``: the weight is read once per call, so the
+    kernel prefetches it (False for a weight read again and again, e.g. inside a loop).
     """
     batch = packed.shape[:-3]
     lead = x.shape[len(batch) : -1]
     rows = x.reshape(*batch, int(np.prod(lead)), x.shape[-1])
     if takes(lead, x.dtype, packed.dtype):
-        y = _packed_matmul(rows, packed, n)
+        y = _packed_matmul(rows, packed, n, stream)
     else:
         y = _xla(rows, packed, n)
     return y.reshape(*x.shape[:-1], n)
@@ -62,25 +63,28 @@ def _xla(rows, packed, n):
     return y.reshape(*y.shape[:-2], -1)[..., :n].astype(jnp.result_type(rows, packed))
 
 
-def _on_cpu(rows, packed, n):
+def _on_cpu(rows, packed, n, stream):
     return jax.lax.platform_dependent(
-        rows, packed, cpu=functools.partial(_call, n=n), default=functools.partial(_xla, n=n)
+        rows,
+        packed,
+        cpu=functools.partial(_call, n=n, stream=stream),
+        default=functools.partial(_xla, n=n),
     )
 
 
-def _call(rows, packed, n):
+def _call(rows, packed, n, stream):
     out = jax.ShapeDtypeStruct((*rows.shape[:-1], n), rows.dtype)
-    return jax.ffi.ffi_call(_TARGET, out)(rows, packed)
+    return jax.ffi.ffi_call(_TARGET, out)(rows, packed, stream=stream)
 
 
 @functools.cache
-def _batched(n: int):
+def _batched(n: int, stream: bool):
     """The kernel call for ``n`` output columns, with a vmap rule (custom_vmap takes no static
-    arguments, so there is one function per ``n``)."""
+    arguments, so there is one function per ``n`` and ``stream``)."""
 
     @jax.custom_batching.custom_vmap
     def call(rows, packed):
-        return _on_cpu(rows, packed, n)
+        return _on_cpu(rows, packed, n, stream)
 
     @call.def_vmap
     def rule(axis_size, in_batched, rows, packed):
@@ -98,16 +102,16 @@ def _batched(n: int):
     return call
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _packed_matmul(rows, packed, n):
-    return _batched(n)(rows, packed)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _packed_matmul(rows, packed, n, stream):
+    return _batched(n, stream)(rows, packed)
 
 
-def _fwd(rows, packed, n):
-    return _packed_matmul(rows, packed, n), (rows, packed)
+def _fwd(rows, packed, n, stream):
+    return _packed_matmul(rows, packed, n, stream), (rows, packed)
 
 
-def _bwd(n, saved, dy):
+def _bwd(n, stream, saved, dy):
     rows, packed = saved
     panels = packed.shape[-3]
     pad = [(0, 0)] * (dy.ndim - 1) + [(0, panels * PANEL - n)]

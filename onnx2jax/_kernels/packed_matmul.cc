@@ -24,6 +24,7 @@ namespace {
 
 constexpr int64_t kPanel = 8;  // output columns per panel: one AVX2 vector
 constexpr int kMaxRows = 8;    // rows per pass over a panel (later passes find it in cache)
+constexpr int64_t kPrefetchFloats = 512;  // how far ahead the weight is prefetched (2 KB)
 
 template <int R>
 void PanelRowsGeneric(const float* x, int64_t K, const float* w, float* out, int64_t ldo,
@@ -42,7 +43,7 @@ void PanelRowsGeneric(const float* x, int64_t K, const float* w, float* out, int
 #if defined(__x86_64__)
 // The pragmas matter: without full unrolling GCC keeps the accumulators on the stack and
 // stores them every step (3x slower).
-template <int R>
+template <int R, bool Stream>
 __attribute__((target("avx2,fma"))) void PanelRowsAvx2(const float* x, int64_t K, const float* w,
                                                         float* out, int64_t ldo, int64_t ncols) {
   // Fewer rows leave the FMA chains too short to hide latency: split k over S sets.
@@ -52,6 +53,16 @@ __attribute__((target("avx2,fma"))) void PanelRowsAvx2(const float* x, int64_t K
   for (int i = 0; i < S * R; ++i) acc[i] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + S <= K; k += S) {
+    // A weight read once per call streams from memory: ask for it well ahead, as the hardware
+    // prefetcher alone falls behind with 4-8 rows (GPT-2's decode step at batch 8: -9%). A
+    // weight in cache (an RNN's, read every step) runs better without (NOTES entry 23).
+    constexpr int kLine = 16;  // floats per cache line
+    if (Stream && R >= 4 && k % 2 == 0) {
+#pragma GCC unroll 4
+      for (int f = 0; f < S * kPanel; f += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(w + k * kPanel + f + kPrefetchFloats),
+                     _MM_HINT_T0);
+    }
 #pragma GCC unroll 32
     for (int s = 0; s < S; ++s) {
       const __m256 wk = _mm256_loadu_ps(w + (k + s) * kPanel);
@@ -84,27 +95,31 @@ __attribute__((target("avx2,fma"))) void PanelRowsAvx2(const float* x, int64_t K
 
 #endif
 
-template <int R>
+template <int R, bool Stream>
 void PanelRows(const float* x, int64_t K, const float* w, float* out, int64_t ldo, int64_t ncols) {
 #if defined(__x86_64__)
-  if (onnx2jax::HasAvx2()) return PanelRowsAvx2<R>(x, K, w, out, ldo, ncols);
+  if (onnx2jax::HasAvx2()) return PanelRowsAvx2<R, Stream>(x, K, w, out, ldo, ncols);
 #endif
   PanelRowsGeneric<R>(x, K, w, out, ldo, ncols);
 }
 
 using RowsFn = void (*)(const float*, int64_t, const float*, float*, int64_t, int64_t);
-constexpr RowsFn kRows[kMaxRows + 1] = {nullptr,       PanelRows<1>, PanelRows<2>,
-                                        PanelRows<3>, PanelRows<4>, PanelRows<5>,
-                                        PanelRows<6>, PanelRows<7>, PanelRows<8>};
+template <bool Stream>
+constexpr RowsFn kRows[kMaxRows + 1] = {
+    nullptr,                 PanelRows<1, Stream>, PanelRows<2, Stream>,
+    PanelRows<3, Stream>,    PanelRows<4, Stream>, PanelRows<5, Stream>,
+    PanelRows<6, Stream>,    PanelRows<7, Stream>, PanelRows<8, Stream>};
 
 // One panel, all M rows.
-void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t p) {
+void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t p,
+           bool stream) {
+  const RowsFn* rows_fn = stream ? kRows<true> : kRows<false>;
   const int64_t n0 = p * kPanel;
   const int64_t ncols = N - n0 < kPanel ? N - n0 : kPanel;
   const float* wp = w + p * K * kPanel;
   for (int64_t m = 0; m < M; m += kMaxRows) {
     const int64_t rows = M - m < kMaxRows ? M - m : kMaxRows;
-    kRows[rows](x + m * K, K, wp, y + m * N + n0, N, ncols);
+    rows_fn[rows](x + m * K, K, wp, y + m * N + n0, N, ncols);
   }
 }
 
@@ -112,9 +127,9 @@ void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64
 constexpr int64_t kParallelWork = 1 << 20;
 
 // x [M, K], w [P, K, 8] -> y [M, N]; or with a leading batch on all three (one product per
-// batch entry: an RNN's directions).
+// batch entry: an RNN's directions). ``stream``: the weight is read once per call (prefetch it).
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuffer w_buf,
-                        ffi::Result<ffi::AnyBuffer> y_buf) {
+                        ffi::Result<ffi::AnyBuffer> y_buf, bool stream) {
   const auto xd = x_buf.dimensions();
   const auto wd = w_buf.dimensions();
   const auto yd = y_buf->dimensions();
@@ -143,7 +158,7 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::AnyBuffer x_buf, ffi::AnyBuff
   onnx2jax::ParallelFor(pool, threads, B * P, [=](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / P;
-      Panel(x + b * M * K, M, K, w + b * P * K * kPanel, y + b * M * N, N, q % P);
+      Panel(x + b * M * K, M, K, w + b * P * K * kPanel, y + b * M * N, N, q % P, stream);
     }
   });
   return ffi::Error::Success();
@@ -160,4 +175,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_matmul, PackedMatmul,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("stream"));

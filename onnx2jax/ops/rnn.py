@@ -168,7 +168,8 @@ def _recurrent_product(R, batch: int):
     if not kernels.takes((batch,), R.dtype) or batch == 1:
         return lambda h: jnp.einsum("dbh,dgh->dbg", h, R)
     packed = kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
-    return lambda h: kernels.packed_matmul(h, packed, R.shape[1])
+    # The recurrent weight is read every step and stays in cache: no prefetching.
+    return lambda h: kernels.packed_matmul(h, packed, R.shape[1], stream=False)
 
 
 def _initial(v, num_dirs, batch, hidden, dtype, layout):
