@@ -119,7 +119,8 @@ def test_gradients_equal_a_plain_dots():
     ours = jax.grad(loss(lambda a, b: kernels.packed_matmul(a, kernels.pack(b), 13)), (0, 1))
     plain = jax.grad(loss(lambda a, b: a @ b), (0, 1))
     for g, p in zip(ours(x, w), plain(x, w), strict=True):
-        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-6)
+        # sums of 6-20 products in another order (XLA's dots differ between AVX2 and AVX-512)
+        np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5 * np.abs(p).max())
 
 
 @needs_kernel
@@ -199,7 +200,8 @@ def test_pack_few_rows_gradient_reaches_the_onnx_named_weights():
         m = onnx2jax.load(model, passes=passes)
         grads.append(jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x=x)[0])))(m.params))
     for name in grads[1]:
-        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+        scale = np.abs(grads[1][name]).max()  # sums of 80 products, in another order
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +267,8 @@ def test_pack_many_rows_gradient_and_vmap_match_the_unpacked_graph():
         grads.append(jax.grad(lambda p, m=m: jnp.sum(jnp.sin(m.apply(p, x=x)[0])))(m.params))
         vmapped.append(jax.vmap(lambda xi, m=m: m.apply(m.params, x=xi)[0])(x[:, None]))
     for name in grads[1]:
-        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+        scale = np.abs(grads[1][name]).max()  # sums of 80 products, in another order
+        np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(vmapped[0], vmapped[1], rtol=1e-5, atol=1e-5)
 
 
