@@ -71,6 +71,8 @@ CASES = {
     "kernel wider than input": ((1, 3, 3, 4), (5, 5), 3, (1, 1), ((2, 2), (2, 2)), (1, 1), (-math.inf, math.inf)),
     "one pixel": ((1, 1, 1, 8), (1, 1), 1, (1, 1), ((0, 0), (0, 0)), (1, 1), (-math.inf, math.inf)),
     "no images": ((0, 5, 5, 4), (3, 3), 4, (1, 1), ((1, 1), (1, 1)), (1, 1), (-math.inf, math.inf)),
+    # 35 pixels (12-pixel tiles leave 11), 40 channels (a pair of panels and one, 8 columns)
+    "three panels": ((1, 5, 7, 6), (3, 3), 40, (1, 1), ((1, 1), (1, 1)), (1, 1), (-1.0, 1.0)),
     "depthwise": ((2, 9, 8, 24), (3, 3), 24, (1, 1), ((1, 1), (1, 1)), (1, 1), (0.0, 6.0)),
     "depthwise strided": ((1, 11, 11, 32), (3, 3), 32, (2, 2), ((0, 1), (1, 0)), (1, 1), (-math.inf, math.inf)),
     "depthwise 5x5 dilated": ((1, 12, 10, 7), (5, 5), 7, (1, 1), ((4, 3), (2, 4)), (2, 1), (0.0, math.inf)),
@@ -142,6 +144,15 @@ def test_the_clamp_keeps_nan():
 
 
 @needs_kernel
+@pytest.mark.parametrize("name", ["3x3", "three panels", "uneven"])
+def test_the_residual_is_added_before_the_clamp(name):
+    x, w, b, g = _case(name)
+    r = _f32(*kc._out_shape(x, g))
+    y = _conv64(x, w, b, g._replace(lo=-math.inf, hi=math.inf)) + r
+    _close(kc.packed_conv(x, kc.pack(w), b, g, r), np.minimum(np.maximum(y, g.lo), g.hi))
+
+
+@needs_kernel
 def test_vmap_with_a_residual_batched_or_not():
     x, w, b, g = _case("3x3")
     packed, out = kc.pack(w), kc._out_shape(x, g)
@@ -195,19 +206,23 @@ def test_gradients_equal_xlas_convolution(name):
 
 
 @needs_kernel
-def test_the_portable_path_matches_numpy_too():
-    """The kernel's plain C++ path (CPUs without AVX2) is chosen once per process, so it runs
-    in a child process with ONNX2JAX_KERNELS_PORTABLE=1."""
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_the_narrower_paths_match_numpy_too(isa):
+    """The kernel's instruction set is chosen once per process (AVX-512, AVX2 or plain C++),
+    so the narrower paths run in a child process with ONNX2JAX_KERNELS_ISA capping it: on an
+    AVX-512 CPU this covers all three."""
     code = (
         "import sys, numpy as np\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "import test_conv_kernel as t\n"
-        "for name in ('3x3', 'uneven', 'dilated', 'rgb stem', 'depthwise', 'depthwise strided'):\n"
+        "for name in t.CASES:\n"
         "    x, w, b, g = t._case(name)\n"
-        "    t._close(t.kc.packed_conv(x, t.kc.pack(w), b, g), t._conv64(x, w, b, g))\n"
+        "    want = t._conv64(x, w, b, g)\n"
+        "    if want.size:\n"
+        "        t._close(t.kc.packed_conv(x, t.kc.pack(w), b, g), want)\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "ONNX2JAX_KERNELS_PORTABLE": "1"}
+    env = {**os.environ, "ONNX2JAX_KERNELS_ISA": isa}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 

@@ -333,9 +333,11 @@ def test_export_holds_no_custom_call():
 
 
 @needs_kernel
-def test_the_portable_path_matches_numpy_too():
-    """The kernel's plain C++ path (CPUs without AVX2) is chosen once per process, so it runs
-    in a child process with ONNX2JAX_KERNELS_PORTABLE=1."""
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_the_narrower_paths_match_numpy_too(isa):
+    """The kernel's instruction set is chosen once per process, so the narrower paths run in a
+    child process with ONNX2JAX_KERNELS_ISA capping it (ONNX2JAX_KERNELS_PORTABLE=1, the older
+    spelling, still works)."""
     code = (
         "import numpy as np\n"
         "from onnx2jax._kernels import matmul as k\n"
@@ -348,6 +350,8 @@ def test_the_portable_path_matches_numpy_too():
         "    assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max(), (m, kk, n)\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "ONNX2JAX_KERNELS_PORTABLE": "1"}
+    env = {**os.environ, "ONNX2JAX_KERNELS_ISA": isa}
+    if isa == "portable":
+        env = {**os.environ, "ONNX2JAX_KERNELS_PORTABLE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
