@@ -58,7 +58,8 @@ def _peers_available() -> list[str]:
 def run(args: argparse.Namespace) -> None:
     from onnx2jax import bench
 
-    os.makedirs(RESULTS, exist_ok=True)
+    results = _results_dir(args.machine)
+    os.makedirs(results, exist_ok=True)
     batches = tuple(int(b) for b in args.batch.split(","))
     only = [s for s in (args.only or "").split(",") if s] or None
     if args.files:
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
             else None
         )
         rec["seconds"] = time.perf_counter() - t0
-        with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        with open(os.path.join(results, f"{name}.json"), "w") as f:
             json.dump(rec, f, indent=1)
         done.append(name)
         print(
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> None:
         },
         "wall_s": time.perf_counter() - t_start,
     }
-    run_file = os.path.join(RESULTS, "run.json")
+    run_file = os.path.join(results, "run.json")
     if os.path.exists(run_file) and (only or args.kinds or args.files):
         # A partial rerun: keep the full run's record, note this one beside it.
         with open(run_file) as f:
@@ -286,8 +287,18 @@ def _kind(rec: dict) -> str:
     return "float" if (rec.get("zoo") or {}).get("kind", "float") == "float" else "INT8"
 
 
-def render(results: str = RESULTS, out_dir: str = HERE) -> str:
-    """Write RESULTS.md (in ``out_dir``) and ratios.png (in ``results``) from the JSON files in
+def _results_dir(machine: str | None) -> str:
+    """Where a run's JSON goes: results/, or results/MACHINE/ for a run kept apart (another
+    CPU: its rows must not mix with the main table's)."""
+    return os.path.join(RESULTS, machine) if machine else RESULTS
+
+
+def _results_md(machine: str | None) -> str:
+    return f"RESULTS-{machine}.md" if machine else "RESULTS.md"
+
+
+def render(results: str = RESULTS, out_dir: str = HERE, md_name: str = "RESULTS.md") -> str:
+    """Write ``md_name`` (in ``out_dir``) and ratios.png (in ``results``) from the JSON files in
     ``results``; returns the markdown."""
     info, recs = _load_results(results)
     # The rows' own machine (run.json keeps the last full run's, which may be another machine).
@@ -384,7 +395,7 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
     ov_head = " OpenVINO ms | **vs OpenVINO** |" if has_ov else ""
     lines += [
         "",
-        "![onnx2jax / onnxruntime latency](results/ratios.png)",
+        f"![onnx2jax / onnxruntime latency]({os.path.relpath(results, out_dir)}/ratios.png)",
         "",
         "## Latency and throughput",
         "",
@@ -488,7 +499,7 @@ def render(results: str = RESULTS, out_dir: str = HERE) -> str:
     ]
     lines += _other_benchmarks(results)
     md = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
+    with open(os.path.join(out_dir, md_name), "w") as f:
         f.write(md)
     _chart(recs, results)
     return md
@@ -768,11 +779,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--render", action="store_true", help="only regenerate RESULTS.md and the chart"
     )
+    ap.add_argument(
+        "--machine",
+        help="keep this run apart: JSON in results/MACHINE/, the table in RESULTS-MACHINE.md "
+        "(a run on another CPU, e.g. avx512, whose rows must not mix with the main table's)",
+    )
     args = ap.parse_args(argv)
     if not args.render:
         run(args)
-    render()
-    print(f"wrote {os.path.join(HERE, 'RESULTS.md')} and {os.path.join(RESULTS, 'ratios.png')}")
+    results, name = _results_dir(args.machine), _results_md(args.machine)
+    render(results, HERE, name)
+    print(f"wrote {os.path.join(HERE, name)} and {os.path.join(results, 'ratios.png')}")
 
 
 if __name__ == "__main__":
