@@ -62,6 +62,24 @@ def test_nhwc_pools(op, attrs):
     np.testing.assert_allclose(np.asarray(got).transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [1, 2, 5, 8])
+@pytest.mark.parametrize(
+    "kernel,stride,pad", [(1, 1, 0), (2, 2, 1), (3, 2, 1), (3, 3, 1), (5, 2, 2)]
+)
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_nhwc_max_pool_reads_edges_for_padding(size, kernel, stride, pad, ceil_mode):
+    # Without dilation the pool reads the nearest edge for taps in the padding rather than a
+    # padded copy: every window (ceil_mode's last ones too) must still match the reference.
+    if size + 2 * pad < kernel:
+        pytest.skip("the window does not fit")
+    attrs = {"kernel_shape": [kernel, kernel], "strides": [stride, stride], "pads": [pad] * 4}
+    attrs["ceil_mode"] = ceil_mode
+    x = RNG.standard_normal((2, 3, size, size + 3)).astype(np.float32)
+    want = _nchw_reference("MaxPool", x, **attrs)
+    got = jax.jit(lambda x: nhwc.nhwc_max_pool(x, **attrs))(x.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), want)
+
+
 def test_nhwc_global_pools():
     x = RNG.standard_normal((2, 4, 5, 6)).astype(np.float32)
     for op, fn in (
