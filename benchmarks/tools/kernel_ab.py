@@ -106,19 +106,19 @@ def models(specs: list[str], rounds: int) -> None:
     for spec in specs:
         path, _, batches = spec.partition(":")
         for batch in [int(v) for v in (batches or "1,8").split(",")]:
-            fns = {}
+            fns, feeds = {}, None
             for tag in ("A", "B"):
                 use(tag)
                 model = onnx2jax.load(path)
-                feeds = {}
-                for i in model.inputs:
-                    shape = [d if isinstance(d, int) else DIMS.get(d, batch) for d in i.shape]
-                    floats = i.dtype.kind == "f"
-                    feeds[i.name] = (
-                        rng.standard_normal(shape).astype(i.dtype)
-                        if floats
-                        else np.ones(shape, i.dtype)
-                    )
+                if feeds is None:  # the same inputs for both
+                    feeds = {}
+                    for i in model.inputs:
+                        shape = [d if isinstance(d, int) else DIMS.get(d, batch) for d in i.shape]
+                        feeds[i.name] = (
+                            rng.standard_normal(shape).astype(i.dtype)
+                            if i.dtype.kind == "f"
+                            else np.ones(shape, i.dtype)
+                        )
                 fns[tag] = lambda m=model, f=feeds: jax.block_until_ready(m(**f))
                 fns[tag]()  # compile with this tag's targets
             ms = interleave(fns, rounds, 0.4)

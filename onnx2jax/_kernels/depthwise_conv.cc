@@ -162,9 +162,6 @@ __attribute__((target("avx2,fma"))) void RowAvx2(const Geometry& g, const float*
     const bool inner = ow >= first && ow < end;
     if (!inner || full * kPanel != g.C) PixelAvx2(g, x, w, b, y + ow * g.C, n, oh, ow, inner);
   }
-  // Pixels outer, panels inner: the taps of four pixels span a few hundred contiguous bytes
-  // of each input row, where panels outer walked every row once per panel at a stride of C
-  // floats (2x slower at batch 8, where the rows come from memory: NOTES entry 26).
   // The input rows the next output row reads and this one does not (one at stride 1, two at
   // stride 2) come from memory once activations outgrow the cache: they are prefetched a few
   // pixels at a time as this row goes (MobileNetV2 b8's depthwise layers -11..-29%, b1 within
@@ -176,6 +173,9 @@ __attribute__((target("avx2,fma"))) void RowAvx2(const Geometry& g, const float*
     const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
     if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
   }
+  // Pixels outer, panels inner: the taps of four pixels span a few hundred contiguous bytes
+  // of each input row, where panels outer walked every row once per panel at a stride of C
+  // floats (2x slower at batch 8, where the rows come from memory: NOTES entry 26).
   int64_t ow = first;
   for (; ow + 4 <= end; ow += 4) {
     const int64_t c0 = ow * g.SW * g.C, c1 = std::min((ow + 4) * g.SW, g.W) * g.C;

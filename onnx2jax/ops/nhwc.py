@@ -133,26 +133,27 @@ def nhwc_max_pool(
         shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     )
     if _taps_can_clamp((h, w_), kernel, strides, dilations, out, cover):
-        y = None
-        for i in range(kernel[0]):
-            rows = _clamped_taps(x, 1, i - cover[0][0], strides[0], out[0])
-            for j in range(kernel[1]):
-                tap = _clamped_taps(rows, 2, j - cover[1][0], strides[1], out[1])
-                y = tap if y is None else jnp.maximum(y, tap)
-        return y
-    lowest = jnp.asarray(pool._lowest(x.dtype), x.dtype)
-    xp = lax.pad(x, lowest, [(0, 0, 0), (*cover[0], 0), (*cover[1], 0), (0, 0, 0)])
-    y = None
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
+        rows = [_clamped_taps(x, 1, i - cover[0][0], strides[0], out[0]) for i in range(kernel[0])]
+
+        def tap(i, j):
+            return _clamped_taps(rows[i], 2, j - cover[1][0], strides[1], out[1])
+    else:
+        lowest = jnp.asarray(pool._lowest(x.dtype), x.dtype)
+        xp = lax.pad(x, lowest, [(0, 0, 0), (*cover[0], 0), (*cover[1], 0), (0, 0, 0)])
+
+        def tap(i, j):
             r0, c0 = i * dilations[0], j * dilations[1]
-            sl = lax.slice(
+            return lax.slice(
                 xp,
                 (0, r0, c0, 0),
                 (n, r0 + (out[0] - 1) * strides[0] + 1, c0 + (out[1] - 1) * strides[1] + 1, c),
                 (1, strides[0], strides[1], 1),
             )
-            y = sl if y is None else jnp.maximum(y, sl)
+
+    y = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            y = tap(i, j) if y is None else jnp.maximum(y, tap(i, j))
     return y
 
 
