@@ -187,6 +187,104 @@ __attribute__((target("avx2,fma"))) void RowAvx2(const Geometry& g, const float*
   for (; ow < end; ++ow)
     for (int64_t p = 0; p < full; ++p) PixelAvx2(g, x, w, b, y + ow * g.C, n, oh, ow, false, p);
 }
+
+// AVX-512: a panel is one vector, and a partial last panel is a masked load (full speed), so
+// one path serves every panel. Edge pixels check their taps; interior pixels go Q at a time.
+__attribute__((target("avx512f"))) inline __mmask16 PanelMask(const Geometry& g, int64_t p) {
+  const int64_t nc = std::min(kPanel, g.C - p * kPanel);
+  return static_cast<__mmask16>((1u << nc) - 1u);
+}
+
+// One output pixel, every panel, taps in the padding skipped.
+__attribute__((target("avx512f"))) void PixelAvx512(const Geometry& g, const float* x,
+                                                     const float* w, const float* b, float* y,
+                                                     int64_t n, int64_t oh, int64_t ow) {
+  const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi);
+  for (int64_t p = 0; p < g.P; ++p) {
+    const int64_t c0 = p * kPanel;
+    const __mmask16 m = PanelMask(g, p);
+    __m512 acc = _mm512_maskz_loadu_ps(m, b + c0);
+    for (int64_t i = 0; i < g.KH; ++i) {
+      const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+      if (ih < 0 || ih >= g.H) continue;
+      const float* xrow = x + (n * g.H + ih) * g.W * g.C + c0;
+      const float* wrow = w + (p * g.KH * g.KW + i * g.KW) * kPanel;
+      for (int64_t j = 0; j < g.KW; ++j) {
+        const int64_t iw = ow * g.SW - g.PL + j * g.DW;
+        if (iw < 0 || iw >= g.W) continue;
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xrow + iw * g.C),
+                              _mm512_loadu_ps(wrow + j * kPanel), acc);
+      }
+    }
+    _mm512_mask_storeu_ps(y + c0, m, _mm512_min_ps(hi, _mm512_max_ps(lo, acc)));
+  }
+}
+
+// Q output pixels [ow, ow + Q) of row (n, oh) whose taps all fall inside the input
+// horizontally, panel p: each tap's weights are loaded once for the Q pixels.
+template <int Q>
+__attribute__((target("avx512f"))) void PixelsAvx512(const Geometry& g, const float* x,
+                                                      const float* w, const float* b, float* y,
+                                                      int64_t n, int64_t oh, int64_t ow,
+                                                      int64_t p) {
+  const int64_t c0 = p * kPanel;
+  const __mmask16 m = PanelMask(g, p);
+  __m512 acc[Q];
+  const __m512 bias = _mm512_maskz_loadu_ps(m, b + c0);
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) acc[q] = bias;
+  const int64_t step = g.SW * g.C;  // from one output pixel's input to the next one's
+  for (int64_t i = 0; i < g.KH; ++i) {
+    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+    if (ih < 0 || ih >= g.H) continue;
+    const float* xrow = x + ((n * g.H + ih) * g.W + ow * g.SW - g.PL) * g.C + c0;
+    const float* wrow = w + (p * g.KH * g.KW + i * g.KW) * kPanel;
+    for (int64_t j = 0; j < g.KW; ++j) {
+      const __m512 wv = _mm512_loadu_ps(wrow + j * kPanel);
+      const float* xv = xrow + j * g.DW * g.C;
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q)
+        acc[q] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xv + q * step), wv, acc[q]);
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi);
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q)
+    _mm512_mask_storeu_ps(y + (ow + q) * g.C + c0, m, _mm512_min_ps(hi, _mm512_max_ps(lo, acc[q])));
+}
+
+// One output row, as RowAvx2 goes (pixels outer, panels inner, the next row's new input rows
+// prefetched), eight interior pixels at a time (eight accumulators cover the FMA latency).
+__attribute__((target("avx512f"))) void RowAvx512(const Geometry& g, const float* x,
+                                                   const float* w, const float* b, float* y,
+                                                   int64_t n, int64_t oh) {
+  const int64_t first = std::min(g.OW, (g.PL + g.SW - 1) / g.SW);
+  const int64_t last_in = g.W - 1 - (g.KW - 1) * g.DW + g.PL;  // max ow * SW
+  const int64_t end = last_in < 0 ? first : std::max(first, std::min(g.OW, last_in / g.SW + 1));
+  for (int64_t ow = 0; ow < first; ++ow) PixelAvx512(g, x, w, b, y + ow * g.C, n, oh, ow);
+  for (int64_t ow = end; ow < g.OW; ++ow) PixelAvx512(g, x, w, b, y + ow * g.C, n, oh, ow);
+  const float* ahead[2];
+  int64_t n_ahead = 0;
+  const int64_t last_row = oh * g.SH - g.PT + (g.KH - 1) * g.DH;
+  for (int64_t i = 0; i < g.KH && n_ahead < 2 && oh + 1 < g.OH; ++i) {
+    const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
+    if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
+  }
+  int64_t ow = first;
+  for (; ow + 8 <= end; ow += 8) {
+    const int64_t c0 = ow * g.SW * g.C, c1 = std::min((ow + 8) * g.SW, g.W) * g.C;
+    for (int64_t r = 0; r < n_ahead; ++r)
+      for (int64_t c = c0; c < c1; c += 16)  // one cache line each
+        _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c), _MM_HINT_T0);
+    for (int64_t p = 0; p < g.P; ++p) PixelsAvx512<8>(g, x, w, b, y, n, oh, ow, p);
+  }
+  if (ow + 4 <= end) {
+    for (int64_t p = 0; p < g.P; ++p) PixelsAvx512<4>(g, x, w, b, y, n, oh, ow, p);
+    ow += 4;
+  }
+  for (; ow < end; ++ow)
+    for (int64_t p = 0; p < g.P; ++p) PixelsAvx512<1>(g, x, w, b, y, n, oh, ow, p);
+}
 #endif
 
 struct Work {
@@ -201,6 +299,7 @@ struct Work {
     const int64_t n = q / g.OH, oh = q % g.OH;
     float* out = y + q * g.OW * g.C;
 #if defined(__x86_64__)
+    if (onnx2jax::HasAvx512()) return RowAvx512(g, x, w, b, out, n, oh);
     if (onnx2jax::HasAvx2()) return RowAvx2(g, x, w, b, out, n, oh);
 #endif
     for (int64_t ow = 0; ow < g.OW; ++ow) PixelGeneric(g, x, w, b, out + ow * g.C, n, oh, ow);
