@@ -230,6 +230,100 @@ def test_the_narrower_paths_match_numpy_too(isa):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+# -- the max pool kernel ---------------------------------------------------------------------
+
+POOLS = {  # NCHW input shape and MaxPool attributes
+    "stem 3x3/2": ((2, 64, 12, 13), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1] * 4}),
+    "dilated, 19 channels": (
+        (1, 19, 9, 10),
+        {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [2, 1, 2, 1]},
+    ),
+    "ceil mode, 5 channels": (
+        (2, 5, 7, 9),
+        {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
+    ),
+    "uneven pads, 33 channels": ((1, 33, 8, 6), {"kernel_shape": [3, 2], "pads": [0, 1, 1, 0]}),
+}
+
+
+def _pool_case(name, nan_at=None):
+    shape, attrs = POOLS[name]
+    x = _f32(*shape)
+    if nan_at is not None:
+        x[nan_at] = np.nan
+    node = oh.make_node("MaxPool", ["x"], ["y"], **attrs)
+    graph = oh.make_graph(
+        [node],
+        "pool",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    return x, attrs, model
+
+
+def _nhwc_max_pool(x_nchw, attrs):
+    from onnx2jax.ops import nhwc
+
+    return lambda x: nhwc.nhwc_max_pool(x, **attrs), x_nchw.transpose(0, 2, 3, 1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(POOLS))
+def test_max_pool_kernel_matches_the_reference(name):
+    x, attrs, model = _pool_case(name)
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    fn, x_nhwc = _nhwc_max_pool(x, attrs)
+    assert "onnx2jax_max_pool" in jax.jit(fn).lower(x_nhwc).as_text()
+    for got in (jax.jit(fn)(x_nhwc), fn(x_nhwc)):
+        np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2), want)
+
+
+@needs_kernel
+def test_max_pool_kernel_keeps_nan():
+    # The reference with +inf where the NaN is: exactly the windows that reach it give +inf.
+    x, attrs, model = _pool_case("stem 3x3/2", nan_at=(1, 7, 4, 5))
+    (want,) = ReferenceEvaluator(model).run(None, {"x": np.nan_to_num(x, nan=np.inf)})
+    fn, x_nhwc = _nhwc_max_pool(x, attrs)
+    got = np.asarray(jax.jit(fn)(x_nhwc)).transpose(0, 3, 1, 2)
+    assert np.isinf(want).sum() == np.isnan(got).sum() > 0
+    np.testing.assert_array_equal(np.where(np.isinf(want), np.nan, want), got)
+
+
+@needs_kernel
+def test_max_pool_kernel_gradient_and_vmap_match_xla():
+    x, attrs, _ = _pool_case("stem 3x3/2")
+    fn, x_nhwc = _nhwc_max_pool(x, attrs)
+    with _kernels.disabled():
+        want_grad = jax.grad(lambda x: jnp.sum(fn(x) ** 2))(x_nhwc)
+        want_vmap = jax.vmap(fn)(x_nhwc[:, None])
+    got_grad = jax.grad(lambda x: jnp.sum(fn(x) ** 2))(x_nhwc)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6)
+    got_vmap = jax.jit(jax.vmap(fn))(x_nhwc[:, None])
+    np.testing.assert_array_equal(got_vmap, want_vmap)
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_max_pool_narrower_paths_match_the_reference(isa):
+    code = (
+        "import sys, numpy as np, jax\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import test_conv_kernel as t\n"
+        "from onnx.reference import ReferenceEvaluator\n"
+        "for name in t.POOLS:\n"
+        "    x, attrs, model = t._pool_case(name, nan_at=(0, 1, 2, 3))\n"
+        "    (want,) = ReferenceEvaluator(model).run(None, {'x': np.nan_to_num(x, nan=np.inf)})\n"
+        "    fn, xn = t._nhwc_max_pool(x, attrs)\n"
+        "    got = np.asarray(jax.jit(fn)(xn)).transpose(0, 3, 1, 2)\n"
+        "    np.testing.assert_array_equal(np.where(np.isinf(want), np.nan, want), got)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ONNX2JAX_KERNELS_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 # -- the pack_convs pass ---------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ Two, each on a weight packed once into panels of output columns, in prep:
 - channels-last 2-D convolutions with their bias and a ReLU/Clip epilogue, on 16-channel
   panels (JAX side ``conv.py``): dense ones as an indirect GEMM (packed_conv.cc, 1.0-2x XLA's
   CPU convolutions, entry 18), depthwise ones with channels in the vector lanes
-  (depthwise_conv.cc, entry 19).
+  (depthwise_conv.cc, entry 19); beside them an NHWC max pool that needs no weight
+  (depthwise_conv.cc, ``conv.max_pool``, entry 27).
 
 Both are C++, built into one library by ``pip install`` when a C++ compiler is there. This
 module says whether it is there without loading JAX (the graph passes read it).

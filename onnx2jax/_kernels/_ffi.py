@@ -15,6 +15,7 @@ TARGETS = (
     "onnx2jax_packed_conv",
     "onnx2jax_packed_conv_add",
     "onnx2jax_depthwise_conv",
+    "onnx2jax_max_pool",
 )
 
 

@@ -3,7 +3,7 @@
 ``packed_conv`` takes x NHWC and a weight packed by ``pack`` (HWIO -> 16-channel panels), adds
 the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Dense convolutions (one group) run
 on packed_conv.cc's indirect GEMM, depthwise ones (one filter per channel) on
-depthwise_conv.cc. Without the built kernel, off the
+depthwise_conv.cc, as is ``max_pool`` (NHWC MaxPool, no padded copy). Without the built kernel, off the
 CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``), it runs
 as XLA's convolution on the unpacked weight, so a model gives the same results everywhere. Both
 paths are differentiable (the kernel's gradient is the XLA form's), and vmap folds a batch into
@@ -26,6 +26,7 @@ from ._ffi import available
 
 _DENSE, _DENSE_ADD = "onnx2jax_packed_conv", "onnx2jax_packed_conv_add"
 _DEPTHWISE = "onnx2jax_depthwise_conv"
+_MAX_POOL = "onnx2jax_max_pool"
 
 
 class Geometry(NamedTuple):
@@ -194,3 +195,82 @@ def _bwd(g, saved, dy):
 
 
 _packed_conv.defvjp(_fwd, _bwd)
+
+
+# -- max pool -----------------------------------------------------------------------------------
+
+
+class PoolWindow(NamedTuple):
+    """A 2-D pooling window on NHWC (hashable: a static argument). ``pads`` are the (lo, hi)
+    cells each window may reach past the input, ``out`` the output's spatial size."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]
+    out: tuple[int, int]
+
+
+def max_pool(x, window: PoolWindow, xla_form):
+    """NHWC MaxPool on the kernel (taps past the input skipped, NaN kept) where it runs,
+    else ``xla_form(x, window)``, a module-level function giving the same values: also the
+    gradient's definition and the path off the CPU."""
+    if (
+        all(isinstance(d, int) for d in x.shape)
+        and x.dtype == jnp.float32
+        and min(p for pair in window.pads for p in pair) >= 0
+        and available()
+    ):
+        return _max_pool(window, xla_form, x)
+    return xla_form(x, window)
+
+
+def _pool_call(x, *, w: PoolWindow):
+    out = jax.ShapeDtypeStruct((x.shape[0], *w.out, x.shape[3]), x.dtype)
+    i64 = np.int64
+    return jax.ffi.ffi_call(_MAX_POOL, out)(
+        x,
+        kh=i64(w.kernel[0]),
+        kw=i64(w.kernel[1]),
+        sh=i64(w.strides[0]),
+        sw=i64(w.strides[1]),
+        dh=i64(w.dilations[0]),
+        dw=i64(w.dilations[1]),
+        pt=i64(w.pads[0][0]),
+        pl=i64(w.pads[1][0]),
+        lo=np.float32(-math.inf),
+        hi=np.float32(math.inf),
+    )
+
+
+@functools.cache
+def _pool_batched(w: PoolWindow, xla_form):
+    @jax.custom_batching.custom_vmap
+    def call(x):
+        return lax.platform_dependent(
+            x, cpu=functools.partial(_pool_call, w=w), default=lambda x: xla_form(x, w)
+        )
+
+    @call.def_vmap
+    def rule(axis_size, in_batched, x):
+        y = call(x.reshape(-1, *x.shape[2:]))  # the vmapped entries become more images
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+    return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _max_pool(w, xla_form, x):
+    return _pool_batched(w, xla_form)(x)
+
+
+def _pool_fwd(w, xla_form, x):
+    return _max_pool(w, xla_form, x), x
+
+
+def _pool_bwd(w, xla_form, x, dy):
+    _, vjp = jax.vjp(lambda x: xla_form(x, w), x)
+    return vjp(dy)
+
+
+_max_pool.defvjp(_pool_fwd, _pool_bwd)
