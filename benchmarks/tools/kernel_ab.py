@@ -58,6 +58,8 @@ def register(tags: dict[str, str]) -> None:
     for tag, path in tags.items():
         lib = ctypes.CDLL(path)
         for target in ffi.TARGETS:
+            if not hasattr(lib, target):  # a build older than the target: layers only
+                continue
             capsule = jax.ffi.pycapsule(getattr(lib, target))
             jax.ffi.register_ffi_target(f"{tag}_{target}", capsule, "cpu")
     ffi._registered = lambda: True  # the unprefixed names stay unregistered: never traced
@@ -68,6 +70,7 @@ def use(tag: str) -> None:
     kc._DENSE = f"{tag}_onnx2jax_packed_conv"
     kc._DENSE_ADD = f"{tag}_onnx2jax_packed_conv_add"
     kc._DEPTHWISE = f"{tag}_onnx2jax_depthwise_conv"
+    kc._MAX_POOL = f"{tag}_onnx2jax_max_pool"
     km._TARGET = f"{tag}_onnx2jax_packed_matmul"
 
 
