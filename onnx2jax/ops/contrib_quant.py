@@ -475,16 +475,24 @@ def dynamic_quantize_lstm(
         out = jnp.stack([_dynamic_qgemm(xs[d], W[d], ws[d], _row(wz[d])) for d in range(nd)])
         return jnp.swapaxes(out, 0, 1)
 
-    def cell(xw, states):
-        h, c = states
-        hr = jnp.stack([_dynamic_qgemm(h[d], R[d], rs[d], _row(rz[d])) for d in range(nd)])
-        gates = xw + hr
-        peep = (p_i, p_f, p_o) if P is not None else None
-        return lstm_update(gates, c, peep, f, g, hfn, clip, input_forget)
+    def cell_for(d):  # d: a slice of the directions
+        peep = (p_i[d], p_f[d], p_o[d]) if P is not None else None
+        own = range(nd)[d]
+
+        def cell(xw, states):
+            h, c = states
+            hr = jnp.stack(
+                [_dynamic_qgemm(h[k], R[i], rs[i], _row(rz[i])) for k, i in enumerate(own)]
+            )
+            return lstm_update(xw + hr, c, peep, f[d], g[d], hfn[d], clip, input_forget)
+
+        return cell
 
     h0 = _initial(initial_h, nd, batch, hs, jnp.float32, 0)
     c0 = _initial(initial_c, nd, batch, hs, jnp.float32, 0)
-    return _recurrence(cell, X, None, bias, (h0, c0), sequence_lens, direction, 0, project=project)
+    return _recurrence(
+        cell_for, X, None, bias, (h0, c0), sequence_lens, direction, 0, project=project
+    )
 
 
 def _row(z):

@@ -1,4 +1,4 @@
-"""Recurrent ops: RNN, GRU and LSTM, each one ``jax.lax.scan`` over time for all directions."""
+"""Recurrent ops: RNN, GRU and LSTM, each a ``jax.lax.scan`` over time (per direction, or one for all)."""
 
 from __future__ import annotations
 
@@ -84,11 +84,29 @@ def _reverse(x, seq_lens):
     return jnp.take_along_axis(x, idx, axis=0)
 
 
-def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, project=None, gates=1):
+def _recurrence(
+    cell_for,
+    X,
+    W,
+    bias,
+    states,
+    sequence_lens,
+    direction,
+    layout,
+    project=None,
+    gates=1,
+    separate=True,
+):
     """The driver shared by RNN, GRU and LSTM.
 
-    ``cell(xw_t, states) -> states`` computes one step for all directions at once (states are
-    ``[num_directions, batch, hidden]``, the hidden state first). The input projection ``X W^T +
+    ``cell_for(d)`` gives ``cell(xw_t, states) -> states``, one step for the directions in
+    the slice ``d`` (states are ``[directions, batch, hidden]``, the hidden state first). With
+    ``separate`` each direction runs as its own scan: the directions are independent, and one
+    direction's recurrent weight is half of what a step of both reads (a 512-hidden LSTM's
+    4 MB stays in two cores' L2 from step to step, both directions' 8 MB did not: at batch 1
+    -20%, NOTES entry 27). Where onnx2jax's kernel runs the step's product (``_packs``), one
+    call takes both directions' panels across its threads, and a scan per direction only
+    doubled the hand-offs between them (batch 8 +8%). The input projection ``X W^T +
     bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
     With ``gates > 1`` the projection is split into that many per-gate arrays before the scan
     and ``xw_t`` is their tuple: XLA's CPU fusions that slice gates out of the scan's
@@ -128,24 +146,19 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, proj
     if gates > 1:
         xw = tuple(jnp.split(xw, gates, axis=-1))
 
-    if lens is None:
-
-        def step(carry, xw_t):
-            new = cell(xw_t, carry)
-            return new, new[0]
-
-        final, ys = jax.lax.scan(step, states, xw)
-    else:
-        valid = (jnp.arange(steps)[:, None] < lens[None, :])[:, None, :, None]  # [T,1,B,1]
-
-        def step(carry, inp):
-            xw_t, m = inp
-            new = cell(xw_t, carry)
-            # past a sequence's end its state freezes and its output is zero
-            new = tuple(jnp.where(m, n, c) for n, c in zip(new, carry, strict=True))
-            return new, jnp.where(m, new[0], 0)
-
-        final, ys = jax.lax.scan(step, states, (xw, valid))
+    finals, outs = [], []
+    for d in [slice(i, i + 1) for i in range(len(dirs))] if separate else [slice(None)]:
+        final_d, ys_d = _scan(
+            cell_for(d),
+            jax.tree.map(lambda a, d=d: a[:, d], xw),
+            tuple(s[d] for s in states),
+            lens,
+            steps,
+        )
+        finals.append(final_d)
+        outs.append(ys_d)
+    final = tuple(jnp.concatenate(parts) for parts in zip(*finals, strict=True))
+    ys = jnp.concatenate(outs, axis=1)
     # ys: [T, D, B, H]; put reversed directions back in input order
     Y = jnp.stack(
         [ys[:, i] if d == "forward" else _reverse(ys[:, i], lens) for i, d in enumerate(dirs)],
@@ -157,6 +170,32 @@ def _recurrence(cell, X, W, bias, states, sequence_lens, direction, layout, proj
     return (Y, *final)
 
 
+def _scan(cell, xw, states, lens, steps):
+    """``cell`` over the steps of ``xw``: (final states, hidden states [T, D, B, H])."""
+    if lens is None:
+
+        def step(carry, xw_t):
+            new = cell(xw_t, carry)
+            return new, new[0]
+
+        return jax.lax.scan(step, states, xw)
+    valid = (jnp.arange(steps)[:, None] < lens[None, :])[:, None, :, None]  # [T,1,B,1]
+
+    def masked_step(carry, inp):
+        xw_t, m = inp
+        new = cell(xw_t, carry)
+        # past a sequence's end its state freezes and its output is zero
+        new = tuple(jnp.where(m, n, c) for n, c in zip(new, carry, strict=True))
+        return new, jnp.where(m, new[0], 0)
+
+    return jax.lax.scan(masked_step, states, (xw, valid))
+
+
+def _packs(R, batch: int) -> bool:
+    """Whether each step's product runs on onnx2jax's kernel (see ``_recurrent_product``)."""
+    return kernels.takes((batch,), R.dtype) and batch > 1
+
+
 def _recurrent_product(R, batch: int):
     """``h -> einsum("dbh,dgh->dbg", h, R)``: each step's product with the recurrent weight.
 
@@ -165,7 +204,7 @@ def _recurrent_product(R, batch: int):
     reads the packed panels (NOTES entry 16: the zoo's LSTM at batch 8, 303 -> 227 ms). At
     batch 1 XLA's matrix-vector product is faster (37 vs 46 ms), so it keeps that case.
     """
-    if not kernels.takes((batch,), R.dtype) or batch == 1:
+    if not _packs(R, batch):
         return lambda h: jnp.einsum("dbh,dgh->dbg", h, R)
     packed = kernels.pack(jnp.swapaxes(R, 1, 2))  # [dirs, P, hidden, 8]
     # The recurrent weight is read every step and stays in cache: no prefetching.
@@ -210,14 +249,19 @@ def rnn(
     bias = jnp.zeros((nd, hs), dt) if B is None else jnp.asarray(B).astype(dt)
     bias = bias[:, :hs] + bias[:, hs:] if B is not None else bias
 
-    recurrent = _recurrent_product(R, batch)
+    def cell_for(d):
+        recurrent = _recurrent_product(R[d], batch)
 
-    def cell(xw, states):
-        (h,) = states
-        return (_apply(f, xw + recurrent(h), clip),)
+        def cell(xw, states):
+            (h,) = states
+            return (_apply(f[d], xw + recurrent(h), clip),)
+
+        return cell
 
     h0 = _initial(initial_h, nd, batch, hs, dt, layout)
-    return _recurrence(cell, X, W, bias, (h0,), sequence_lens, direction, layout)
+    return _recurrence(
+        cell_for, X, W, bias, (h0,), sequence_lens, direction, layout, separate=not _packs(R, batch)
+    )
 
 
 @register("GRU")
@@ -252,25 +296,40 @@ def gru(
     # Rb of z and r joins the input projection; Rb of h must stay inside r * (...) when
     # linear_before_reset, and is added there in both variants.
     bias = wb + jnp.concatenate([rb[:, : 2 * hs], jnp.zeros_like(rb[:, 2 * hs :])], axis=1)
-    rbh = rb[:, None, 2 * hs :]
-    r_zr = _recurrent_product(R[:, : 2 * hs], batch)
-    r_h = _recurrent_product(R[:, 2 * hs :], batch)
 
-    def cell(xw, states):
-        (h,) = states
-        xz, xr, xh = xw
-        rzr = r_zr(h)
-        z = _apply(f, xz + rzr[..., :hs], clip)
-        r = _apply(f, xr + rzr[..., hs:], clip)
-        if linear_before_reset:
-            hh = xh + r * (r_h(h) + rbh)
-        else:
-            hh = xh + r_h(r * h) + rbh
-        hh = _apply(g, hh, clip)
-        return ((1 - z) * hh + z * h,)
+    def cell_for(d):
+        rbh = rb[d, None, 2 * hs :]
+        r_zr = _recurrent_product(R[d, : 2 * hs], batch)
+        r_h = _recurrent_product(R[d, 2 * hs :], batch)
+
+        def cell(xw, states):
+            (h,) = states
+            xz, xr, xh = xw
+            rzr = r_zr(h)
+            z = _apply(f[d], xz + rzr[..., :hs], clip)
+            r = _apply(f[d], xr + rzr[..., hs:], clip)
+            if linear_before_reset:
+                hh = xh + r * (r_h(h) + rbh)
+            else:
+                hh = xh + r_h(r * h) + rbh
+            hh = _apply(g[d], hh, clip)
+            return ((1 - z) * hh + z * h,)
+
+        return cell
 
     h0 = _initial(initial_h, nd, batch, hs, dt, layout)
-    return _recurrence(cell, X, W, bias, (h0,), sequence_lens, direction, layout, gates=3)
+    return _recurrence(
+        cell_for,
+        X,
+        W,
+        bias,
+        (h0,),
+        sequence_lens,
+        direction,
+        layout,
+        gates=3,
+        separate=not _packs(R, batch),
+    )
 
 
 def lstm_update(gates, c, peep, f, g, hfn, clip, input_forget):
@@ -336,15 +395,21 @@ def lstm(
         P = jnp.asarray(P).astype(dt)[:, None, :]
         p_i, p_o, p_f = P[..., :hs], P[..., hs : 2 * hs], P[..., 2 * hs :]
 
-    recurrent = _recurrent_product(R, batch)
+    def cell_for(d):
+        recurrent = _recurrent_product(R[d], batch)
+        peep = (p_i[d], p_f[d], p_o[d]) if P is not None else None
 
-    def cell(xw, states):
-        h, c = states
-        rec = recurrent(h)
-        gates = tuple(x + rec[..., k * hs : (k + 1) * hs] for k, x in enumerate(xw))
-        peep = (p_i, p_f, p_o) if P is not None else None
-        return lstm_update(gates, c, peep, f, g, hfn, clip, input_forget)
+        def cell(xw, states):
+            h, c = states
+            rec = recurrent(h)
+            gates = tuple(x + rec[..., k * hs : (k + 1) * hs] for k, x in enumerate(xw))
+            return lstm_update(gates, c, peep, f[d], g[d], hfn[d], clip, input_forget)
+
+        return cell
 
     h0 = _initial(initial_h, nd, batch, hs, dt, layout)
     c0 = _initial(initial_c, nd, batch, hs, dt, layout)
-    return _recurrence(cell, X, W, bias, (h0, c0), sequence_lens, direction, layout, gates=4)
+    separate = not _packs(R, batch)
+    return _recurrence(
+        cell_for, X, W, bias, (h0, c0), sequence_lens, direction, layout, gates=4, separate=separate
+    )
