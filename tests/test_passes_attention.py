@@ -89,8 +89,8 @@ def _attention_model(seq, *, scale="mul", mask=None, guard=False, cast=False, ba
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
-def _feeds(model, seq, mask, batch=2):
-    feeds = {"x": RNG.standard_normal((batch, seq, HEADS * DIM)).astype(np.float32)}
+def _feeds(model, seq, mask, batch=2, rng=RNG):
+    feeds = {"x": rng.standard_normal((batch, seq, HEADS * DIM)).astype(np.float32)}
     if mask == "keys":
         m = np.zeros((batch, 1, 1, seq), np.float32)
         m[1, ..., seq - 3 :] = np.finfo(np.float32).min  # right padding, as transformers does
@@ -166,7 +166,11 @@ def test_attention_left_alone_for_c_over_scores():
     model = _attention_model(12, scale="div")
     div = next(n for n in model.graph.node if n.op_type == "Div")
     div.input[:] = [div.input[1], div.input[0]]  # c / scores is not a scaling
-    report = check_pass(model, _feeds(model, 12, None), "all", rtol=1e-4, atol=1e-5)
+    # c / scores magnifies rounding differences between engines where a score is near zero
+    # (5e-5 against onnxruntime once, with the shared RNG in another test order): own seed, and
+    # a tolerance that a fused scaling (a different function altogether) still fails.
+    feeds = _feeds(model, 12, None, rng=np.random.default_rng(0))
+    report = check_pass(model, feeds, "all", rtol=1e-3, atol=1e-4)
     assert not _matched(report, "fuse_attention")
 
 
