@@ -1,6 +1,6 @@
 """XLA compiler options onnx2jax passes to its own ``jax.jit`` calls.
 
-On CPU, XLA can hand matmuls (and convolutions) to YNNPACK (XNNPACK's successor) instead of
+On CPU, XLA can hand matmuls (and convolutions, and reductions) to YNNPACK (XNNPACK's successor) instead of
 its own Eigen kernels. With the weights prepared once in the layout the kernels want (passes/,
 _prepare.py), YNNPACK's dots measured up to 1.7x faster on GPT-2 (benchmarks/NOTES.md, entries
 3 and 12), so onnx2jax's jits send dots there. Convolutions stay on Eigen, which spreads them
@@ -18,7 +18,11 @@ from typing import Any
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
 _CONV, _DOT = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-_CPU = {_YNN: _DOT}
+# Reductions go to YNNPACK too: with any YNNPACK option set, XLA splits long reductions into
+# reduce-windows of 32 (its TreeReductionRewriter) unless YNNPACK takes them, and those ran
+# 2x slower than the plain reduction on LayerNorm and softmax (Whisper encoder b1 -17%, ViT
+# b8 -10%, BERT b8 -6% with them on YNNPACK; benchmarks/NOTES.md entry 27).
+_REDUCE = "LIBRARY_FUSION_TYPE_REDUCE"
 
 
 @functools.cache
@@ -34,13 +38,24 @@ def compiler_options() -> dict[str, Any]:
         return {}
     if jax.default_backend() != "cpu":
         return {}
-    try:  # an older or newer jaxlib may not know the option
-        jax.jit(lambda a: a @ a, compiler_options=_CPU).lower(
-            jax.ShapeDtypeStruct((8, 8), "float32")
-        ).compile()
-    except Exception:
-        return {}
-    return dict(_CPU)
+    return cpu_options()
+
+
+@functools.cache
+def cpu_options() -> dict[str, Any]:
+    """The YNNPACK options this jaxlib compiles (the environment switch aside): dots and
+    reductions, or dots alone where it does not know the reduce fusion, or none."""
+    import jax
+
+    for fusions in (f"{_DOT},{_REDUCE}", _DOT):
+        try:
+            jax.jit(lambda a: a @ a, compiler_options={_YNN: fusions}).lower(
+                jax.ShapeDtypeStruct((8, 8), "float32")
+            ).compile()
+        except Exception:
+            continue
+        return {_YNN: fusions}
+    return {}
 
 
 def candidates(convolutions: bool = True) -> dict[str, dict[str, Any]]:
@@ -56,7 +71,8 @@ def candidates(convolutions: bool = True) -> dict[str, dict[str, Any]]:
     default = compiler_options()
     if _YNN not in default:
         return {"default": default}
-    choices = {"ynnpack dots": default, "eigen dots": {**default, _YNN: ""}}
+    reduce = [_REDUCE] if _REDUCE in default[_YNN] else []  # with the dots wherever they run
+    choices = {"ynnpack dots": default, "eigen dots": {**default, _YNN: ",".join(reduce)}}
     if convolutions:
-        choices["ynnpack convs and dots"] = {**default, _YNN: f"{_CONV},{_DOT}"}
+        choices["ynnpack convs and dots"] = {**default, _YNN: ",".join([_CONV, _DOT, *reduce])}
     return choices

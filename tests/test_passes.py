@@ -332,7 +332,7 @@ def test_pass_selection_and_errors():
 
 def test_real_resnet_exports_with_ynnpack():
     """The CPU compiler options model(...) uses by default (the suite turns them off for speed)."""
-    from onnx2jax._compiler import _CPU
+    from onnx2jax._compiler import cpu_options
 
     if jax.default_backend() != "cpu":
         pytest.skip("YNNPACK options are for the CPU backend")
@@ -341,5 +341,5 @@ def test_real_resnet_exports_with_ynnpack():
     feeds = {model.graph.input[0].name: x}
     want = _ort(model, feeds)[0]
     m = onnx2jax.load(model)
-    got = jax.jit(lambda p, x: m.apply(p, x), compiler_options=_CPU)(m.params, x)[0]
+    got = jax.jit(lambda p, x: m.apply(p, x), compiler_options=cpu_options())(m.params, x)[0]
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
