@@ -3,9 +3,9 @@
 ``packed_conv`` takes x NHWC and a weight packed by ``pack`` (HWIO -> 16-channel panels), adds
 the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Dense convolutions (one group) run
 on packed_conv.cc's indirect GEMM, depthwise ones (one filter per channel) on
-depthwise_conv.cc, as is ``max_pool`` (NHWC MaxPool, no padded copy). Without the built kernel, off the
-CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``), it runs
-as XLA's convolution on the unpacked weight, so a model gives the same results everywhere. Both
+depthwise_conv.cc, as is ``max_pool`` (NHWC MaxPool, no padded copy). Without the built kernel,
+off the CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``),
+it runs as XLA's convolution (or pool) on the unpacked weight, so a model gives the same results everywhere. Both
 paths are differentiable (the kernel's gradient is the XLA form's), and vmap folds a batch into
 the images.
 """
