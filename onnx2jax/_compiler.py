@@ -3,9 +3,9 @@
 On CPU, XLA can hand matmuls (and convolutions, and reductions) to YNNPACK (XNNPACK's
 successor) instead of its own Eigen kernels. With the weights prepared once in the layout the
 kernels want (passes/, _prepare.py), YNNPACK's dots measured up to 1.7x faster on GPT-2
-(benchmarks/NOTES.md, entries 3 and 12), so onnx2jax's jits send dots there, and reductions. Convolutions stay on Eigen, which spreads them
-over the cores where YNNPACK ran the small ones on one (ResNet-18 27-30% and ResNet-50 13-17%
-faster, entry 13). ``Model.tune`` times the other choices per model. Nothing changes on other
+(benchmarks/NOTES.md, entries 3 and 12), so onnx2jax's jits send dots there, and reductions.
+Convolutions stay on Eigen, which spreads them over the cores where YNNPACK ran the small ones
+on one (ResNet-18 27-30% and ResNet-50 13-17% faster, entry 13). ``Model.tune`` times the other choices per model. Nothing changes on other
 backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns it off; a jaxlib that does not know the option runs
 without it.
 """

@@ -214,16 +214,23 @@ def test_the_narrower_paths_match_numpy_too(isa):
     """The kernel's instruction set is chosen once per process (AVX-512, AVX2 or plain C++),
     so the narrower paths run in a child process with ONNX2JAX_KERNELS_ISA capping it: on an
     AVX-512 CPU this covers all three."""
+    _in_child_with_isa(isa, "_check_every_conv_case")
+
+
+def _check_every_conv_case():
+    for name in CASES:
+        x, w, b, g = _case(name)
+        want = _conv64(x, w, b, g)
+        if want.size:
+            _close(kc.packed_conv(x, kc.pack(w), b, g), want)
+
+
+def _in_child_with_isa(isa, check):
+    """Runs this module's function ``check`` in a child process whose kernels are capped at
+    ``isa`` (the instruction set is chosen once per process)."""
     code = (
-        "import sys, numpy as np\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "import test_conv_kernel as t\n"
-        "for name in t.CASES:\n"
-        "    x, w, b, g = t._case(name)\n"
-        "    want = t._conv64(x, w, b, g)\n"
-        "    if want.size:\n"
-        "        t._close(t.kc.packed_conv(x, t.kc.pack(w), b, g), want)\n"
-        "print('ok')\n"
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        f"import test_conv_kernel as t; t.{check}(); print('ok')\n"
     )
     env = {**os.environ, "ONNX2JAX_KERNELS_ISA": isa}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -306,22 +313,16 @@ def test_max_pool_kernel_gradient_and_vmap_match_xla():
 @needs_kernel
 @pytest.mark.parametrize("isa", ["portable", "avx2"])
 def test_max_pool_narrower_paths_match_the_reference(isa):
-    code = (
-        "import sys, numpy as np, jax\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "import test_conv_kernel as t\n"
-        "from onnx.reference import ReferenceEvaluator\n"
-        "for name in t.POOLS:\n"
-        "    x, attrs, model = t._pool_case(name, nan_at=(0, 1, 2, 3))\n"
-        "    (want,) = ReferenceEvaluator(model).run(None, {'x': np.nan_to_num(x, nan=np.inf)})\n"
-        "    fn, xn = t._nhwc_max_pool(x, attrs)\n"
-        "    got = np.asarray(jax.jit(fn)(xn)).transpose(0, 3, 1, 2)\n"
-        "    np.testing.assert_array_equal(np.where(np.isinf(want), np.nan, want), got)\n"
-        "print('ok')\n"
-    )
-    env = {**os.environ, "ONNX2JAX_KERNELS_ISA": isa}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    _in_child_with_isa(isa, "_check_every_pool_case")
+
+
+def _check_every_pool_case():
+    for name in POOLS:
+        x, attrs, model = _pool_case(name, nan_at=(0, 1, 2, 3))
+        (want,) = ReferenceEvaluator(model).run(None, {"x": np.nan_to_num(x, nan=np.inf)})
+        fn, x_nhwc = _nhwc_max_pool(x, attrs)
+        got = np.asarray(jax.jit(fn)(x_nhwc)).transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(np.where(np.isinf(want), np.nan, want), got)
 
 
 # -- the pack_convs pass ---------------------------------------------------------------------

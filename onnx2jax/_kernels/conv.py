@@ -5,9 +5,9 @@ the bias and clamps to ``[lo, hi]`` (a fused ReLU or Clip). Dense convolutions (
 on packed_conv.cc's indirect GEMM, depthwise ones (one filter per channel) on
 depthwise_conv.cc, as is ``max_pool`` (NHWC MaxPool, no padded copy). Without the built kernel,
 off the CPU, for dtypes other than float32 or shapes only known symbolically (``jax.export``),
-it runs as XLA's convolution (or pool) on the unpacked weight, so a model gives the same results everywhere. Both
-paths are differentiable (the kernel's gradient is the XLA form's), and vmap folds a batch into
-the images.
+it runs as XLA's convolution (or pool) on the unpacked weight, so a model gives the same
+results everywhere. Both paths are differentiable (the kernel's gradient is the XLA form's), and
+vmap folds a batch into the images.
 """
 
 from __future__ import annotations
@@ -132,20 +132,24 @@ def _call(*ops, g: Geometry):
     x = ops[0]
     out = jax.ShapeDtypeStruct(_out_shape(x, g), x.dtype)
     target = _DENSE_ADD if len(ops) == 4 else _DENSE if g.groups == 1 else _DEPTHWISE
+    return jax.ffi.ffi_call(target, out)(*ops, **_window_attrs(g, g.lo, g.hi))
+
+
+def _window_attrs(g, lo, hi) -> dict:
+    """The kernels' window attributes (conv_attrs.h) of a ``Geometry`` or ``PoolWindow``."""
     i64 = np.int64
-    return jax.ffi.ffi_call(target, out)(
-        *ops,
-        kh=i64(g.kernel[0]),
-        kw=i64(g.kernel[1]),
-        sh=i64(g.strides[0]),
-        sw=i64(g.strides[1]),
-        dh=i64(g.dilations[0]),
-        dw=i64(g.dilations[1]),
-        pt=i64(g.pads[0][0]),
-        pl=i64(g.pads[1][0]),
-        lo=np.float32(g.lo),
-        hi=np.float32(g.hi),
-    )
+    return {
+        "kh": i64(g.kernel[0]),
+        "kw": i64(g.kernel[1]),
+        "sh": i64(g.strides[0]),
+        "sw": i64(g.strides[1]),
+        "dh": i64(g.dilations[0]),
+        "dw": i64(g.dilations[1]),
+        "pt": i64(g.pads[0][0]),
+        "pl": i64(g.pads[1][0]),
+        "lo": np.float32(lo),
+        "hi": np.float32(hi),
+    }
 
 
 @functools.cache
@@ -227,20 +231,7 @@ def max_pool(x, window: PoolWindow, xla_form):
 
 def _pool_call(x, *, w: PoolWindow):
     out = jax.ShapeDtypeStruct((x.shape[0], *w.out, x.shape[3]), x.dtype)
-    i64 = np.int64
-    return jax.ffi.ffi_call(_MAX_POOL, out)(
-        x,
-        kh=i64(w.kernel[0]),
-        kw=i64(w.kernel[1]),
-        sh=i64(w.strides[0]),
-        sw=i64(w.strides[1]),
-        dh=i64(w.dilations[0]),
-        dw=i64(w.dilations[1]),
-        pt=i64(w.pads[0][0]),
-        pl=i64(w.pads[1][0]),
-        lo=np.float32(-math.inf),
-        hi=np.float32(math.inf),
-    )
+    return jax.ffi.ffi_call(_MAX_POOL, out)(x, **_window_attrs(w, -math.inf, math.inf))
 
 
 @functools.cache

@@ -151,6 +151,30 @@ __attribute__((target("avx2,fma"))) void FourPixelsAvx2(const Geometry& g, const
   }
 }
 
+// The input rows the next output row reads and this one does not (one at stride 1, two at
+// stride 2) come from memory once activations outgrow the cache: each row function prefetches
+// them a few pixels at a time as it goes (MobileNetV2 b8's depthwise layers -11..-29%, b1
+// within +-5%: NOTES entry 26). Returns how many rows ``ahead`` holds.
+int64_t RowsAhead(const Geometry& g, const float* x, int64_t n, int64_t oh,
+                  const float* ahead[2]) {
+  int64_t n_ahead = 0;
+  const int64_t last_row = oh * g.SH - g.PT + (g.KH - 1) * g.DH;  // this row's lowest input row
+  for (int64_t i = 0; i < g.KH && n_ahead < 2 && oh + 1 < g.OH; ++i) {
+    const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
+    if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
+  }
+  return n_ahead;
+}
+
+// Prefetches the input columns of output pixels [ow0, ow1) in the rows ``ahead``.
+void PrefetchAhead(const Geometry& g, const float* const* ahead, int64_t n_ahead, int64_t ow0,
+                   int64_t ow1) {
+  const int64_t c0 = ow0 * g.SW * g.C, c1 = std::min(ow1 * g.SW, g.W) * g.C;
+  for (int64_t r = 0; r < n_ahead; ++r)
+    for (int64_t c = c0; c < c1; c += 16)  // one cache line each
+      _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c), _MM_HINT_T0);
+}
+
 // One output row: full panels of interior pixels four at a time, everything else through
 // ``PixelAvx2``'s checked path (written for all panels, then the full panels of the interior
 // overwritten: simple, and the checked path costs only at the edges and the last panel).
@@ -167,26 +191,14 @@ __attribute__((target("avx2,fma"))) void RowAvx2(const Geometry& g, const float*
     const bool inner = ow >= first && ow < end;
     if (!inner || full * kPanel != g.C) PixelAvx2(g, x, w, b, y + ow * g.C, n, oh, ow, inner);
   }
-  // The input rows the next output row reads and this one does not (one at stride 1, two at
-  // stride 2) come from memory once activations outgrow the cache: they are prefetched a few
-  // pixels at a time as this row goes (MobileNetV2 b8's depthwise layers -11..-29%, b1 within
-  // +-5%: NOTES entry 26).
   const float* ahead[2];
-  int64_t n_ahead = 0;
-  const int64_t last_row = oh * g.SH - g.PT + (g.KH - 1) * g.DH;  // this row's lowest input row
-  for (int64_t i = 0; i < g.KH && n_ahead < 2 && oh + 1 < g.OH; ++i) {
-    const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
-    if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
-  }
+  const int64_t n_ahead = RowsAhead(g, x, n, oh, ahead);
   // Pixels outer, panels inner: the taps of four pixels span a few hundred contiguous bytes
   // of each input row, where panels outer walked every row once per panel at a stride of C
   // floats (2x slower at batch 8, where the rows come from memory: NOTES entry 26).
   int64_t ow = first;
   for (; ow + 4 <= end; ow += 4) {
-    const int64_t c0 = ow * g.SW * g.C, c1 = std::min((ow + 4) * g.SW, g.W) * g.C;
-    for (int64_t r = 0; r < n_ahead; ++r)
-      for (int64_t c = c0; c < c1; c += 16)  // one cache line each
-        _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c), _MM_HINT_T0);
+    PrefetchAhead(g, ahead, n_ahead, ow, ow + 4);
     for (int64_t p = 0; p < full; ++p) FourPixelsAvx2(g, x, w, b, y, n, oh, ow, p);
   }
   for (; ow < end; ++ow)
@@ -255,7 +267,8 @@ __attribute__((target("avx512f"))) void PixelsAvx512(const Geometry& g, const fl
   const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi);
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q)
-    _mm512_mask_storeu_ps(y + (ow + q) * g.C + c0, m, _mm512_min_ps(hi, _mm512_max_ps(lo, acc[q])));
+    _mm512_mask_storeu_ps(y + (ow + q) * g.C + c0, m,
+                          _mm512_min_ps(hi, _mm512_max_ps(lo, acc[q])));
 }
 
 // One output row, as RowAvx2 goes (pixels outer, panels inner, the next row's new input rows
@@ -269,18 +282,10 @@ __attribute__((target("avx512f"))) void RowAvx512(const Geometry& g, const float
   for (int64_t ow = 0; ow < first; ++ow) PixelAvx512(g, x, w, b, y + ow * g.C, n, oh, ow);
   for (int64_t ow = end; ow < g.OW; ++ow) PixelAvx512(g, x, w, b, y + ow * g.C, n, oh, ow);
   const float* ahead[2];
-  int64_t n_ahead = 0;
-  const int64_t last_row = oh * g.SH - g.PT + (g.KH - 1) * g.DH;
-  for (int64_t i = 0; i < g.KH && n_ahead < 2 && oh + 1 < g.OH; ++i) {
-    const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
-    if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
-  }
+  const int64_t n_ahead = RowsAhead(g, x, n, oh, ahead);
   int64_t ow = first;
   for (; ow + 8 <= end; ow += 8) {
-    const int64_t c0 = ow * g.SW * g.C, c1 = std::min((ow + 8) * g.SW, g.W) * g.C;
-    for (int64_t r = 0; r < n_ahead; ++r)
-      for (int64_t c = c0; c < c1; c += 16)  // one cache line each
-        _mm_prefetch(reinterpret_cast<const char*>(ahead[r] + c), _MM_HINT_T0);
+    PrefetchAhead(g, ahead, n_ahead, ow, ow + 8);
     for (int64_t p = 0; p < g.P; ++p) PixelsAvx512<8>(g, x, w, b, y, n, oh, ow, p);
   }
   if (ow + 4 <= end) {
