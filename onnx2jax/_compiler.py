@@ -5,9 +5,9 @@ successor) instead of its own Eigen kernels. With the weights prepared once in t
 kernels want (passes/, _prepare.py), YNNPACK's dots measured up to 1.7x faster on GPT-2
 (benchmarks/NOTES.md, entries 3 and 12), so onnx2jax's jits send dots there, and reductions.
 Convolutions stay on Eigen, which spreads them over the cores where YNNPACK ran the small ones
-on one (ResNet-18 27-30% and ResNet-50 13-17% faster, entry 13). ``Model.tune`` times the other choices per model. Nothing changes on other
-backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns it off; a jaxlib that does not know the option runs
-without it.
+on one (ResNet-18 27-30% and ResNet-50 13-17% faster, entry 13). ``Model.tune`` times the
+other choices per model. Nothing changes on other backends. ``ONNX2JAX_XLA_LIBRARY=off`` turns
+it off; a jaxlib that does not know the option runs without it.
 """
 
 from __future__ import annotations
