@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from . import arith, attention, batchnorm, conv, layout, matmul, norm_act
+from . import arith, attention, batchnorm, conv, layout, matmul, norm_act, rnn
 from ._util import count_nodes
 
 
@@ -53,6 +53,11 @@ PASSES: dict[str, PassSpec] = {
             "fold_batchnorm",
             batchnorm.FoldBatchNorm,
             "BatchNormalization after Conv/ConvTranspose/Gemm folded into its weights",
+        ),
+        PassSpec(
+            "split_rnn_directions",
+            rnn.SplitDirections,
+            "Bidirectional RNN/GRU/LSTM as a forward and a reverse node on weights split once",
         ),
         PassSpec(
             "nhwc",

@@ -49,11 +49,18 @@ def text_feeds(batch: int, seq: int, token_types: bool):
     return feeds
 
 
+def sequence_feeds(batch: int, seq: int):
+    rng = np.random.default_rng(batch * 10 + seq)
+    return {"features": rng.standard_normal((batch, seq, 12), dtype=np.float32)}
+
+
 FAMILIES = {
     # main case (different from export: batch 3, 40x48 images / 11 tokens), second smaller case
     "resnet": (lambda: image_feeds(3, 40, 48), lambda: image_feeds(1, 24, 24)),
     "bert": (lambda: text_feeds(3, 11, True), lambda: text_feeds(1, 5, True)),
     "gpt2": (lambda: text_feeds(3, 11, False), lambda: text_feeds(1, 5, False)),
+    # the dynamo exporter fixes the sequence length of a recurrent model at export (8)
+    "rnn": (lambda: sequence_feeds(3, 8), lambda: sequence_feeds(1, 8)),
 }
 EXPORTERS = ("torchscript", "dynamo")
 FILES = [f"{fam}_{exp}" for fam in FAMILIES for exp in EXPORTERS]

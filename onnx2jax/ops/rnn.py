@@ -106,7 +106,9 @@ def _recurrence(
     4 MB stays in two cores' L2 from step to step, both directions' 8 MB did not: at batch 1
     -20%, NOTES entry 27). Where onnx2jax's kernel runs the step's product (``_packs``), one
     call takes both directions' panels across its threads, and a scan per direction only
-    doubled the hand-offs between them (batch 8 +8%). The input projection ``X W^T +
+    doubled the hand-offs between them (batch 8 +8%). (With the default passes a bidirectional
+    node on param weights arrives here already split in two: passes/rnn.py, which also spares
+    the per-call slicing of each direction's weights.) The input projection ``X W^T +
     bias`` is one matmul over all steps, outside the scan; only the recurrence is sequential.
     With ``gates > 1`` the projection is split into that many per-gate arrays before the scan
     and ``xw_t`` is their tuple: XLA's CPU fusions that slice gates out of the scan's

@@ -189,6 +189,30 @@ def make_gpt2() -> nn.Module:
     return GPT2Wrapper(perturb(GPT2LMHeadModel(cfg), 1)).eval()
 
 
+# -- d: recurrent layers ----------------------------------------------------------------------------
+
+
+class TinyRnn(nn.Module):
+    """A 2-layer bidirectional LSTM, then a bidirectional GRU: what a speech or tagging encoder
+    looks like to the exporters (one bidirectional node per layer, weights for both directions
+    in one initializer)."""
+
+    def __init__(self, features: int = 12, hidden: int = 16):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(2 * hidden, hidden // 2, bidirectional=True, batch_first=True)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, h = self.gru(y)
+        return y, h
+
+
+def make_rnn() -> nn.Module:
+    torch.manual_seed(0)
+    return perturb(TinyRnn(), 1).eval()
+
+
 # -- export -------------------------------------------------------------------------------------------
 
 
@@ -310,6 +334,16 @@ def main(which: list[str]) -> None:
             ["input_ids", "attention_mask"],
             ["logits"],
             {"input_ids": bs, "attention_mask": bs, "logits": bs},
+        )
+    if not which or "rnn" in which:
+        x = torch.randn(2, 8, 12, generator=torch.Generator().manual_seed(4))
+        results |= export_both(
+            "rnn",
+            make_rnn(),
+            (x,),
+            ["features"],
+            ["y", "h"],
+            {"features": {0: "batch", 1: "sequence"}, "y": {0: "batch", 1: "sequence"}},
         )
     print(f"torch {torch.__version__}")
     for path, status in results.items():
