@@ -24,7 +24,7 @@ T, B, I, H = 7, 3, 5, 6
 PASS = ["split_rnn_directions"]
 
 
-def _rnn_model(op, *, layout=0, lens=False, states=True, peep=False, attrs=None, seed=0):
+def _rnn_model(op, *, layout=0, lens=False, states=True, peep=False, attrs=None, seed=0, opset=14):
     """One bidirectional ``op`` on weights held as initializers; X, sequence_lens and the
     initial states are graph inputs."""
     rng = np.random.default_rng(seed)
@@ -53,9 +53,8 @@ def _rnn_model(op, *, layout=0, lens=False, states=True, peep=False, attrs=None,
     while names[-1] == "":
         names.pop()
     outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
-    node = oh.make_node(
-        op, names, outs, hidden_size=H, direction="bidirectional", layout=layout, **(attrs or {})
-    )
+    attrs = dict(attrs or {}) | ({"layout": layout} if opset >= 14 else {})
+    node = oh.make_node(op, names, outs, hidden_size=H, direction="bidirectional", **attrs)
     graph = oh.make_graph(
         [node],
         "g",
@@ -63,7 +62,7 @@ def _rnn_model(op, *, layout=0, lens=False, states=True, peep=False, attrs=None,
         [oh.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
         inits,
     )
-    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 14)])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
 
 
 def _feeds(model, seed=1):
@@ -118,6 +117,14 @@ def test_split_matches_onnxruntime(op, layout):
     assert matches == {op: 1}
     got = [onnx.helper.get_attribute_value(a) for n in directions for a in n.attribute]
     assert b"forward" in got and b"reverse" in got and b"bidirectional" not in got
+
+
+@pytest.mark.parametrize("opset", [11, 18])
+def test_split_at_other_opsets(opset):
+    """Split takes its halves from an attribute-free node below opset 18, num_outputs from 18."""
+    model = _rnn_model("LSTM", opset=opset)
+    matches, _ = _check(model, _feeds(model))
+    assert matches == {"LSTM": 1}
 
 
 @pytest.mark.parametrize("op", ["GRU", "LSTM"])
