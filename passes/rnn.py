@@ -3,7 +3,7 @@
 The exporters write a bidirectional recurrence as one node whose W, R and B hold both
 directions (``[2, ...]``). onnx2jax runs each direction as its own scan, so its lowering
 sliced each direction's weights out of them on every call: copies XLA cannot fold, since
-params are traced arguments (the zoo's 2-layer LSTM: 41 MB per call). Here the node becomes a
+params are traced arguments (the zoo's 2-layer LSTM: 35 MB per call). Here the node becomes a
 ``forward`` and a ``reverse`` node on ``Split`` halves of the weights (param-only, so prep
 splits them once per params object, onnx2jax/_prepare.py), with ``Concat`` joining their
 outputs: Y on its direction axis, Y_h and Y_c on theirs. Standard ONNX throughout, so the
