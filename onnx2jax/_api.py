@@ -106,7 +106,8 @@ class Model:
     def __init__(self, program: Program, params: Params):
         self._program = program
         self.params = params
-        self._prepared: tuple[tuple[int, ...], dict[str, Any]] | None = None
+        # (params key, prepared values, the params the program reads): see _program_inputs
+        self._prepared: tuple[tuple[int, ...], dict[str, Any], dict[str, Any]] | None = None
 
     # -- pytree: params are leaves, the program is static ------------------------------------
     def tree_flatten(self):
@@ -202,7 +203,7 @@ class Model:
                 # Strings cannot leave an XLA program; such graphs run eagerly (numeric ops
                 # inside still dispatch to XLA one by one).
                 return _run(prog, self.params, dynamic, {k: f.value for k, f in static})
-            return _jitted(prog)(self.params, self._prepared_values(), dynamic, static)
+            return _jitted(prog)(*self._program_inputs(), dynamic, static)
 
     def lower(self, *args: Any, **kwargs: Any) -> tuple[Any, tuple[Any, ...]]:
         """Ahead-of-time form of ``model(*args, **kwargs)``: ``(lowered, call_args)``.
@@ -220,7 +221,7 @@ class Model:
         with prog.context():
             bound = _bind(prog, args, kwargs)
             static, dynamic = _split(prog, bound)
-            call_args = (self.params, self._prepared_values(), dynamic)
+            call_args = (*self._program_inputs(), dynamic)
             return _jitted(prog).lower(*call_args, static), call_args
 
     def tune(self, *args: Any, rounds: int = 3, **kwargs: Any):
@@ -278,15 +279,24 @@ class Model:
         return self._program.ir.pass_report
 
     def _prepared_values(self) -> dict[str, Any]:
-        """The param-only values (laid-out and folded weights) for ``self.params``, computed
-        once per params object: replacing ``model.params`` or one of its arrays recomputes."""
+        """The param-only values (laid-out and folded weights) for ``self.params``."""
+        return self._program_inputs()[1]
+
+    def _program_inputs(self) -> tuple[Mapping[str, Any], dict[str, Any]]:
+        """What ``model(...)``'s program takes for ``self.params``: the params its steps read
+        (``Prep.reads``: a weight that only prep reads stays out) and the param-only values,
+        both computed once per params object: replacing ``model.params`` or one of its arrays
+        recomputes them."""
         prog = self._program
         if not prog.prep:
-            return prog.buffers
+            return self.params, prog.buffers
         key = (id(self.params), *(id(v) for v in self.params.values()))
         if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, {**prog.buffers, **_prep_fn(prog)(self.params)})
-        return self._prepared[1]
+            check_params(prog, self.params)
+            prepared = {**prog.buffers, **_prep_fn(prog)(self.params)}
+            reads = {k: v for k, v in self.params.items() if k in prog.prep.reads}
+            self._prepared = (key, prepared, reads)
+        return self._prepared[2], self._prepared[1]
 
 
 def _split(prog: Program, bound: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -329,7 +339,9 @@ def _jitted(prog: Program):
         def run_static(params, prepared, dynamic, static):
             env = dict(prepared)
             env.update(dynamic)
-            return _run(prog, params, env, {k: f.value for k, f in static}, skip=skip)
+            # With prep, params holds only what the steps read, checked when prepared.
+            statics = {k: f.value for k, f in static}
+            return _run(prog, params, env, statics, skip=skip, check=not prog.prep)
 
         options = prog.jits.main_options or compiler_options()
         fn = prog.jits.main = jax.jit(run_static, static_argnums=3, compiler_options=options)
@@ -365,8 +377,10 @@ def _run(
     dynamic: Mapping[str, Any],
     static: Mapping[str, np.ndarray],
     skip: frozenset[int] = frozenset(),
+    check: bool = True,
 ) -> tuple[Any, ...]:
-    check_params(prog, params)
+    if check:
+        check_params(prog, params)
     env: dict[str, Any] = dict(prog.constants)
     env.update(prog.buffers)  # model(...) passes them in as arguments (in ``dynamic``)
     env.update(params)

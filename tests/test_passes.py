@@ -201,6 +201,22 @@ def test_prepared_weights_follow_the_params():
     assert not np.allclose(first, second)
 
 
+def test_program_takes_only_the_params_it_reads():
+    """Weights only prep reads (the conv weights it lays out) stay out of model(...)'s program
+    arguments; a params dict missing one is still refused, by name."""
+    model = onnx2jax.load(_small_cnn())
+    x = RNG.standard_normal((1, 3, 16, 16), np.float32)
+    _, (params, _, _) = model.lower(x)
+    prep_only = {"w1", "w2", "dw"}  # read by the layout pass's weight transposes alone
+    assert not prep_only & set(params) and "b1" in params
+    np.testing.assert_allclose(
+        np.asarray(model(x)[0]), np.asarray(model.apply(model.params, x)[0]), rtol=1e-5
+    )
+    model.params = {k: v for k, v in model.params.items() if k != "w2"}
+    with pytest.raises(onnx2jax.InputError, match="w2"):
+        model(x)
+
+
 # -- MatMul weights in [N, K] layout ---------------------------------------------------------
 
 
