@@ -467,3 +467,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(onnx2jax_packed_conv_add, PackedConvAdd,
                                       .Arg<ffi::AnyBuffer>()
                                       .Arg<ffi::AnyBuffer>()
                                       .Ret<ffi::AnyBuffer>()));
+
+#ifdef ONNX2JAX_CALL_LOG
+// Copies out and clears parallel.h's call log: durations of the calls (as many as returned),
+// start delays of their pool tasks (*starts of them).
+extern "C" __attribute__((visibility("default"))) int64_t onnx2jax_call_log(
+    int64_t* durations_ns, int64_t* delays_ns, int64_t cap, int64_t* starts) {
+  auto& log = onnx2jax::Log();
+  const int64_t n = std::min({log.calls.exchange(0), cap, onnx2jax::CallLog::kCap});
+  const int64_t m = std::min({log.starts.exchange(0), cap, onnx2jax::CallLog::kCap});
+  std::copy(log.duration_ns, log.duration_ns + n, durations_ns);
+  std::copy(log.delay_ns, log.delay_ns + m, delays_ns);
+  *starts = m;
+  return n;
+}
+#endif

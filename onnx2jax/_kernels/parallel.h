@@ -15,17 +15,49 @@
 
 namespace onnx2jax {
 
+#ifdef ONNX2JAX_CALL_LOG
+// Developer builds only (benchmarks/tools/kernel_calls.py compiles with -DONNX2JAX_CALL_LOG):
+// each ParallelFor call's duration and its pool task's start delay, in call order, read back
+// through onnx2jax_call_log. jax.profiler's thunk times inflate these multi-threaded calls
+// (NOTES entry 28); this is the wall clock inside them.
+struct CallLog {
+  static constexpr int64_t kCap = 1 << 20;
+  std::atomic<int64_t> calls{0}, starts{0};
+  int64_t duration_ns[kCap], delay_ns[kCap];
+};
+inline CallLog& Log() {
+  static CallLog* log = new CallLog();
+  return *log;
+}
+inline int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+#endif
+
 constexpr int64_t kChunksPerThread = 4;  // evens out the tail with little traffic on the counter
 constexpr std::chrono::microseconds kPollBeforeSleep{100};
 
 // Runs body(begin, end) over chunks of [0, total) on the calling thread and threads - 1 tasks of
-// XLA's pool, about kChunksPerThread chunks per thread. The caller then waits for the other threads' chunks: it polls for up to
-// kPollBeforeSleep, yielding its core, and then sleeps (an unbounded spin burns a core of a
-// 2-core machine; sleeping at once pays a wake-up per call: NOTES entries 19, 22). The state
+// XLA's pool, about kChunksPerThread chunks per thread. The caller then waits for the other
+// threads' chunks: it polls for up to kPollBeforeSleep, yielding its core, and then sleeps (an
+// unbounded spin burns a core of a 2-core machine; sleeping at once pays a wake-up per call:
+// NOTES entries 19, 22; our own spinning helpers instead of XLA's pool did not pay: 28). The state
 // is shared because a pool task may start after the call has returned; it then finds no chunk
 // left and runs nothing.
 inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t total,
                         std::function<void(int64_t, int64_t)> body) {
+#ifdef ONNX2JAX_CALL_LOG
+  struct Timed {
+    int64_t t0 = NowNs();
+    ~Timed() {
+      const int64_t i = Log().calls++;
+      if (i < CallLog::kCap) Log().duration_ns[i] = NowNs() - t0;
+    }
+  } timed;
+  const int64_t scheduled = NowNs();
+#endif
   if (threads <= 1 || total <= 1) {
     if (total > 0) body(0, total);
     return;
@@ -57,8 +89,17 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t tot
   state->body = std::move(body);
   state->total = total;
   state->chunk = std::max<int64_t>(1, total / (kChunksPerThread * threads));
-  for (int64_t t = 1; t < threads && t * state->chunk < total; ++t)
+  for (int64_t t = 1; t < threads && t * state->chunk < total; ++t) {
+#ifdef ONNX2JAX_CALL_LOG
+    pool.Schedule([state, scheduled] {
+      const int64_t i = Log().starts++;
+      if (i < CallLog::kCap) Log().delay_ns[i] = NowNs() - scheduled;
+      state->Drain();
+    });
+#else
     pool.Schedule([state] { state->Drain(); });
+#endif
+  }
   state->Drain();
   const auto give_up = std::chrono::steady_clock::now() + kPollBeforeSleep;
   do {
