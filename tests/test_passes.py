@@ -51,14 +51,24 @@ def _bn(inp, out, c, prefix="bn"):
     return node, inits
 
 
+def _evaluate(model: onnx.ModelProto, feeds):
+    return ReferenceEvaluator(model).run(None, feeds)
+
+
 def _ort(model: onnx.ModelProto, feeds):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
-def check_pass(model: onnx.ModelProto, feeds, passes, *, rtol=1e-5, atol=1e-5):
-    """The model with ``passes`` gives the outputs of the graph as written; returns the report."""
-    want = ReferenceEvaluator(model).run(None, feeds)
+def check_pass(
+    model: onnx.ModelProto, feeds, passes, *, rtol=1e-5, atol=1e-5, reference=None, runner=None
+):
+    """The model with ``passes`` gives the outputs of the graph as written; returns the report.
+
+    ``reference(model, feeds)`` gives those outputs (onnx's reference evaluator by default);
+    ``runner`` runs the original and the optimized file against each other (onnxruntime).
+    """
+    want = (reference or _evaluate)(model, feeds)
     m = onnx2jax.load(model, passes=passes)
     plain = onnx2jax.load(model, passes=None)
     for how, got in (
@@ -70,7 +80,8 @@ def check_pass(model: onnx.ModelProto, feeds, passes, *, rtol=1e-5, atol=1e-5):
             np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=atol, err_msg=how)
     optimized, report = optimize_proto(model, onnx2jax_passes.resolve(passes), portable=True)
     onnx.checker.check_model(optimized)
-    for w, g in zip(_ort(model, feeds), _ort(optimized, feeds), strict=True):
+    runner = runner or _ort
+    for w, g in zip(runner(model, feeds), runner(optimized, feeds), strict=True):
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg="onnxruntime, optimized")
     return m.pass_report
 

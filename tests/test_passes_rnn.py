@@ -12,6 +12,7 @@ import onnx.helper as oh
 import pytest
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from test_passes import check_pass
 
 import onnx2jax
 from onnx2jax import passes as onnx2jax_passes
@@ -87,33 +88,25 @@ def _ort(model, feeds):
 
 
 def _check(model, feeds, *, rtol=1e-5, atol=1e-5):
-    """onnx2jax with the pass (jitted and eager) and without it, and the optimized file in
-    onnxruntime, all against onnxruntime on the original; returns the pass's matches and the
-    optimized file's recurrent nodes."""
-    want = _ort(model, feeds)
-    m = onnx2jax.load(model, passes=PASS)
-    plain = onnx2jax.load(model, passes=None)
-    for how, got in (
-        ("jit", m(**feeds)),
-        ("eager", m.apply(m.params, **feeds)),
-        ("no passes", plain(**feeds)),
-    ):
-        for w, g in zip(want, got, strict=True):
-            np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=atol, err_msg=how)
+    """test_passes.check_pass with onnxruntime (onnx's reference for layout=1) as the
+    reference: onnx2jax with the pass, jitted and eager, and without it, and the optimized file;
+    returns the pass's matches."""
+    report = check_pass(model, feeds, PASS, rtol=rtol, atol=atol, reference=_ort, runner=_ort)
+    (split,) = report.passes
+    return split.matches
+
+
+def _directions(model):
+    """The recurrent nodes of the model as the pass leaves it."""
     optimized, _ = optimize_proto(model, onnx2jax_passes.resolve(PASS), portable=True)
-    onnx.checker.check_model(optimized)
-    directions = [n for n in optimized.graph.node if n.op_type in GATES]
-    for w, g in zip(want, _ort(optimized, feeds), strict=True):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, err_msg="optimized, onnxruntime")
-    (report,) = m.pass_report.passes
-    return report.matches, directions
+    return [n for n in optimized.graph.node if n.op_type in GATES]
 
 
 @pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("layout", [0, 1])
 def test_split_matches_onnxruntime(op, layout):
     model = _rnn_model(op, layout=layout, peep=op == "LSTM")
-    matches, directions = _check(model, _feeds(model))
+    matches, directions = _check(model, _feeds(model)), _directions(model)
     assert matches == {op: 1}
     got = [onnx.helper.get_attribute_value(a) for n in directions for a in n.attribute]
     assert b"forward" in got and b"reverse" in got and b"bidirectional" not in got
@@ -123,21 +116,21 @@ def test_split_matches_onnxruntime(op, layout):
 def test_split_at_other_opsets(opset):
     """Split takes its halves from an attribute-free node below opset 18, num_outputs from 18."""
     model = _rnn_model("LSTM", opset=opset)
-    matches, _ = _check(model, _feeds(model))
+    matches = _check(model, _feeds(model))
     assert matches == {"LSTM": 1}
 
 
 @pytest.mark.parametrize("op", ["GRU", "LSTM"])
 def test_split_with_sequence_lengths_and_no_initial_state(op):
     model = _rnn_model(op, lens=True, states=False, attrs={"clip": 2.0})
-    matches, _ = _check(model, _feeds(model))
+    matches = _check(model, _feeds(model))
     assert matches == {op: 1}
 
 
 def test_split_gives_each_direction_its_activations():
     acts = ["Sigmoid", "Tanh", "Tanh", "HardSigmoid", "Softsign", "Relu"]
     model = _rnn_model("LSTM", attrs={"activations": acts})
-    matches, directions = _check(model, _feeds(model), rtol=1e-4)
+    matches, directions = _check(model, _feeds(model), rtol=1e-4), _directions(model)
     assert matches == {"LSTM": 1}
     lists = [
         [s.decode() for s in onnx.helper.get_attribute_value(a)]
@@ -156,7 +149,7 @@ def test_split_leaves_alphas_and_computed_weights_alone():
         "activation_beta": [0.1, -0.1],
     }
     model = _rnn_model("RNN", attrs=attrs)
-    matches, _ = _check(model, _feeds(model), rtol=1e-4)  # affine: unbounded, values grow
+    matches = _check(model, _feeds(model), rtol=1e-4)  # affine: unbounded, values grow
     assert matches == {}
     # W as a graph input: a split there would run every call, as the op's slicing does
     model = _rnn_model("GRU")
@@ -164,7 +157,7 @@ def test_split_leaves_alphas_and_computed_weights_alone():
     model.graph.initializer.remove(w)
     model.graph.input.append(oh.make_tensor_value_info("W", TensorProto.FLOAT, [2, 3 * H, I]))
     feeds = _feeds(model) | {"W": numpy_helper.to_array(w)}
-    matches, _ = _check(model, feeds)
+    matches = _check(model, feeds)
     assert matches == {}
 
 

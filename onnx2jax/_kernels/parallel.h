@@ -56,7 +56,7 @@ inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t threads, int64_t tot
       if (i < CallLog::kCap) Log().duration_ns[i] = NowNs() - t0;
     }
   } timed;
-  const int64_t scheduled = NowNs();
+  const int64_t scheduled = timed.t0;
 #endif
   if (threads <= 1 || total <= 1) {
     if (total > 0) body(0, total);
