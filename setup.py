@@ -14,6 +14,7 @@ setup(
                 "onnx2jax/_kernels/packed_matmul.cc",
                 "onnx2jax/_kernels/packed_conv.cc",
                 "onnx2jax/_kernels/depthwise_conv.cc",
+                "onnx2jax/_kernels/inverted_residual.cc",
             ],
             include_dirs=["onnx2jax/_kernels/include"],
             language="c++",

@@ -26,10 +26,12 @@ from ._util import (
     CountingPass,
     attr,
     const_tensor,
+    is_op,
     new_initializer,
     only_user,
     param_derived,
     replace,
+    sole_producer,
 )
 
 
@@ -133,6 +135,98 @@ class PackConvs(CountingPass):
             outputs[outputs.index(out)] = node.outputs[0]
         graph.remove(user, safe=True)
         self.hit(f"{node.op_type} + {user.op_type}")
+
+
+class FuseInvertedResiduals(CountingPass):
+    """A 1x1 ``PackedNhwcConv`` (the expansion), the depthwise one it alone feeds and the 1x1
+    ``PackedNhwcConv[Add]`` that alone reads that (the projection) -> one
+    ``PackedInvertedResidual[Add]``: MobileNetV2's and EfficientNet-style blocks, which the
+    kernel runs in bands of rows so the expanded tensor stays in cache (entry 29). Runs after
+    ``pack_convs`` has folded each conv's activation and residual (the fixed point waits)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.reset()
+        graph = model.graph
+        for node in list(graph):
+            if node.graph is None or not (
+                _is(node, "PackedNhwcConv") or _is(node, "PackedNhwcConvAdd")
+            ):
+                continue
+            chain = _block(node)
+            if chain is not None:
+                self._fuse(graph, *chain)
+        if self.matches:
+            model.opset_imports.setdefault(DOMAIN, 1)
+        return ir.passes.PassResult(model, bool(self.matches))
+
+    def _fuse(self, graph: ir.Graph, expand: ir.Node, dw: ir.Node, project: ir.Node) -> None:
+        inputs = [expand.inputs[0], *expand.inputs[1:3], *dw.inputs[1:3], *project.inputs[1:]]
+        attributes = {
+            k: v
+            for k, v in dw.attributes.items()
+            if k in ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
+        }
+        channels = int(attr(expand, "output_channels"))
+        values = {
+            "expanded_channels": channels,
+            "output_channels": int(attr(project, "output_channels")),
+            "expand_min": attr(expand, "activation_min", -math.inf),
+            "expand_max": attr(expand, "activation_max", math.inf),
+            "depthwise_min": attr(dw, "activation_min", -math.inf),
+            "depthwise_max": attr(dw, "activation_max", math.inf),
+            "activation_min": attr(project, "activation_min", -math.inf),
+            "activation_max": attr(project, "activation_max", math.inf),
+        }
+        for k, v in values.items():
+            attributes[k] = (ir.AttrInt64 if isinstance(v, int) else ir.AttrFloat32)(k, v)
+        op = "PackedInvertedResidualAdd" if len(inputs) == 8 else "PackedInvertedResidual"
+        tape = ir.tape.Tape()
+        y = tape.op(op, inputs, attributes=attributes, domain=DOMAIN, name=project.name)
+        replace(graph, [project, dw, expand], tape, project.outputs, [y])
+        self.hit(op)
+
+
+def _block(project: ir.Node) -> tuple[ir.Node, ir.Node, ir.Node] | None:
+    """(expansion, depthwise, projection) ending at ``project``, each settled (no activation or
+    residual left for ``pack_convs`` to fold) and with all three biases; else None."""
+    dw = sole_producer(project.inputs[0])
+    expand = sole_producer(dw.inputs[0]) if dw is not None else None
+    if expand is None or not (_is(dw, "PackedNhwcConv") and _is(expand, "PackedNhwcConv")):
+        return None
+    if not (_pointwise(expand) and _pointwise(project)):
+        return None
+    channels = attr(expand, "output_channels")
+    if attr(dw, "group", 1) != channels or attr(dw, "output_channels") != channels:
+        return None
+    if any(len(n.inputs) < 3 or n.inputs[2] is None for n in (expand, dw, project)):
+        return None
+    if not all(_settled(n) for n in (expand, dw, project)):
+        return None
+    return expand, dw, project
+
+
+def _pointwise(node: ir.Node) -> bool:
+    """A dense 1x1 convolution, stride 1, no padding."""
+    return (
+        attr(node, "group", 1) == 1
+        and list(attr(node, "kernel_shape", [])) == [1, 1]
+        and all(v == 1 for v in attr(node, "strides", [1, 1]))
+        and all(v == 1 for v in attr(node, "dilations", [1, 1]))
+        and not any(attr(node, "pads", [0, 0, 0, 0]))
+        and attr(node, "auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    )
+
+
+def _settled(node: ir.Node) -> bool:
+    """Whether ``pack_convs`` is done with ``node`` (it folds one activation, and a residual
+    ``Add`` into a dense conv with none yet)."""
+    if _has_activation(node):
+        return True
+    user = only_user(node.outputs[0])
+    if _clamp_bounds(user) is not None:
+        return False
+    dense = _is(node, "PackedNhwcConv") and attr(node, "group", 1) == 1
+    return not (dense and is_op(user, "Add"))
 
 
 def _is(node: ir.Node, op_type: str) -> bool:

@@ -59,6 +59,8 @@ def function(op_type: str, opset: int) -> ir.Function:
         return _packed_matmul_function(op_type, opset)
     if op_type in ("PackedNhwcConv", "PackedNhwcConvAdd"):
         return _packed_conv_function(op_type, opset)
+    if op_type in ("PackedInvertedResidual", "PackedInvertedResidualAdd"):
+        return _inverted_residual_function(op_type, opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
     nodes, args = [], []
@@ -151,6 +153,53 @@ def _packed_conv_function(op_type: str, opset: int) -> ir.Function:
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=attributes)
 
 
+def _inverted_residual_function(op_type: str, opset: int) -> ir.Function:
+    """``PackedInvertedResidual[Add](x, we, be, wd, bd, wp, bp[, residual])``: the three
+    ``PackedNhwcConv`` it fused (their own functions), attributes passed down by reference."""
+    names = ["x", "we", "be", "wd", "bd", "wp", "bp"]
+    if op_type == "PackedInvertedResidualAdd":
+        names.append("residual")
+    inputs = [ir.Value(name=n) for n in names]
+    x, we, be, wd, bd, wp, bp = inputs[:7]
+    one = [ir.AttrInt64s("kernel_shape", [1, 1])]
+
+    def ref(name, source, kind):
+        return ir.RefAttr(name, source, kind)
+
+    def clamp(prefix):
+        return [ref("activation_min", f"{prefix}_min", _FLOAT),
+                ref("activation_max", f"{prefix}_max", _FLOAT)]  # fmt: skip
+
+    expand = ir.Node(
+        DOMAIN, "PackedNhwcConv", [x, we, be],
+        [*one, ref("output_channels", "expanded_channels", _INT), *clamp("expand")],
+    )  # fmt: skip
+    window = [ref(name, name, kind) for name, kind in (
+        ("auto_pad", _STR), ("dilations", _INTS), ("kernel_shape", _INTS), ("pads", _INTS),
+        ("strides", _INTS))]  # fmt: skip
+    dw = ir.Node(
+        DOMAIN, "PackedNhwcConv", [expand.outputs[0], wd, bd],
+        [*window, ref("group", "expanded_channels", _INT),
+         ref("output_channels", "expanded_channels", _INT), *clamp("depthwise")],
+    )  # fmt: skip
+    project = ir.Node(
+        DOMAIN, op_type.replace("InvertedResidual", "NhwcConv"),
+        [dw.outputs[0], wp, bp, *inputs[7:]],
+        [*one, ref("output_channels", "output_channels", _INT), *clamp("activation")],
+    )  # fmt: skip
+    project.outputs[0].name = "y"
+    graph = ir.Graph(
+        inputs, project.outputs, nodes=[expand, dw, project],
+        opset_imports={"": opset, DOMAIN: 1},
+    )  # fmt: skip
+    declared = {"auto_pad": _STR, "dilations": _INTS, "kernel_shape": _INTS, "pads": _INTS,
+                "strides": _INTS, "expanded_channels": _INT, "output_channels": _INT}  # fmt: skip
+    for prefix in ("expand", "depthwise", "activation"):
+        declared |= {f"{prefix}_min": _FLOAT, f"{prefix}_max": _FLOAT}
+    attributes = [ir.Attr(name, kind, None) for name, kind in declared.items()]
+    return ir.Function(DOMAIN, op_type, graph=graph, attributes=attributes)
+
+
 def _schema_attributes(op_type: str, opset: int) -> set[str]:
     import onnx.defs  # the operator schemas (not protobuf)
 
@@ -159,7 +208,10 @@ def _schema_attributes(op_type: str, opset: int) -> set[str]:
 
 def add_functions(model: ir.Model) -> list[str]:
     """Add a function for every ``ai.onnx2jax`` op the model uses; returns their names."""
-    used = sorted({n.op_type for n in model.graph.all_nodes() if n.domain == DOMAIN})
+    used = {n.op_type for n in model.graph.all_nodes() if n.domain == DOMAIN}
+    if used & {"PackedInvertedResidual", "PackedInvertedResidualAdd"}:  # their bodies call these
+        used |= {"PackedNhwcConv", "PackedNhwcConvAdd"}
+    used = sorted(used)
     opset = model.opset_imports.get("", 17)
     for op in used:
         fn = function(op, opset)

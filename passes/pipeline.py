@@ -70,6 +70,11 @@ PASSES: dict[str, PassSpec] = {
             "NhwcConv weights packed once for onnx2jax's CPU kernel; ReLU/Clip folded in",
         ),
         PassSpec(
+            "fuse_inverted_residuals",
+            conv.FuseInvertedResiduals,
+            "1x1 expansion, depthwise and 1x1 projection convs as one banded kernel call",
+        ),
+        PassSpec(
             "fuse_attention",
             attention.FuseAttention,
             "MatMul, scale, mask, Softmax, MatMul chains as one Attention op",
@@ -94,7 +99,12 @@ PASSES: dict[str, PassSpec] = {
 DEFAULT: tuple[str, ...] = tuple(PASSES)
 # Passes whose ops pay only with onnx2jax's CPU kernels: ``load`` drops them where those do not
 # run (no compiler at install, another backend, ONNX2JAX_KERNELS=off).
-KERNEL_PASSES: tuple[str, ...] = ("pack_convs", "pack_few_rows", "pack_many_rows")
+KERNEL_PASSES: tuple[str, ...] = (
+    "pack_convs",
+    "fuse_inverted_residuals",
+    "pack_few_rows",
+    "pack_many_rows",
+)
 MAX_ROUNDS = 8
 
 

@@ -57,6 +57,7 @@ def sequence_feeds(batch: int, seq: int):
 FAMILIES = {
     # main case (different from export: batch 3, 40x48 images / 11 tokens), second smaller case
     "resnet": (lambda: image_feeds(3, 40, 48), lambda: image_feeds(1, 24, 24)),
+    "mobilenet": (lambda: image_feeds(3, 40, 48), lambda: image_feeds(1, 24, 24)),
     "bert": (lambda: text_feeds(3, 11, True), lambda: text_feeds(1, 5, True)),
     "gpt2": (lambda: text_feeds(3, 11, False), lambda: text_feeds(1, 5, False)),
     # the dynamo exporter fixes the sequence length of a recurrent model at export (8)

@@ -5,7 +5,7 @@
 
 Build each library from its sources as setup.py does, e.g. in onnx2jax/_kernels:
     g++ -O3 -std=c++17 -fvisibility=hidden -w -fPIC -shared -Iinclude -I. -o /tmp/a.so \\
-        packed_matmul.cc packed_conv.cc depthwise_conv.cc
+        packed_matmul.cc packed_conv.cc depthwise_conv.cc inverted_residual.cc
 
 Both libraries register their handlers under prefixed FFI target names ("A_...", "B_..."), and
 each function is traced with one prefix, so both run in the same process against the same
@@ -29,6 +29,7 @@ import numpy as np
 import onnx2jax
 import onnx2jax._kernels._ffi as ffi
 from onnx2jax._kernels import conv as kc
+from onnx2jax._kernels import inverted_residual as kir
 from onnx2jax._kernels import matmul as km
 
 # (N, H=W, C, O, kernel, stride, groups): MobileNetV2- and ResNet-shaped layers
@@ -72,6 +73,8 @@ def use(tag: str) -> None:
     kc._DEPTHWISE = f"{tag}_onnx2jax_depthwise_conv"
     kc._MAX_POOL = f"{tag}_onnx2jax_max_pool"
     km._TARGET = f"{tag}_onnx2jax_packed_matmul"
+    kir._FUSED = f"{tag}_onnx2jax_inverted_residual"
+    kir._FUSED_ADD = f"{tag}_onnx2jax_inverted_residual_add"
 
 
 def interleave(fns: dict, rounds: int, seconds: float) -> dict[str, float]:

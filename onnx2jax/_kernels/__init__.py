@@ -10,7 +10,9 @@ Two, each on a weight packed once into panels of output columns, in prep:
   panels (JAX side ``conv.py``): dense ones as an indirect GEMM (packed_conv.cc, 1.0-2x XLA's
   CPU convolutions, entry 18), depthwise ones with channels in the vector lanes
   (depthwise_conv.cc, entry 19); beside them an NHWC max pool that needs no weight
-  (depthwise_conv.cc, ``conv.max_pool``, entry 27).
+  (depthwise_conv.cc, ``conv.max_pool``, entry 27), and a MobileNet inverted-residual block
+  (expansion, depthwise, projection) in one call over bands of rows on the same tiles
+  (inverted_residual.cc; JAX side ``inverted_residual.py``, entry 29).
 
 Both are C++, built into one library by ``pip install`` when a C++ compiler is there. This
 module says whether it is there without loading JAX (the graph passes read it).

@@ -16,6 +16,8 @@ TARGETS = (
     "onnx2jax_packed_conv_add",
     "onnx2jax_depthwise_conv",
     "onnx2jax_max_pool",
+    "onnx2jax_inverted_residual",
+    "onnx2jax_inverted_residual_add",
 )
 
 

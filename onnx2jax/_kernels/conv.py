@@ -82,7 +82,7 @@ def packed_conv(x, packed, b, geometry: Geometry, residual=None):
         residual is None
         or (
             geometry.groups == 1
-            and tuple(residual.shape) == _out_shape(x, geometry)
+            and tuple(residual.shape) == _out_shape(x.shape, geometry)
             and residual.dtype == jnp.float32
         )
     )
@@ -119,8 +119,9 @@ def _clamp(y, g: Geometry):
     return y
 
 
-def _out_shape(x, g: Geometry) -> tuple[int, ...]:
-    n, h, w, _ = x.shape
+def _out_shape(shape, g: Geometry) -> tuple[int, ...]:
+    """The output shape of a convolution of NHWC ``shape``."""
+    n, h, w, _ = shape
     sizes = [
         (size + lo + hi - (k - 1) * d - 1) // s + 1
         for size, k, s, d, (lo, hi) in zip((h, w), g.kernel, g.strides, g.dilations, g.pads)
@@ -130,7 +131,7 @@ def _out_shape(x, g: Geometry) -> tuple[int, ...]:
 
 def _call(*ops, g: Geometry):
     x = ops[0]
-    out = jax.ShapeDtypeStruct(_out_shape(x, g), x.dtype)
+    out = jax.ShapeDtypeStruct(_out_shape(x.shape, g), x.dtype)
     target = _DENSE_ADD if len(ops) == 4 else _DENSE if g.groups == 1 else _DEPTHWISE
     return jax.ffi.ffi_call(target, out)(*ops, **_window_attrs(g, g.lo, g.hi))
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._kernels import conv as packed
+from .._kernels import inverted_residual as fused
 from .._registry import register
 from . import _conv_lowering as lowering
 from . import pool
@@ -95,6 +96,66 @@ def packed_nhwc_conv(
         groups=int(group),
     )
     return packed.packed_conv(x, w, b, geometry, residual)
+
+
+@register("PackedInvertedResidual", domain=DOMAIN)
+@register("PackedInvertedResidualAdd", domain=DOMAIN)
+def packed_inverted_residual(
+    x,
+    expand_w,
+    expand_b,
+    depthwise_w,
+    depthwise_b,
+    project_w,
+    project_b,
+    residual=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    expanded_channels=None,
+    output_channels=None,
+    expand_min=-math.inf,
+    expand_max=math.inf,
+    depthwise_min=-math.inf,
+    depthwise_max=math.inf,
+    activation_min=-math.inf,
+    activation_max=math.inf,
+):
+    """Three ``PackedNhwcConv`` in one (the fuse_inverted_residuals pass): a 1x1 expansion to
+    ``expanded_channels`` clamped to ``[expand_min, expand_max]``, a depthwise convolution with
+    the window attributes clamped to ``[depthwise_min, depthwise_max]``, a 1x1 projection to
+    ``output_channels`` (``PackedInvertedResidualAdd`` adds ``residual``) clamped to
+    ``[activation_min, activation_max]``; weights packed as PackedNhwcConv's."""
+    if not kernel_shape or expanded_channels is None or output_channels is None:
+        raise ValueError(
+            "PackedInvertedResidual needs kernel_shape, expanded_channels and output_channels "
+            f"(got {kernel_shape}, {expanded_channels}, {output_channels})"
+        )
+    e, o, kernel = int(expanded_channels), int(output_channels), ints(kernel_shape)
+    strides, pad, dilations = _window(x, kernel, strides, pads, dilations, auto_pad)
+    one = dict(kernel=(1, 1), strides=(1, 1), pads=((0, 0), (0, 0)), dilations=(1, 1))
+    block = fused.Block(
+        expand=packed.Geometry(out_channels=e, lo=float(expand_min), hi=float(expand_max), **one),
+        depthwise=packed.Geometry(
+            kernel=tuple(kernel),
+            out_channels=e,
+            strides=tuple(strides),
+            pads=tuple(tuple(int(p) for p in pair) for pair in pad),
+            dilations=tuple(dilations),
+            lo=float(depthwise_min),
+            hi=float(depthwise_max),
+            groups=e,
+        ),
+        project=packed.Geometry(
+            out_channels=o, lo=float(activation_min), hi=float(activation_max), **one
+        ),
+    )
+    return fused.inverted_residual(
+        x, expand_w, expand_b, depthwise_w, depthwise_b, project_w, project_b, block, residual
+    )
 
 
 def _window(x, kernel, strides, pads, dilations, auto_pad):

@@ -93,8 +93,46 @@ class TinyResNet(nn.Module):
 
 def make_resnet() -> nn.Module:
     torch.manual_seed(0)
-    model = TinyResNet()
-    # Fresh BatchNorm has mean 0 / var 1, which would make it an identity: give it real stats.
+    return with_batchnorm_stats(TinyResNet())
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion + ReLU6, depthwise 3x3 + ReLU6, 1x1 projection (all
+    with BatchNorm), and the input added when the shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        e = cin * expand
+        self.body = nn.Sequential(
+            conv_bn(cin, e, 1), nn.ReLU6(), conv_bn(e, e, 3, stride, groups=e), nn.ReLU6(),
+            conv_bn(e, cout, 1),
+        )  # fmt: skip
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+class TinyMobileNet(nn.Module):
+    """A MobileNetV2-style stack: stem, a strided and a residual inverted-residual block, a
+    head (the shape fuse_inverted_residuals rewrites)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, 16, 3, 2), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            InvertedResidual(16, 24, 2, 6), InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 1, 4),
+        )  # fmt: skip
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.gap(self.blocks(self.stem(x))), 1))
+
+
+def with_batchnorm_stats(model: nn.Module) -> nn.Module:
+    """Fresh BatchNorm has mean 0 / var 1, which would make it an identity: give it real stats."""
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -104,6 +142,11 @@ def make_resnet() -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model.eval()
+
+
+def make_mobilenet() -> nn.Module:
+    torch.manual_seed(0)
+    return with_batchnorm_stats(TinyMobileNet())
 
 
 # -- b, c: small transformers ------------------------------------------------------------------------
@@ -298,6 +341,16 @@ def main(which: list[str]) -> None:
         results |= export_both(
             "resnet",
             model,
+            (x,),
+            ["input"],
+            ["logits"],
+            {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}},
+        )
+    if not which or "mobilenet" in which:
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        results |= export_both(
+            "mobilenet",
+            make_mobilenet(),
             (x,),
             ["input"],
             ["logits"],

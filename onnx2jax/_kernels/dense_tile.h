@@ -1,0 +1,231 @@
+// The convolution kernels' GEMM tile: R output pixels times one or two 16-channel weight panels,
+// its input read through one pointer per run of each pixel (packed_conv.cc's indirect GEMM; the
+// 1x1 products of inverted_residual.cc, where a run is a whole pixel). ``Gemm`` runs it over a
+// strided run of pixels.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu_features.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace onnx2jax::dense {
+
+constexpr int64_t kPanel = 16;  // output channels per panel: two AVX2 vectors
+// Output pixels per tile: on AVX2 6 x 2 accumulators + 3 = 15 of 16 registers; on AVX-512
+// 12 x 2 + 3 = 27 of 32 (each broadcast input value feeds two FMAs either way).
+constexpr int kTileAvx2 = 6;
+constexpr int kTileAvx512 = 12;
+
+struct Geometry {
+  int64_t N, H, W, C, OH, OW, O, KH, KW, SH, SW, DH, DW, PT, PL, P, K;
+  int64_t S, L;  // runs per output pixel and values per run (S * L = K)
+  int64_t T;     // output pixels per tile (kTileAvx2 or kTileAvx512)
+  float lo, hi;  // the epilogue's clamp; +-inf for none
+  const float* y0;   // the output, where a tile's offset into ``sum`` is measured from
+  const float* sum;  // added before the clamp (the residual), or nullptr
+};
+
+// Tile kernel: acc[R pixels][16 channels] = sum over runs s and their values c of
+// rows[s * T + r][c] * w[s * L + c][0..15]; then bias (and sum), clamp, store. The clamp
+// keeps NaN.
+template <int R>
+void TileGeneric(const float* const* rows, const float* w, const float* bias, float* y,
+                 const Geometry& g, int64_t ncols) {
+  float acc[R][kPanel] = {};
+  for (int64_t t = 0; t < g.S; ++t) {
+    const float* wt = w + t * g.L * kPanel;
+    for (int r = 0; r < R; ++r) {
+      const float* a = rows[t * g.T + r];
+      for (int64_t c = 0; c < g.L; ++c)
+        for (int j = 0; j < kPanel; ++j) acc[r][j] += a[c] * wt[c * kPanel + j];
+    }
+  }
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < kPanel; ++j) {
+      acc[r][j] += bias[j];
+      if (sum != nullptr && j < ncols) acc[r][j] += sum[r * g.O + j];
+      if (acc[r][j] < g.lo) acc[r][j] = g.lo;
+      if (acc[r][j] > g.hi) acc[r][j] = g.hi;
+    }
+    std::memcpy(y + r * g.O, acc[r], ncols * sizeof(float));
+  }
+}
+
+#if defined(__x86_64__)
+// The pragmas matter (as in packed_matmul.cc): without full unrolling GCC keeps the
+// accumulators on the stack.
+template <int R>
+__attribute__((target("avx2,fma"))) void TileAvx2(const float* const* rows, const float* w,
+                                                   const float* bias, float* y, const Geometry& g,
+                                                   int64_t ncols) {
+  __m256 acc[R][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < g.S; ++t) {
+    const float* wt = w + t * g.L * kPanel;
+    const float* a[R];
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) a[r] = rows[t * g.T + r];
+    for (int64_t c = 0; c < g.L; ++c) {
+      const __m256 w0 = _mm256_loadu_ps(wt + c * kPanel);
+      const __m256 w1 = _mm256_loadu_ps(wt + c * kPanel + 8);
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) {
+        const __m256 v = _mm256_broadcast_ss(a[r] + c);
+        acc[r][0] = _mm256_fmadd_ps(v, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(v, w1, acc[r][1]);
+      }
+    }
+  }
+  const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+  const __m256 lo = _mm256_set1_ps(g.lo), hi = _mm256_set1_ps(g.hi);
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    // max/min return their second operand when either is NaN: v second keeps NaN.
+    __m256 v0 = _mm256_add_ps(acc[r][0], b0), v1 = _mm256_add_ps(acc[r][1], b1);
+    if (sum != nullptr) {
+      alignas(32) float tmp[kPanel] = {};
+      const float* s = sum + r * g.O;
+      if (ncols != kPanel) s = static_cast<const float*>(std::memcpy(tmp, s, ncols * 4));
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(s));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(s + 8));
+    }
+    v0 = _mm256_min_ps(hi, _mm256_max_ps(lo, v0));
+    v1 = _mm256_min_ps(hi, _mm256_max_ps(lo, v1));
+    if (ncols == kPanel) {
+      _mm256_storeu_ps(y + r * g.O, v0);
+      _mm256_storeu_ps(y + r * g.O + 8, v1);
+    } else {
+      alignas(32) float tmp[kPanel];
+      _mm256_store_ps(tmp, v0);
+      _mm256_store_ps(tmp + 8, v1);
+      std::memcpy(y + r * g.O, tmp, ncols * sizeof(float));
+    }
+  }
+}
+
+// AVX-512: the same tile against two panels at once, 6 x 32 channels in 12 accumulators, so
+// each broadcast input value feeds two FMAs as on AVX2 but each FMA is twice as wide. ``np``
+// panels (1 or 2) starting at w; ``ncols`` of their 16 * np columns are stored (masked).
+template <int R>
+__attribute__((target("avx512f"))) void TileAvx512(const float* const* rows, const float* w,
+                                                   int np, const float* bias, float* y,
+                                                   const Geometry& g, int64_t ncols) {
+  const int64_t panel = g.K * kPanel;  // floats between one panel and the next
+  __m512 acc[R][2];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  if (np == 2) {
+    for (int64_t t = 0; t < g.S; ++t) {
+      const float* wt = w + t * g.L * kPanel;
+      const float* a[R];
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) a[r] = rows[t * g.T + r];
+      for (int64_t c = 0; c < g.L; ++c) {
+        const __m512 w0 = _mm512_loadu_ps(wt + c * kPanel);
+        const __m512 w1 = _mm512_loadu_ps(wt + panel + c * kPanel);
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) {
+          const __m512 v = _mm512_set1_ps(a[r][c]);
+          acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+        }
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < g.S; ++t) {
+      const float* wt = w + t * g.L * kPanel;
+      const float* a[R];
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) a[r] = rows[t * g.T + r];
+      for (int64_t c = 0; c < g.L; ++c) {
+        const __m512 w0 = _mm512_loadu_ps(wt + c * kPanel);
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r)
+          acc[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[r][c]), w0, acc[r][0]);
+      }
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi);
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
+  for (int j = 0; j < np; ++j) {
+    const int64_t n = std::clamp<int64_t>(ncols - j * kPanel, 0, kPanel);
+    if (n == 0) break;
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 b = _mm512_loadu_ps(bias + j * kPanel);  // bias is padded to whole panels
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_add_ps(acc[r][j], b);
+      if (sum != nullptr)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, sum + r * g.O + j * kPanel));
+      v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));  // v second: NaN stays NaN
+      _mm512_mask_storeu_ps(y + r * g.O + j * kPanel, mask, v);
+    }
+  }
+}
+
+#endif
+
+template <int R>
+void Tile(const float* const* rows, const float* w, const float* bias, float* y,
+          const Geometry& g, int64_t ncols) {
+#if defined(__x86_64__)
+  if (onnx2jax::HasAvx2()) return TileAvx2<R>(rows, w, bias, y, g, ncols);
+#endif
+  TileGeneric<R>(rows, w, bias, y, g, ncols);
+}
+
+using TileFn = void (*)(const float* const*, const float*, const float*, float*,
+                        const Geometry&, int64_t);
+constexpr TileFn kTiles[kTileAvx2 + 1] = {nullptr, Tile<1>, Tile<2>, Tile<3>,
+                                          Tile<4>, Tile<5>, Tile<6>};
+#if defined(__x86_64__)
+using Tile512Fn = void (*)(const float* const*, const float*, int, const float*, float*,
+                           const Geometry&, int64_t);
+constexpr Tile512Fn kTiles512[kTileAvx512 + 1] = {
+    nullptr,       TileAvx512<1>, TileAvx512<2>, TileAvx512<3>,  TileAvx512<4>,
+    TileAvx512<5>, TileAvx512<6>, TileAvx512<7>, TileAvx512<8>,  TileAvx512<9>,
+    TileAvx512<10>, TileAvx512<11>, TileAvx512<12>};
+#endif
+
+// y[m, 0..O) = clamp(a[m] . W + bias (+ g.sum at y's offset from g.y0), lo, hi) for ``m``
+// pixels of ``a`` that start ``lda`` floats apart and K = g.K values each (a 1x1 convolution
+// over a run of pixels; g.S == 1, g.L == g.K), y ``g.O`` floats apart; W panels [P, K, 16],
+// bias padded to whole panels. g.T must be the tile of this CPU (``TileFor``).
+inline void Gemm(const Geometry& g, const float* a, int64_t lda, int64_t m, const float* w,
+                 const float* bias, float* y) {
+  const float* rows[kTileAvx512];
+  for (int64_t t = 0; t < m; t += g.T) {
+    const int count = static_cast<int>(std::min<int64_t>(g.T, m - t));
+    for (int r = 0; r < g.T; ++r) rows[r] = a + std::min<int64_t>(t + r, m - 1) * lda;
+#if defined(__x86_64__)
+    if (HasAvx512()) {
+      for (int64_t p = 0; p < g.P; p += 2) {
+        const int np = static_cast<int>(std::min<int64_t>(2, g.P - p));
+        const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
+        kTiles512[count](rows, w + p * g.K * kPanel, np, bias + p * kPanel,
+                         y + t * g.O + p * kPanel, g, ncols);
+      }
+      continue;
+    }
+#endif
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
+      kTiles[count](rows, w + p * g.K * kPanel, bias + p * kPanel, y + t * g.O + p * kPanel, g,
+                    ncols);
+    }
+  }
+}
+
+// Output pixels per tile on this CPU.
+inline int64_t TileFor() { return HasAvx512() ? kTileAvx512 : kTileAvx2; }
+
+}  // namespace onnx2jax::dense

@@ -1,0 +1,139 @@
+"""The JAX side of the fused inverted-residual block (inverted_residual.cc).
+
+``inverted_residual`` computes what three ``conv.packed_conv`` calls would (a 1x1 expansion, a
+depthwise convolution, a 1x1 projection, each with its bias and clamp, and maybe a residual
+added before the last clamp), in one kernel call that walks the output in bands of rows, so the
+expanded tensor never leaves the cache. Where the expanded tensor is small enough to stay in
+cache anyway (MobileNetV2's 14x14 and 7x7 blocks at batch 1), and wherever the kernel does not
+run, it is the three calls. Both forms give the same values (the kernel runs the same tiles),
+the gradient is the three calls', and vmap folds a batch into the images.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import conv
+
+_FUSED, _FUSED_ADD = "onnx2jax_inverted_residual", "onnx2jax_inverted_residual_add"
+# Below this many bytes of expanded activation (the whole batch's) the three kernels keep it in
+# the L2 and run as fast as the fused one, which would recompute more rows where it splits
+# small images between threads (NOTES entry 29).
+FUSE_BYTES = 512 << 10
+
+
+class Block(NamedTuple):
+    """The three convolutions' geometries (hashable: a static argument)."""
+
+    expand: conv.Geometry  # 1x1, stride 1, no padding
+    depthwise: conv.Geometry  # groups = channels
+    project: conv.Geometry  # 1x1, stride 1, no padding
+
+
+def inverted_residual(x, we, be, wd, bd, wp, bp, block: Block, residual=None):
+    """``project(depthwise(expand(x))) (+ residual)`` for x NHWC and weights packed by
+    ``conv.pack``; biases may be None. The result has x's dtype."""
+    biases = [
+        jnp.zeros((g.out_channels,), jnp.float32) if b is None else b
+        for b, g in zip((be, bd, bp), block)
+    ]
+    be, bd, bp = biases
+    ops = (x, we, be, wd, bd, wp, bp) + (() if residual is None else (residual,))
+    if _fuses(x, ops, block):
+        return _fused(block, *ops)
+    return _three(*ops, block=block)
+
+
+def _fuses(x, ops, block: Block) -> bool:
+    e, d, p = block
+    if not all(isinstance(s, int) for s in x.shape) or not conv.takes(x, ops[1], e):
+        return False
+    if any(o.dtype != jnp.float32 for o in ops):
+        return False
+    ones = ((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1))
+    if any((g.kernel, g.strides, g.pads, g.dilations) != ones or g.groups != 1 for g in (e, p)):
+        return False
+    if d.groups != e.out_channels or d.out_channels != e.out_channels:
+        return False
+    if any(v < 0 for pair in d.pads for v in pair):
+        return False
+    out = _out_shape(x.shape, block)
+    if len(ops) == 8 and tuple(ops[7].shape) != out:
+        return False  # a broadcasting residual: the three calls add it
+    return math.prod(x.shape[:3]) * e.out_channels * 4 >= FUSE_BYTES
+
+
+def _out_shape(shape, block: Block) -> tuple[int, ...]:
+    e, d, p = block
+    return conv._out_shape(conv._out_shape(conv._out_shape(shape, e), d), p)
+
+
+def _three(x, we, be, wd, bd, wp, bp, residual=None, *, block: Block):
+    e, d, p = block
+    h = conv.packed_conv(x, we, be, e)
+    h = conv.packed_conv(h, wd, bd, d)
+    return conv.packed_conv(h, wp, bp, p, residual)
+
+
+def _call(*ops, block: Block):
+    e, d, p = block
+    x = ops[0]
+    shape = _out_shape(x.shape, block)
+    attrs = conv._window_attrs(d, p.lo, p.hi)
+    f32 = np.float32
+    attrs.update(elo=f32(e.lo), ehi=f32(e.hi), dlo=f32(d.lo), dhi=f32(d.hi))
+    target = _FUSED_ADD if len(ops) == 8 else _FUSED
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, x.dtype))(*ops, **attrs)
+
+
+@functools.cache
+def _batched(block: Block, n_ops: int):
+    """The kernel call for one block and operand count, with a vmap rule (as conv._batched)."""
+
+    @jax.custom_batching.custom_vmap
+    def call(*ops):
+        return lax.platform_dependent(
+            *ops,
+            cpu=functools.partial(_call, block=block),
+            default=functools.partial(_three, block=block),
+        )
+
+    @call.def_vmap
+    def rule(axis_size, in_batched, *ops):
+        if any(in_batched[1:7]):  # a different weight per vmapped entry: the three calls
+            in_axes = tuple(0 if batched else None for batched in in_batched)
+            return jax.vmap(functools.partial(_three, block=block), in_axes=in_axes)(*ops), True
+        ops = list(ops)
+        for i in (0, 7)[: n_ops - 6]:  # x and the residual: the entries become more images
+            if not in_batched[i]:
+                ops[i] = jnp.broadcast_to(ops[i], (axis_size, *ops[i].shape))
+            ops[i] = ops[i].reshape(-1, *ops[i].shape[2:])
+        y = call(*ops)
+        return y.reshape(axis_size, -1, *y.shape[1:]), True
+
+    return call
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(block, *ops):
+    return _batched(block, len(ops))(*ops)
+
+
+def _fwd(block, *ops):
+    return _fused(block, *ops), ops
+
+
+def _bwd(block, saved, dy):
+    # The three calls' gradient: the same function, so the same derivative.
+    _, vjp = jax.vjp(functools.partial(_three, block=block), *saved)
+    return vjp(dy)
+
+
+_fused.defvjp(_fwd, _bwd)
