@@ -26,7 +26,6 @@ from ._util import (
     CountingPass,
     attr,
     const_tensor,
-    is_op,
     new_initializer,
     only_user,
     param_derived,
@@ -95,15 +94,10 @@ class PackConvs(CountingPass):
         """``Add(PackedNhwcConv(x, W, b), s)`` -> ``PackedNhwcConvAdd(x, W, b, s)`` for a dense
         conv with no activation folded yet (the clamp comes after the sum). ``s`` may
         broadcast: the op then adds it in XLA, after the kernel."""
-        if int(attr(node, "group", 1)) != 1 or _has_activation(node):
+        residual = _residual(node)
+        if residual is None:
             return False
         user = only_user(node.outputs[0])
-        if user is None or user.op_type != "Add" or user.domain not in ("", "ai.onnx"):
-            return False
-        a, b = user.inputs
-        residual = b if a is node.outputs[0] else a
-        if residual is node.outputs[0] or residual.dtype not in (None, ir.DataType.FLOAT):
-            return False  # Add(y, y), or another dtype
         tape = ir.tape.Tape()
         inputs = list(node.inputs) + [None] * (3 - len(node.inputs)) + [residual]
         y = tape.op(
@@ -140,18 +134,20 @@ class PackConvs(CountingPass):
 class FuseInvertedResiduals(CountingPass):
     """A 1x1 ``PackedNhwcConv`` (the expansion), the depthwise one it alone feeds and the 1x1
     ``PackedNhwcConv[Add]`` that alone reads that (the projection) -> one
-    ``PackedInvertedResidual[Add]``: MobileNetV2's and EfficientNet-style blocks, which the
-    kernel runs in bands of rows so the expanded tensor stays in cache (entry 29). Runs after
-    ``pack_convs`` has folded each conv's activation and residual (the fixed point waits)."""
+    ``PackedInvertedResidual[Add]``; a depthwise conv and its projection without an expansion
+    (MobileNetV2's first block) -> ``PackedDepthwiseProject[Add]``. The kernel runs them in
+    bands of rows so the wide tensor between them stays in cache (NOTES entry 29). Waits (the
+    pipeline's fixed point) until ``pack_convs`` has folded every activation and residual."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.reset()
         graph = model.graph
-        for node in list(graph):
-            if node.graph is None or not (
-                _is(node, "PackedNhwcConv") or _is(node, "PackedNhwcConvAdd")
-            ):
-                continue
+        packed = [n for n in graph if _is(n, "PackedNhwcConv") or _is(n, "PackedNhwcConvAdd")]
+        if not all(_settled(n) for n in packed):
+            return ir.passes.PassResult(model, False)
+        for node in packed:
+            if node.graph is None:
+                continue  # fused into a block already
             chain = _block(node)
             if chain is not None:
                 self._fuse(graph, *chain)
@@ -159,48 +155,60 @@ class FuseInvertedResiduals(CountingPass):
             model.opset_imports.setdefault(DOMAIN, 1)
         return ir.passes.PassResult(model, bool(self.matches))
 
-    def _fuse(self, graph: ir.Graph, expand: ir.Node, dw: ir.Node, project: ir.Node) -> None:
-        inputs = [expand.inputs[0], *expand.inputs[1:3], *dw.inputs[1:3], *project.inputs[1:]]
+    def _fuse(self, graph: ir.Graph, expand: ir.Node | None, dw: ir.Node, project: ir.Node):
         attributes = {
             k: v
             for k, v in dw.attributes.items()
             if k in ("auto_pad", "dilations", "kernel_shape", "pads", "strides")
         }
-        channels = int(attr(expand, "output_channels"))
         values = {
-            "expanded_channels": channels,
             "output_channels": int(attr(project, "output_channels")),
-            "expand_min": attr(expand, "activation_min", -math.inf),
-            "expand_max": attr(expand, "activation_max", math.inf),
             "depthwise_min": attr(dw, "activation_min", -math.inf),
             "depthwise_max": attr(dw, "activation_max", math.inf),
             "activation_min": attr(project, "activation_min", -math.inf),
             "activation_max": attr(project, "activation_max", math.inf),
         }
+        if expand is not None:
+            values |= {
+                "expanded_channels": int(attr(expand, "output_channels")),
+                "expand_min": attr(expand, "activation_min", -math.inf),
+                "expand_max": attr(expand, "activation_max", math.inf),
+            }
+            inputs = [expand.inputs[0], *expand.inputs[1:3]]
+            op = "PackedInvertedResidual"
+        else:
+            values["channels"] = int(attr(dw, "output_channels"))
+            inputs = [dw.inputs[0]]
+            op = "PackedDepthwiseProject"
+        inputs += [*dw.inputs[1:3], *project.inputs[1:]]
+        if len(project.inputs) == 4:
+            op += "Add"
         for k, v in values.items():
             attributes[k] = (ir.AttrInt64 if isinstance(v, int) else ir.AttrFloat32)(k, v)
-        op = "PackedInvertedResidualAdd" if len(inputs) == 8 else "PackedInvertedResidual"
         tape = ir.tape.Tape()
         y = tape.op(op, inputs, attributes=attributes, domain=DOMAIN, name=project.name)
-        replace(graph, [project, dw, expand], tape, project.outputs, [y])
+        old = [project, dw] + ([expand] if expand is not None else [])
+        replace(graph, old, tape, project.outputs, [y])
         self.hit(op)
 
 
-def _block(project: ir.Node) -> tuple[ir.Node, ir.Node, ir.Node] | None:
-    """(expansion, depthwise, projection) ending at ``project``, each settled (no activation or
-    residual left for ``pack_convs`` to fold) and with all three biases; else None."""
+def _block(project: ir.Node) -> tuple[ir.Node | None, ir.Node, ir.Node] | None:
+    """(expansion or None, depthwise, projection) ending at ``project``, all with biases."""
     dw = sole_producer(project.inputs[0])
-    expand = sole_producer(dw.inputs[0]) if dw is not None else None
-    if expand is None or not (_is(dw, "PackedNhwcConv") and _is(expand, "PackedNhwcConv")):
+    if dw is None or not _is(dw, "PackedNhwcConv") or not _pointwise(project):
         return None
-    if not (_pointwise(expand) and _pointwise(project)):
+    channels = attr(dw, "output_channels")
+    if attr(dw, "group", 1) != channels:
         return None
-    channels = attr(expand, "output_channels")
-    if attr(dw, "group", 1) != channels or attr(dw, "output_channels") != channels:
-        return None
-    if any(len(n.inputs) < 3 or n.inputs[2] is None for n in (expand, dw, project)):
-        return None
-    if not all(_settled(n) for n in (expand, dw, project)):
+    expand = sole_producer(dw.inputs[0])
+    if not (
+        expand is not None
+        and _is(expand, "PackedNhwcConv")
+        and _pointwise(expand)
+        and attr(expand, "output_channels") == channels
+    ):
+        expand = None
+    if any(len(n.inputs) < 3 or n.inputs[2] is None for n in (expand, dw, project) if n):
         return None
     return expand, dw, project
 
@@ -218,15 +226,28 @@ def _pointwise(node: ir.Node) -> bool:
 
 
 def _settled(node: ir.Node) -> bool:
-    """Whether ``pack_convs`` is done with ``node`` (it folds one activation, and a residual
-    ``Add`` into a dense conv with none yet)."""
+    """Whether ``pack_convs`` is done with ``node``: it folds a lone Relu/Clip user into a conv
+    with no activation yet, and a residual ``Add`` into a dense one."""
     if _has_activation(node):
         return True
+    return _clamp_bounds(only_user(node.outputs[0])) is None and _residual(node) is None
+
+
+def _residual(node: ir.Node) -> ir.Value | None:
+    """What ``_fold_residual`` would add into ``node``: the other input of the ``Add`` that
+    alone reads a dense ``PackedNhwcConv`` with no activation, if float32; else None."""
+    if not _is(node, "PackedNhwcConv") or int(attr(node, "group", 1)) != 1:
+        return None
+    if _has_activation(node):
+        return None
     user = only_user(node.outputs[0])
-    if _clamp_bounds(user) is not None:
-        return False
-    dense = _is(node, "PackedNhwcConv") and attr(node, "group", 1) == 1
-    return not (dense and is_op(user, "Add"))
+    if user is None or user.op_type != "Add" or user.domain not in ("", "ai.onnx"):
+        return None
+    a, b = user.inputs
+    residual = b if a is node.outputs[0] else a
+    if residual is node.outputs[0] or residual.dtype not in (None, ir.DataType.FLOAT):
+        return None  # Add(y, y), or another dtype
+    return residual
 
 
 def _is(node: ir.Node, op_type: str) -> bool:

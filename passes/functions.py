@@ -47,6 +47,12 @@ _SPECS = {
     "MatMulTransB": ("MatMul", ["a", "bt"], {}, [None, [1, 0]]),
 }  # fmt: skip
 _OUTPUT_AS_IS = {"MatMulTransB"}
+_FUSED_BLOCKS = (
+    "PackedInvertedResidual",
+    "PackedInvertedResidualAdd",
+    "PackedDepthwiseProject",
+    "PackedDepthwiseProjectAdd",
+)
 
 
 def function(op_type: str, opset: int) -> ir.Function:
@@ -59,7 +65,7 @@ def function(op_type: str, opset: int) -> ir.Function:
         return _packed_matmul_function(op_type, opset)
     if op_type in ("PackedNhwcConv", "PackedNhwcConvAdd"):
         return _packed_conv_function(op_type, opset)
-    if op_type in ("PackedInvertedResidual", "PackedInvertedResidualAdd"):
+    if op_type in _FUSED_BLOCKS:
         return _inverted_residual_function(op_type, opset)
     onnx_op, names, attr_types, perms = _SPECS[op_type]
     inputs = [ir.Value(name=n) for n in names]
@@ -155,12 +161,13 @@ def _packed_conv_function(op_type: str, opset: int) -> ir.Function:
 
 def _inverted_residual_function(op_type: str, opset: int) -> ir.Function:
     """``PackedInvertedResidual[Add](x, we, be, wd, bd, wp, bp[, residual])``: the three
-    ``PackedNhwcConv`` it fused (their own functions), attributes passed down by reference."""
-    names = ["x", "we", "be", "wd", "bd", "wp", "bp"]
-    if op_type == "PackedInvertedResidualAdd":
-        names.append("residual")
+    ``PackedNhwcConv`` it fused (their own functions), attributes passed down by reference;
+    ``PackedDepthwiseProject[Add](x, wd, bd, wp, bp[, residual])``: the last two."""
+    expand = op_type.startswith("PackedInvertedResidual")
+    names = ["x", "we", "be"] if expand else ["x"]
+    names += ["wd", "bd", "wp", "bp"] + (["residual"] if op_type.endswith("Add") else [])
     inputs = [ir.Value(name=n) for n in names]
-    x, we, be, wd, bd, wp, bp = inputs[:7]
+    value = dict(zip(names, inputs, strict=True))
     one = [ir.AttrInt64s("kernel_shape", [1, 1])]
 
     def ref(name, source, kind):
@@ -170,32 +177,34 @@ def _inverted_residual_function(op_type: str, opset: int) -> ir.Function:
         return [ref("activation_min", f"{prefix}_min", _FLOAT),
                 ref("activation_max", f"{prefix}_max", _FLOAT)]  # fmt: skip
 
-    expand = ir.Node(
-        DOMAIN, "PackedNhwcConv", [x, we, be],
-        [*one, ref("output_channels", "expanded_channels", _INT), *clamp("expand")],
-    )  # fmt: skip
-    window = [ref(name, name, kind) for name, kind in (
-        ("auto_pad", _STR), ("dilations", _INTS), ("kernel_shape", _INTS), ("pads", _INTS),
-        ("strides", _INTS))]  # fmt: skip
-    dw = ir.Node(
-        DOMAIN, "PackedNhwcConv", [expand.outputs[0], wd, bd],
-        [*window, ref("group", "expanded_channels", _INT),
-         ref("output_channels", "expanded_channels", _INT), *clamp("depthwise")],
-    )  # fmt: skip
-    project = ir.Node(
-        DOMAIN, op_type.replace("InvertedResidual", "NhwcConv"),
-        [dw.outputs[0], wp, bp, *inputs[7:]],
-        [*one, ref("output_channels", "output_channels", _INT), *clamp("activation")],
-    )  # fmt: skip
-    project.outputs[0].name = "y"
-    graph = ir.Graph(
-        inputs, project.outputs, nodes=[expand, dw, project],
-        opset_imports={"": opset, DOMAIN: 1},
-    )  # fmt: skip
+    # the depthwise conv's channels: the expansion's, or x's (attribute ``channels``)
+    width = "expanded_channels" if expand else "channels"
     declared = {"auto_pad": _STR, "dilations": _INTS, "kernel_shape": _INTS, "pads": _INTS,
-                "strides": _INTS, "expanded_channels": _INT, "output_channels": _INT}  # fmt: skip
-    for prefix in ("expand", "depthwise", "activation"):
+                "strides": _INTS, width: _INT, "output_channels": _INT}  # fmt: skip
+    for prefix in ("expand", "depthwise", "activation")[1 - expand :]:
         declared |= {f"{prefix}_min": _FLOAT, f"{prefix}_max": _FLOAT}
+    nodes, h = [], value["x"]
+    if expand:
+        nodes.append(ir.Node(
+            DOMAIN, "PackedNhwcConv", [h, value["we"], value["be"]],
+            [*one, ref("output_channels", width, _INT), *clamp("expand")],
+        ))  # fmt: skip
+        h = nodes[-1].outputs[0]
+    window = [ref(name, name, declared[name])
+              for name in ("auto_pad", "dilations", "kernel_shape", "pads", "strides")]  # fmt: skip
+    nodes.append(ir.Node(
+        DOMAIN, "PackedNhwcConv", [h, value["wd"], value["bd"]],
+        [*window, ref("group", width, _INT), ref("output_channels", width, _INT),
+         *clamp("depthwise")],
+    ))  # fmt: skip
+    residual = [value["residual"]] if "residual" in value else []
+    nodes.append(ir.Node(
+        DOMAIN, "PackedNhwcConvAdd" if residual else "PackedNhwcConv",
+        [nodes[-1].outputs[0], value["wp"], value["bp"], *residual],
+        [*one, ref("output_channels", "output_channels", _INT), *clamp("activation")],
+    ))  # fmt: skip
+    nodes[-1].outputs[0].name = "y"
+    graph = ir.Graph(inputs, nodes[-1].outputs, nodes=nodes, opset_imports={"": opset, DOMAIN: 1})
     attributes = [ir.Attr(name, kind, None) for name, kind in declared.items()]
     return ir.Function(DOMAIN, op_type, graph=graph, attributes=attributes)
 
@@ -209,7 +218,7 @@ def _schema_attributes(op_type: str, opset: int) -> set[str]:
 def add_functions(model: ir.Model) -> list[str]:
     """Add a function for every ``ai.onnx2jax`` op the model uses; returns their names."""
     used = {n.op_type for n in model.graph.all_nodes() if n.domain == DOMAIN}
-    if used & {"PackedInvertedResidual", "PackedInvertedResidualAdd"}:  # their bodies call these
+    if used & set(_FUSED_BLOCKS):  # their bodies call these
         used |= {"PackedNhwcConv", "PackedNhwcConvAdd"}
     used = sorted(used)
     opset = model.opset_imports.get("", 17)

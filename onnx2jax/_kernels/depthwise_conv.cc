@@ -31,26 +31,6 @@ namespace {
 
 using namespace onnx2jax::depthwise;  // Geometry and the row functions (depthwise_rows.h)
 
-// The KH input rows output row (n, oh) reads (nullptr: padding), and the rows the next output
-// row reads and this one does not (one at stride 1, two at stride 2), which come from memory
-// once activations outgrow the cache: the row functions prefetch them a few pixels at a time
-// as they go (MobileNetV2 b8's depthwise layers -11..-29%, b1 within +-5%: NOTES entry 26).
-// Returns how many rows ``ahead`` holds.
-int64_t InputRows(const Geometry& g, const float* x, int64_t n, int64_t oh, const float** rows,
-                  const float* ahead[2]) {
-  for (int64_t i = 0; i < g.KH; ++i) {
-    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
-    rows[i] = ih < 0 || ih >= g.H ? nullptr : x + (n * g.H + ih) * g.W * g.C;
-  }
-  int64_t n_ahead = 0;
-  const int64_t last_row = oh * g.SH - g.PT + (g.KH - 1) * g.DH;  // this row's lowest input row
-  for (int64_t i = 0; i < g.KH && n_ahead < 2 && oh + 1 < g.OH; ++i) {
-    const int64_t ih = (oh + 1) * g.SH - g.PT + i * g.DH;
-    if (ih > last_row && ih >= 0 && ih < g.H) ahead[n_ahead++] = x + (n * g.H + ih) * g.W * g.C;
-  }
-  return n_ahead;
-}
-
 struct Work {
   Geometry g;
   const float* x;

@@ -4,7 +4,9 @@
 // x [N, H, W, C], the expansion a 1x1 convolution C -> E (weights packed [ceil(E / 16), C, 16],
 // packed_conv.cc's layout), the depthwise convolution any window on E channels ([ceil(E / 16),
 // KH * KW, 16]), the projection a 1x1 convolution E -> O ([ceil(O / 16), E, 16]), each with its
-// own clamp (ReLU6 in MobileNetV2), and ``s`` a residual connection.
+// own clamp (ReLU6 in MobileNetV2), and ``s`` a residual connection. An empty expansion weight
+// [0, C, 16] (and bias [0]) means a block without one (MobileNetV2's first): x feeds the
+// depthwise convolution directly (E = C) and the fusion keeps its output in cache.
 //
 // Three kernel calls write the expanded tensor (E = 6 C channels at the block's input size) to
 // memory and read it back; at MobileNetV2's 112x112 and 56x56 blocks it outgrows the L2 (4.8 MB
@@ -43,7 +45,7 @@ constexpr int64_t kParallelWork = 1 << 20;  // multiply-adds below which one thr
 struct Work {
   dense::Geometry ge, gp;   // the expansion (C -> E) and the projection (E -> O)
   depthwise::Geometry gd;   // the depthwise convolution on E channels
-  const float *x, *we, *wd, *bd, *wp;
+  const float *x, *we, *wd, *bd, *wp;  // we: nullptr without an expansion
   std::vector<float> be, bp;  // biases padded to whole panels (the tile reads whole panels)
   float* y;
   int64_t band;        // output rows per band
@@ -52,7 +54,8 @@ struct Work {
   int64_t chunks;      // units per image
 
   void Partition(int64_t threads) {
-    const int64_t row_e = gd.W * gd.C * 4, row_d = gd.OW * gd.C * 4;  // bytes per row
+    // bytes per row of the band's expanded input (none without an expansion) and output
+    const int64_t row_e = we == nullptr ? 0 : gd.W * gd.C * 4, row_d = gd.OW * gd.C * 4;
     auto span_of = [&](int64_t b) { return (b - 1) * gd.SH + (gd.KH - 1) * gd.DH + 1; };
     band = 1;
     while (band < gd.OH && span_of(band + 1) * row_e + (band + 1) * row_d <= kBandBytes) ++band;
@@ -60,7 +63,8 @@ struct Work {
     // About kChunksPerThread units per thread, but each unit recomputes the input rows it
     // shares with the unit above it: no thinner than keeps that under an eighth of its rows,
     // unless the batch would then leave a thread without a unit.
-    const int64_t shared = std::max<int64_t>(0, (gd.KH - 1) * gd.DH + 1 - gd.SH);
+    const int64_t shared =
+        we == nullptr ? 0 : std::max<int64_t>(0, (gd.KH - 1) * gd.DH + 1 - gd.SH);
     const int64_t min_rows = std::max<int64_t>(1, (8 * shared + gd.SH - 1) / gd.SH);
     const int64_t wanted = threads > 1 ? onnx2jax::kChunksPerThread * threads : 1;
     const int64_t per_image = (wanted + gd.N - 1) / gd.N;
@@ -74,6 +78,7 @@ struct Work {
   void Unit(int64_t n, int64_t oh0, int64_t oh1, std::vector<float>& e,
             std::vector<float>& d, std::vector<const float*>& rows) const {
     const int64_t E = gd.C, row_e = gd.W * E;
+    if (we == nullptr) return DepthwiseProject(n, oh0, oh1, d, rows);
     e.resize(span * row_e);
     d.resize(band * gd.OW * E);
     rows.resize(gd.KH);
@@ -103,6 +108,24 @@ struct Work {
     }
   }
 
+  // Without an expansion: the depthwise rows read x, band by band into d, then projected.
+  void DepthwiseProject(int64_t n, int64_t oh0, int64_t oh1, std::vector<float>& d,
+                        std::vector<const float*>& rows) const {
+    const int64_t E = gd.C;
+    d.resize(band * gd.OW * E);
+    rows.resize(gd.KH);
+    for (int64_t a = oh0; a < oh1; a += band) {
+      const int64_t b = std::min(oh1, a + band);
+      for (int64_t oh = a; oh < b; ++oh) {
+        const float* ahead[2];  // x may come from memory: the next rows are prefetched
+        const int64_t n_ahead = depthwise::InputRows(gd, x, n, oh, rows.data(), ahead);
+        depthwise::Row(gd, rows.data(), ahead, n_ahead, wd, bd, d.data() + (oh - a) * gd.OW * E);
+      }
+      dense::Gemm(gp, d.data(), E, (b - a) * gd.OW, wp, bp.data(),
+                  y + ((n * gd.OH + a) * gd.OW) * gp.O);
+    }
+  }
+
   void Units(int64_t q0, int64_t q1) const {
     thread_local std::vector<float> e, d;
     thread_local std::vector<const float*> rows;
@@ -126,7 +149,7 @@ bool Vector(ffi::AnyBuffer b, int64_t n) {
 
 std::vector<float> Padded(ffi::AnyBuffer b, int64_t n) {
   std::vector<float> out((n + kPanel - 1) / kPanel * kPanel, 0.0f);
-  std::memcpy(out.data(), b.typed_data<float>(), n * sizeof(float));
+  if (n > 0) std::memcpy(out.data(), b.typed_data<float>(), n * sizeof(float));
   return out;
 }
 
@@ -142,12 +165,14 @@ ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi
         "onnx2jax_inverted_residual: expected float32 x [N, H, W, C], y [N, OH, OW, O]");
   const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], E = bd.dimensions()[0];
   const int64_t OH = yd[1], OW = yd[2], O = yd[3];
-  if (yd[0] != N || !Packed(we, C, E) || !Vector(be, E) || !Packed(wd, kh * kw, E) ||
-      !Vector(bd, E) || !Packed(wp, E, O) || !Vector(bp, O) || kh < 1 || kw < 1 || sh < 1 ||
-      sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || C < 1 || E < 1 || O < 1)
+  const bool expand = we.dimensions().size() != 3 || we.dimensions()[0] != 0;
+  if (yd[0] != N || !(expand ? Packed(we, C, E) && Vector(be, E) : E == C && Vector(be, 0)) ||
+      !Packed(wd, kh * kw, E) || !Vector(bd, E) || !Packed(wp, E, O) || !Vector(bp, O) ||
+      kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || C < 1 ||
+      O < 1)
     return ffi::Error::InvalidArgument(
-        "onnx2jax_inverted_residual: x, the packed weights [P, K, 16], biases and y do not "
-        "agree");
+        "onnx2jax_inverted_residual: x, the packed weights [P, K, 16] (or an empty expansion "
+        "[0, C, 16]), biases and y do not agree");
   if (sum != nullptr && (sum->element_type() != ffi::F32 ||
                          !std::equal(yd.begin(), yd.end(), sum->dimensions().begin()) ||
                          sum->dimensions().size() != 4))
@@ -167,11 +192,11 @@ ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi
   work->gd = depthwise::Geometry{N, H, W, E, OH, OW, kh, kw, sh, sw, dh, dw, pt, pl,
                                  (E + kPanel - 1) / kPanel, dlo, dhi};
   work->x = x.typed_data<float>();
-  work->we = we.typed_data<float>(), work->wd = wd.typed_data<float>();
+  work->we = expand ? we.typed_data<float>() : nullptr, work->wd = wd.typed_data<float>();
   work->bd = bd.typed_data<float>(), work->wp = wp.typed_data<float>();
-  work->be = Padded(be, E), work->bp = Padded(bp, O);
+  work->be = Padded(be, expand ? E : 0), work->bp = Padded(bp, O);
   work->y = y->typed_data<float>();
-  const int64_t macs = N * (H * W * C * E + OH * OW * E * (kh * kw + O));
+  const int64_t macs = N * ((expand ? H * W * C * E : 0) + OH * OW * E * (kh * kw + O));
   const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
   work->Partition(threads);
   onnx2jax::ParallelFor(pool, threads, N * work->chunks,

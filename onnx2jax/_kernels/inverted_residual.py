@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import conv
+from . import CONV_PANEL, conv
 
 _FUSED, _FUSED_ADD = "onnx2jax_inverted_residual", "onnx2jax_inverted_residual_add"
 # Below this many bytes of expanded activation (the whole batch's) the three kernels keep it in
@@ -32,14 +32,17 @@ FUSE_BYTES = 512 << 10
 class Block(NamedTuple):
     """The three convolutions' geometries (hashable: a static argument)."""
 
-    expand: conv.Geometry  # 1x1, stride 1, no padding
+    expand: conv.Geometry | None  # 1x1, stride 1, no padding; None: x feeds the depthwise
     depthwise: conv.Geometry  # groups = channels
     project: conv.Geometry  # 1x1, stride 1, no padding
 
 
 def inverted_residual(x, we, be, wd, bd, wp, bp, block: Block, residual=None):
     """``project(depthwise(expand(x))) (+ residual)`` for x NHWC and weights packed by
-    ``conv.pack``; biases may be None. The result has x's dtype."""
+    ``conv.pack``; biases may be None, and ``we``/``be`` are None when ``block.expand`` is.
+    The result has x's dtype."""
+    if block.expand is None:  # the kernel's encoding of no expansion: empty operands
+        we, be = jnp.zeros((0, x.shape[3], CONV_PANEL), jnp.float32), jnp.zeros((0,))
     biases = [
         jnp.zeros((g.out_channels,), jnp.float32) if b is None else b
         for b, g in zip((be, bd, bp), block)
@@ -53,31 +56,38 @@ def inverted_residual(x, we, be, wd, bd, wp, bp, block: Block, residual=None):
 
 def _fuses(x, ops, block: Block) -> bool:
     e, d, p = block
-    if not all(isinstance(s, int) for s in x.shape) or not conv.takes(x, ops[1], e):
+    # (takes' checks that hold for the whole block: float32, static shapes, the kernels here)
+    if not all(isinstance(s, int) for s in x.shape) or not conv.takes(x, ops[5], p):
+        return False
+    if any(v < 0 for pair in d.pads for v in pair):
         return False
     if any(o.dtype != jnp.float32 for o in ops):
         return False
     ones = ((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1))
-    if any((g.kernel, g.strides, g.pads, g.dilations) != ones or g.groups != 1 for g in (e, p)):
+    pointwise = (p,) if e is None else (e, p)
+    if any((g.kernel, g.strides, g.pads, g.dilations) != ones or g.groups != 1 for g in pointwise):
         return False
-    if d.groups != e.out_channels or d.out_channels != e.out_channels:
-        return False
-    if any(v < 0 for pair in d.pads for v in pair):
+    channels = x.shape[3] if e is None else e.out_channels
+    if d.groups != channels or d.out_channels != channels:
         return False
     out = _out_shape(x.shape, block)
     if len(ops) == 8 and tuple(ops[7].shape) != out:
         return False  # a broadcasting residual: the three calls add it
-    return math.prod(x.shape[:3]) * e.out_channels * 4 >= FUSE_BYTES
+    # What the fusion keeps in cache: the expanded input, or without one the depthwise output.
+    kept = x.shape[:3] if e is not None else out[:3]
+    return math.prod(kept) * channels * 4 >= FUSE_BYTES
 
 
 def _out_shape(shape, block: Block) -> tuple[int, ...]:
     e, d, p = block
-    return conv._out_shape(conv._out_shape(conv._out_shape(shape, e), d), p)
+    if e is not None:
+        shape = conv._out_shape(shape, e)
+    return conv._out_shape(conv._out_shape(shape, d), p)
 
 
 def _three(x, we, be, wd, bd, wp, bp, residual=None, *, block: Block):
     e, d, p = block
-    h = conv.packed_conv(x, we, be, e)
+    h = x if e is None else conv.packed_conv(x, we, be, e)
     h = conv.packed_conv(h, wd, bd, d)
     return conv.packed_conv(h, wp, bp, p, residual)
 
@@ -88,7 +98,8 @@ def _call(*ops, block: Block):
     shape = _out_shape(x.shape, block)
     attrs = conv._window_attrs(d, p.lo, p.hi)
     f32 = np.float32
-    attrs.update(elo=f32(e.lo), ehi=f32(e.hi), dlo=f32(d.lo), dhi=f32(d.hi))
+    elo, ehi = (-math.inf, math.inf) if e is None else (e.lo, e.hi)
+    attrs.update(elo=f32(elo), ehi=f32(ehi), dlo=f32(d.lo), dhi=f32(d.hi))
     target = _FUSED_ADD if len(ops) == 8 else _FUSED
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, x.dtype))(*ops, **attrs)
 

@@ -129,16 +129,106 @@ def packed_inverted_residual(
     the window attributes clamped to ``[depthwise_min, depthwise_max]``, a 1x1 projection to
     ``output_channels`` (``PackedInvertedResidualAdd`` adds ``residual``) clamped to
     ``[activation_min, activation_max]``; weights packed as PackedNhwcConv's."""
-    if not kernel_shape or expanded_channels is None or output_channels is None:
+    weights = (expand_w, expand_b, depthwise_w, depthwise_b, project_w, project_b)
+    return _fused_block(
+        x,
+        weights,
+        residual,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+        expanded_channels=expanded_channels,
+        output_channels=output_channels,
+        clamps=(
+            expand_min,
+            expand_max,
+            depthwise_min,
+            depthwise_max,
+            activation_min,
+            activation_max,
+        ),
+    )
+
+
+@register("PackedDepthwiseProject", domain=DOMAIN)
+@register("PackedDepthwiseProjectAdd", domain=DOMAIN)
+def packed_depthwise_project(
+    x,
+    depthwise_w,
+    depthwise_b,
+    project_w,
+    project_b,
+    residual=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    channels=None,
+    output_channels=None,
+    depthwise_min=-math.inf,
+    depthwise_max=math.inf,
+    activation_min=-math.inf,
+    activation_max=math.inf,
+):
+    """``PackedInvertedResidual`` without the expansion (MobileNetV2's first block): the
+    depthwise convolution on x's ``channels``, then the projection."""
+    if channels is not None and int(channels) != x.shape[3]:
+        raise ValueError(f"PackedDepthwiseProject: channels={channels}, x has {x.shape[3]}")
+    weights = (None, None, depthwise_w, depthwise_b, project_w, project_b)
+    return _fused_block(
+        x,
+        weights,
+        residual,
+        auto_pad=auto_pad,
+        dilations=dilations,
+        kernel_shape=kernel_shape,
+        pads=pads,
+        strides=strides,
+        output_channels=output_channels,
+        clamps=(
+            -math.inf,
+            math.inf,
+            depthwise_min,
+            depthwise_max,
+            activation_min,
+            activation_max,
+        ),
+    )
+
+
+def _fused_block(
+    x,
+    weights,
+    residual,
+    *,
+    auto_pad,
+    dilations,
+    kernel_shape,
+    pads,
+    strides,
+    output_channels,
+    clamps,
+    expanded_channels=None,
+):
+    expand = weights[0] is not None
+    if not kernel_shape or output_channels is None or (expand and expanded_channels is None):
         raise ValueError(
-            "PackedInvertedResidual needs kernel_shape, expanded_channels and output_channels "
-            f"(got {kernel_shape}, {expanded_channels}, {output_channels})"
+            "PackedInvertedResidual needs kernel_shape, output_channels and (with an expansion) "
+            f"expanded_channels (got {kernel_shape}, {output_channels}, {expanded_channels})"
         )
-    e, o, kernel = int(expanded_channels), int(output_channels), ints(kernel_shape)
+    e = int(expanded_channels) if expand else x.shape[3]
+    expand_min, expand_max, depthwise_min, depthwise_max, activation_min, activation_max = clamps
+    kernel = ints(kernel_shape)
     strides, pad, dilations = _window(x, kernel, strides, pads, dilations, auto_pad)
     one = dict(kernel=(1, 1), strides=(1, 1), pads=((0, 0), (0, 0)), dilations=(1, 1))
     block = fused.Block(
-        expand=packed.Geometry(out_channels=e, lo=float(expand_min), hi=float(expand_max), **one),
+        expand=packed.Geometry(out_channels=e, lo=float(expand_min), hi=float(expand_max), **one)
+        if expand
+        else None,
         depthwise=packed.Geometry(
             kernel=tuple(kernel),
             out_channels=e,
@@ -150,12 +240,13 @@ def packed_inverted_residual(
             groups=e,
         ),
         project=packed.Geometry(
-            out_channels=o, lo=float(activation_min), hi=float(activation_max), **one
+            out_channels=int(output_channels),
+            lo=float(activation_min),
+            hi=float(activation_max),
+            **one,
         ),
     )
-    return fused.inverted_residual(
-        x, expand_w, expand_b, depthwise_w, depthwise_b, project_w, project_b, block, residual
-    )
+    return fused.inverted_residual(x, *weights, block, residual)
 
 
 def _window(x, kernel, strides, pads, dilations, auto_pad):

@@ -97,16 +97,16 @@ def make_resnet() -> nn.Module:
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2's block: 1x1 expansion + ReLU6, depthwise 3x3 + ReLU6, 1x1 projection (all
-    with BatchNorm), and the input added when the shapes allow."""
+    """MobileNetV2's block: 1x1 expansion + ReLU6 (none when ``expand`` is 1), depthwise 3x3
+    + ReLU6, 1x1 projection (all with BatchNorm), and the input added when the shapes allow."""
 
     def __init__(self, cin: int, cout: int, stride: int, expand: int):
         super().__init__()
         e = cin * expand
+        expansion = [conv_bn(cin, e, 1), nn.ReLU6()] if expand != 1 else []
         self.body = nn.Sequential(
-            conv_bn(cin, e, 1), nn.ReLU6(), conv_bn(e, e, 3, stride, groups=e), nn.ReLU6(),
-            conv_bn(e, cout, 1),
-        )  # fmt: skip
+            *expansion, conv_bn(e, e, 3, stride, groups=e), nn.ReLU6(), conv_bn(e, cout, 1)
+        )
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x):
@@ -114,15 +114,15 @@ class InvertedResidual(nn.Module):
 
 
 class TinyMobileNet(nn.Module):
-    """A MobileNetV2-style stack: stem, a strided and a residual inverted-residual block, a
-    head (the shape fuse_inverted_residuals rewrites)."""
+    """A MobileNetV2-style stack: stem, a block without expansion, a strided and a residual
+    inverted-residual block, a head (the shapes fuse_inverted_residuals rewrites)."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 16, 3, 2), nn.ReLU6())
         self.blocks = nn.Sequential(
-            InvertedResidual(16, 24, 2, 6), InvertedResidual(24, 24, 1, 6),
-            InvertedResidual(24, 32, 1, 4),
+            InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 6),
+            InvertedResidual(24, 24, 1, 6), InvertedResidual(24, 32, 1, 4),
         )  # fmt: skip
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(32, num_classes)
