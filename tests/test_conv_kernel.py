@@ -73,6 +73,9 @@ CASES = {
     "no images": ((0, 5, 5, 4), (3, 3), 4, (1, 1), ((1, 1), (1, 1)), (1, 1), (-math.inf, math.inf)),
     # 35 pixels (12-pixel tiles leave 11), 40 channels (a pair of panels and one, 8 columns)
     "three panels": ((1, 5, 7, 6), (3, 3), 40, (1, 1), ((1, 1), (1, 1)), (1, 1), (-1.0, 1.0)),
+    # 64+ channels: the AVX-512 6 x 64 tile, then the last one to three panels two at a time
+    "wide, 83 channels": ((2, 7, 9, 12), (3, 3), 83, (1, 1), ((1, 1), (1, 1)), (1, 1), (0.0, 6.0)),
+    "wide 1x1, 128 channels": ((1, 5, 6, 20), (1, 1), 128, (1, 1), ((0, 0), (0, 0)), (1, 1), (-math.inf, math.inf)),
     "depthwise": ((2, 9, 8, 24), (3, 3), 24, (1, 1), ((1, 1), (1, 1)), (1, 1), (0.0, 6.0)),
     "depthwise strided": ((1, 11, 11, 32), (3, 3), 32, (2, 2), ((0, 1), (1, 0)), (1, 1), (-math.inf, math.inf)),
     # rows with runs of interior pixels (taken 8 and 4 at a time on AVX-512, 4 on AVX2) and single ones
@@ -108,7 +111,9 @@ def test_packed_conv_matches_numpy(name):
 
 
 @needs_kernel
-@pytest.mark.parametrize("name", ["3x3", "uneven", "1x1, images across tiles", "no images"])
+@pytest.mark.parametrize(
+    "name", ["3x3", "uneven", "1x1, images across tiles", "no images", "wide, 83 channels"]
+)
 def test_a_residual_is_added_before_the_clamp(name):
     x, w, b, g = _case(name)
     packed = kc.pack(w)

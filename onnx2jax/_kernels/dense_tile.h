@@ -172,6 +172,58 @@ __attribute__((target("avx512f"))) void TileAvx512(const float* const* rows, con
   }
 }
 
+// AVX-512, four panels at once: 6 pixels x 64 channels in 24 accumulators, so each broadcast
+// input value feeds four FMAs (the 12 x 32 tile: two) and a tile's inputs are read once for
+// 64 channels: for convolutions with 64 channels or more.
+constexpr int kTileAvx512Wide = 6;
+
+template <int R>
+__attribute__((target("avx512f"))) void TileAvx512Wide(const float* const* rows, const float* w,
+                                                       const float* bias, float* y,
+                                                       const Geometry& g, int64_t ncols) {
+  const int64_t panel = g.K * kPanel;  // floats between one panel and the next
+  __m512 acc[R][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+    acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < g.S; ++t) {
+    const float* wt = w + t * g.L * kPanel;
+    const float* a[R];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) a[r] = rows[t * g.T + r];
+    for (int64_t c = 0; c < g.L; ++c) {
+      const __m512 w0 = _mm512_loadu_ps(wt + c * kPanel);
+      const __m512 w1 = _mm512_loadu_ps(wt + panel + c * kPanel);
+      const __m512 w2 = _mm512_loadu_ps(wt + 2 * panel + c * kPanel);
+      const __m512 w3 = _mm512_loadu_ps(wt + 3 * panel + c * kPanel);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const __m512 v = _mm512_set1_ps(a[r][c]);
+        acc[r][0] = _mm512_fmadd_ps(v, w0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(v, w1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(v, w2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(v, w3, acc[r][3]);
+      }
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(g.lo), hi = _mm512_set1_ps(g.hi);
+  const float* sum = g.sum == nullptr ? nullptr : g.sum + (y - g.y0);
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = std::clamp<int64_t>(ncols - j * kPanel, 0, kPanel);
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 b = _mm512_loadu_ps(bias + j * kPanel);  // bias is padded to whole panels
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_add_ps(acc[r][j], b);
+      if (sum != nullptr)
+        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, sum + r * g.O + j * kPanel));
+      v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));  // v second: NaN stays NaN
+      _mm512_mask_storeu_ps(y + r * g.O + j * kPanel, mask, v);
+    }
+  }
+}
+
 #endif
 
 template <int R>
@@ -194,6 +246,11 @@ constexpr Tile512Fn kTiles512[kTileAvx512 + 1] = {
     nullptr,       TileAvx512<1>, TileAvx512<2>, TileAvx512<3>,  TileAvx512<4>,
     TileAvx512<5>, TileAvx512<6>, TileAvx512<7>, TileAvx512<8>,  TileAvx512<9>,
     TileAvx512<10>, TileAvx512<11>, TileAvx512<12>};
+using TileWideFn = void (*)(const float* const*, const float*, const float*, float*,
+                            const Geometry&, int64_t);
+constexpr TileWideFn kTilesWide[kTileAvx512Wide + 1] = {
+    nullptr,           TileAvx512Wide<1>, TileAvx512Wide<2>, TileAvx512Wide<3>,
+    TileAvx512Wide<4>, TileAvx512Wide<5>, TileAvx512Wide<6>};
 #endif
 
 // y[m, 0..O) = clamp(a[m] . W + bias (+ g.sum at y's offset from g.y0), lo, hi) for ``m``
@@ -203,12 +260,22 @@ constexpr Tile512Fn kTiles512[kTileAvx512 + 1] = {
 inline void Gemm(const Geometry& g, const float* a, int64_t lda, int64_t m, const float* w,
                  const float* bias, float* y) {
   const float* rows[kTileAvx512];
-  for (int64_t t = 0; t < m; t += g.T) {
-    const int count = static_cast<int>(std::min<int64_t>(g.T, m - t));
-    for (int r = 0; r < g.T; ++r) rows[r] = a + std::min<int64_t>(t + r, m - 1) * lda;
+#if defined(__x86_64__)
+  const bool wide = HasAvx512() && g.P >= 4;  // as packed_conv.cc chooses (NOTES entry 30)
+  const int64_t T = wide ? kTileAvx512Wide : g.T;  // (with one run per pixel T only counts)
+#else
+  const int64_t T = g.T;
+#endif
+  for (int64_t t = 0; t < m; t += T) {
+    const int count = static_cast<int>(std::min<int64_t>(T, m - t));
+    for (int r = 0; r < T; ++r) rows[r] = a + std::min<int64_t>(t + r, m - 1) * lda;
 #if defined(__x86_64__)
     if (HasAvx512()) {
-      for (int64_t p = 0; p < g.P; p += 2) {
+      int64_t p = 0;
+      for (; wide && p + 4 <= g.P; p += 4)
+        kTilesWide[count](rows, w + p * g.K * kPanel, bias + p * kPanel,
+                          y + t * g.O + p * kPanel, g, std::min(4 * kPanel, g.O - p * kPanel));
+      for (; p < g.P; p += 2) {
         const int np = static_cast<int>(std::min<int64_t>(2, g.P - p));
         const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
         kTiles512[count](rows, w + p * g.K * kPanel, np, bias + p * kPanel,

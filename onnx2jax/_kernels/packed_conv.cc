@@ -56,9 +56,11 @@ struct Work {
   // tiles cut 8 + 1 leave one thread idle most of the call: there the panels are split further
   // and the tiles shared out evenly, until each thread has that many blocks (NOTES entry 22).
   void Partition(int64_t threads) {
-    // Panels go to the tile kernel ``unit`` at a time (2 on AVX-512): blocks hold whole units.
-    unit = onnx2jax::HasAvx512() ? 2 : 1;
-    g.T = unit == 2 ? kTileAvx512 : kTileAvx2;
+    // Panels go to the tile kernel ``unit`` at a time (2 or 4 on AVX-512): blocks hold whole
+    // units.
+    // On AVX-512 convolutions with 64 channels or more take the 6 x 64 tile (entry 30).
+    unit = onnx2jax::HasAvx512() ? (g.P >= 4 ? 4 : 2) : 1;
+    g.T = unit == 4 ? kTileAvx512Wide : unit == 2 ? kTileAvx512 : kTileAvx2;
     const int64_t units = (g.P + unit - 1) / unit;
     tiles = (pixels + g.T - 1) / g.T;
     mblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
@@ -176,8 +178,16 @@ struct Work {
         const float* const* tile_rows = &rows[(t - t0) * per_tile];
         float* yt = y + m * g.O + p * kPanel;
 #if defined(__x86_64__)
-        if (unit == 2) {
-          kTiles512[count](tile_rows, wp, np, bias.data() + p * kPanel, yt, g, ncols);
+        if (unit == 4 && np == 4) {
+          kTilesWide[count](tile_rows, wp, bias.data() + p * kPanel, yt, g, ncols);
+          continue;
+        }
+        if (unit >= 2) {  // (a wide unit's last 1-3 panels: two at a time)
+          for (int j = 0; j < np; j += 2) {
+            const int64_t cols = std::min(kPanel * std::min(2, np - j), ncols - j * kPanel);
+            kTiles512[count](tile_rows, wp + j * g.K * kPanel, std::min(2, np - j),
+                             bias.data() + (p + j) * kPanel, yt + j * kPanel, g, cols);
+          }
           continue;
         }
 #endif
