@@ -77,8 +77,8 @@ struct Work {
   // Output rows [oh0, oh1) of image n, band by band.
   void Unit(int64_t n, int64_t oh0, int64_t oh1, std::vector<float>& e,
             std::vector<float>& d, std::vector<const float*>& rows) const {
-    const int64_t E = gd.C, row_e = gd.W * E;
     if (we == nullptr) return DepthwiseProject(n, oh0, oh1, d, rows);
+    const int64_t E = gd.C, row_e = gd.W * E;  // floats per expanded row
     e.resize(span * row_e);
     d.resize(band * gd.OW * E);
     rows.resize(gd.KH);
@@ -88,7 +88,7 @@ struct Work {
       const int64_t lo = std::max<int64_t>(0, a * gd.SH - gd.PT);
       const int64_t hi = std::min(gd.H, (b - 1) * gd.SH - gd.PT + (gd.KH - 1) * gd.DH + 1);
       int64_t from = lo;  // the first input row to expand
-      if (lo < e1 && lo >= e0 && e1 > lo) {  // rows the previous band expanded: keep them
+      if (lo >= e0 && lo < e1) {  // rows the previous band expanded: keep them
         std::memmove(e.data(), e.data() + (lo - e0) * row_e, (e1 - lo) * row_e * sizeof(float));
         from = e1;
       }
