@@ -7,7 +7,8 @@
 //
 // It is an indirect GEMM (as XNNPACK's convolutions are): a tile of 6 output pixels times one
 // panel of 16 channels is 12 AVX2 accumulators (on AVX-512, 12 pixels times two panels: 24
-// accumulators, 1.6-1.9x the AVX2 tile's speed), and the tile reads its input through pointers,
+// accumulators, 1.6-1.9x the AVX2 tile's speed; with 64+ channels 6 pixels times four panels,
+// NOTES entry 30), and the tile reads its input through pointers,
 // so no patch matrix is ever written. In NHWC one kernel row's KW taps of C channels are one
 // contiguous run of the input (with dilation 1), so a pixel needs KH pointers to runs of KW * C
 // values (an RGB stem: 7 runs of 21, not 49 of 3); a run that crosses the left or right
