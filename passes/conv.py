@@ -132,11 +132,11 @@ class PackConvs(CountingPass):
 
 
 class FuseInvertedResiduals(CountingPass):
-    """A 1x1 ``PackedNhwcConv`` (the expansion), the depthwise one it alone feeds and the 1x1
-    ``PackedNhwcConv[Add]`` that alone reads that (the projection) -> one
-    ``PackedInvertedResidual[Add]``; a depthwise conv and its projection without an expansion
-    (MobileNetV2's first block) -> ``PackedDepthwiseProject[Add]``. The kernel runs them in
-    bands of rows so the wide tensor between them stays in cache (NOTES entry 29). Waits (the
+    """A dense ``PackedNhwcConv`` (the expansion: 1x1, or a stem with any window), the depthwise
+    one it alone feeds and the 1x1 ``PackedNhwcConv[Add]`` that alone reads that (the
+    projection) -> one ``PackedInvertedResidual[Add]``; a depthwise conv and its projection
+    without an expansion -> ``PackedDepthwiseProject[Add]``. The kernel runs them in bands of
+    rows so the wide tensor between them stays in cache (NOTES entries 29, 32). Waits (the
     pipeline's fixed point) until ``pack_convs`` has folded every activation and residual."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -174,6 +174,9 @@ class FuseInvertedResiduals(CountingPass):
                 "expand_min": attr(expand, "activation_min", -math.inf),
                 "expand_max": attr(expand, "activation_max", math.inf),
             }
+            for k in ("kernel_shape", "strides", "pads", "dilations"):
+                if k in expand.attributes:  # the expansion's window (a stem's is not 1x1)
+                    attributes[f"expand_{k}"] = ir.AttrInt64s(f"expand_{k}", attr(expand, k))
             inputs = [expand.inputs[0], *expand.inputs[1:3]]
             op = "PackedInvertedResidual"
         else:
@@ -204,7 +207,8 @@ def _block(project: ir.Node) -> tuple[ir.Node | None, ir.Node, ir.Node] | None:
     if not (
         expand is not None
         and _is(expand, "PackedNhwcConv")
-        and _pointwise(expand)
+        and attr(expand, "group", 1) == 1  # a 1x1 expansion, or any dense conv (a stem)
+        and attr(expand, "auto_pad", "NOTSET") in ("NOTSET", "VALID")
         and attr(expand, "output_channels") == channels
     ):
         expand = None

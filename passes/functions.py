@@ -184,10 +184,14 @@ def _inverted_residual_function(op_type: str, opset: int) -> ir.Function:
     for prefix in ("expand", "depthwise", "activation")[1 - expand :]:
         declared |= {f"{prefix}_min": _FLOAT, f"{prefix}_max": _FLOAT}
     nodes, h = [], value["x"]
-    if expand:
+    if expand:  # its window by reference too: a stem's is not 1x1
+        declared |= {f"expand_{k}": _INTS for k in ("kernel_shape", "strides", "pads", "dilations")}
+        window = [
+            ref(k, f"expand_{k}", _INTS) for k in ("kernel_shape", "strides", "pads", "dilations")
+        ]
         nodes.append(ir.Node(
             DOMAIN, "PackedNhwcConv", [h, value["we"], value["be"]],
-            [*one, ref("output_channels", width, _INT), *clamp("expand")],
+            [*window, ref("output_channels", width, _INT), *clamp("expand")],
         ))  # fmt: skip
         h = nodes[-1].outputs[0]
     window = [ref(name, name, declared[name])

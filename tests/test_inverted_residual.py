@@ -51,13 +51,19 @@ CASES = {
     "no expansion": ((1, 30, 29, 32), None, 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), False),
     "no expansion + s": ((2, 13, 15, 20), None, 20, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), True),
     "no expansion 5x5/2": ((1, 9, 12, 7), None, 9, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1), False),
+    # a stem as the first stage: (kernel, strides, pads) of the expansion
+    "stem 3x3/2": ((2, 31, 29, 3), 32, 16, (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), False,
+                   ((3, 3), (2, 2), ((1, 1), (1, 1)))),
+    "stem 7x7/2, 5x5/2": ((1, 20, 22, 3), 24, 8, (5, 5), (2, 2), ((2, 2), (2, 2)), (1, 1), False,
+                          ((7, 7), (2, 2), ((3, 2), (3, 3)))),
 }  # fmt: skip
 
 
 def _case(name, seed=0):
     rng = np.random.default_rng(seed)
-    shape, e, o, kernel, strides, pads, dilations, residual = CASES[name]
+    shape, e, o, kernel, strides, pads, dilations, residual, *stem = CASES[name]
     c, expand = shape[3], e is not None
+    ek, es, ep = stem[0] if stem else ((1, 1), (1, 1), ((0, 0), (0, 0)))
     e = e if expand else c
 
     def f32(*s, scale=1.0):
@@ -65,12 +71,12 @@ def _case(name, seed=0):
 
     one = dict(kernel=(1, 1), strides=(1, 1), pads=((0, 0), (0, 0)), dilations=(1, 1))
     block = kir.Block(
-        kc.Geometry(out_channels=e, lo=0.0, hi=6.0, **one) if expand else None,
+        kc.Geometry(ek, e, es, ep, (1, 1), 0.0, 6.0) if expand else None,
         kc.Geometry(kernel, e, strides, pads, dilations, 0.0, 6.0, groups=e),
         kc.Geometry(out_channels=o, lo=-1.5, hi=INF, **one),  # a clamp after the residual
     )
     weights = {
-        "we": f32(1, 1, c, e, scale=c**-0.5) if expand else None,
+        "we": f32(*ek, c, e, scale=(c * ek[0] * ek[1]) ** -0.5) if expand else None,
         "be": f32(e, scale=0.5) if expand else None,
         "wd": f32(*kernel, 1, e, scale=0.4), "bd": f32(e, scale=0.5),
         "wp": f32(1, 1, e, o, scale=e**-0.5), "bp": f32(o, scale=0.5),
@@ -297,6 +303,40 @@ def test_pass_leaves_blocks_it_cannot_fuse():
         _blocks_model(dw_bias=False), feeds, "default", reference=_reference, runner=_ort
     )
     assert _fused(report) == {}
+
+
+def _stem_model(seed=0):
+    """An RGB stem (3x3, stride 2, 3 -> 16, ReLU6), a depthwise 3x3 (ReLU6) and a 1x1
+    projection 16 -> 8: MobileNetV2's first layers, the stem read only by the depthwise conv."""
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [init("ws", 16, 3, 3, 3), init("bs", 16), init("wd", 16, 1, 3, 3), init("bd", 16),
+             init("wp", 8, 16, 1, 1), init("bp", 8)]  # fmt: skip
+    inits += [numpy_helper.from_array(np.float32(v), n) for n, v in (("lo", 0.0), ("hi", 6.0))]
+    nodes = [
+        oh.make_node("Conv", ["x", "ws", "bs"], ["s"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        oh.make_node("Clip", ["s", "lo", "hi"], ["sa"]),
+        oh.make_node("Conv", ["sa", "wd", "bd"], ["d"], group=16, pads=[1, 1, 1, 1]),
+        oh.make_node("Clip", ["d", "lo", "hi"], ["da"]),
+        oh.make_node("Conv", ["da", "wp", "bp"], ["y"]),
+    ]
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 21, 18])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = oh.make_graph(nodes, "stem", [x], [y], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+@needs_kernel
+def test_pass_fuses_a_stem_with_the_block_after_it(monkeypatch):
+    monkeypatch.setattr(kir, "FUSE_BYTES", 0)
+    model = _stem_model()
+    feeds = {"x": np.random.default_rng(5).standard_normal((2, 3, 21, 18)).astype(np.float32)}
+    report = check_pass(model, feeds, "default", reference=_reference, runner=_ort)
+    assert _fused(report) == {"PackedInvertedResidual": 1}
+    assert "onnx2jax_inverted_residual" in onnx2jax.load(model).lower(**feeds)[0].as_text()
 
 
 @needs_kernel

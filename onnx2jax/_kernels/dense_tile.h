@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cpu_features.h"
 
@@ -288,6 +289,66 @@ inline void Gemm(const Geometry& g, const float* a, int64_t lda, int64_t m, cons
       const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
       kTiles[count](rows, w + p * g.K * kPanel, bias + p * kPanel, y + t * g.O + p * kPanel, g,
                     ncols);
+    }
+  }
+}
+
+// Output rows [r0, r1) of image n of a dense convolution with any window (g: the whole
+// convolution, g.S runs of g.L values per output pixel as packed_conv.cc reads them) into
+// ``out`` [(r1 - r0) * OW, O]: packed_conv.cc's indirect GEMM for one band of rows (the fused
+// block's first stage when that is not a 1x1 convolution: a stem). A run crossing the left or
+// right padding is copied, zero-filled, into ``scratch``; one in the top or bottom padding
+// reads ``zero`` (g.L zeros). Two-panel tiles only (a stem has few output channels).
+inline void ConvRows(const Geometry& g, const float* x, int64_t n, int64_t r0, int64_t r1,
+                     const float* w, const float* bias, float* out, const float* zero,
+                     std::vector<const float*>& ptrs, std::vector<float>& scratch) {
+  const int64_t m = (r1 - r0) * g.OW, taps = g.L / g.C;
+  ptrs.resize(g.S * g.T);
+  scratch.resize(g.S * g.T * g.L);
+  for (int64_t t = 0; t < m; t += g.T) {
+    const int count = static_cast<int>(std::min<int64_t>(g.T, m - t));
+    for (int r = 0; r < g.T; ++r) {
+      const int64_t q = std::min<int64_t>(t + r, m - 1);  // a short tile repeats its last pixel
+      const int64_t oh = r0 + q / g.OW, ow = q % g.OW;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const int64_t i = g.S == g.KH ? s : s / g.KW;  // kernel row
+        const int64_t j0 = g.S == g.KH ? 0 : s % g.KW;  // first kernel column of the run
+        const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+        const int64_t iw0 = ow * g.SW - g.PL + j0 * g.DW;
+        const float*& run = ptrs[s * g.T + r];
+        if (ih < 0 || ih >= g.H) {
+          run = zero;
+        } else if (iw0 >= 0 && iw0 + (taps - 1) * g.DW < g.W) {
+          run = x + ((n * g.H + ih) * g.W + iw0) * g.C;
+        } else {
+          float* dst = scratch.data() + (s * g.T + r) * g.L;
+          for (int64_t j = 0; j < taps; ++j) {
+            const int64_t iw = iw0 + j * g.DW;
+            if (iw < 0 || iw >= g.W)
+              std::memset(dst + j * g.C, 0, g.C * sizeof(float));
+            else
+              std::memcpy(dst + j * g.C, x + ((n * g.H + ih) * g.W + iw) * g.C,
+                          g.C * sizeof(float));
+          }
+          run = dst;
+        }
+      }
+    }
+#if defined(__x86_64__)
+    if (HasAvx512()) {
+      for (int64_t p = 0; p < g.P; p += 2) {
+        const int np = static_cast<int>(std::min<int64_t>(2, g.P - p));
+        const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
+        kTiles512[count](ptrs.data(), w + p * g.K * kPanel, np, bias + p * kPanel,
+                         out + t * g.O + p * kPanel, g, ncols);
+      }
+      continue;
+    }
+#endif
+    for (int64_t p = 0; p < g.P; ++p) {
+      const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
+      kTiles[count](ptrs.data(), w + p * g.K * kPanel, bias + p * kPanel,
+                    out + t * g.O + p * kPanel, g, ncols);
     }
   }
 }

@@ -2,11 +2,12 @@
 //
 // y[N, OH, OW, O] = clamp(project(clamp(dw(clamp(expand(x) + be)) + bd)) + bp (+ s)), with
 // x [N, H, W, C], the expansion a 1x1 convolution C -> E (weights packed [ceil(E / 16), C, 16],
-// packed_conv.cc's layout), the depthwise convolution any window on E channels ([ceil(E / 16),
-// KH * KW, 16]), the projection a 1x1 convolution E -> O ([ceil(O / 16), E, 16]), each with its
-// own clamp (ReLU6 in MobileNetV2), and ``s`` a residual connection. An empty expansion weight
-// [0, C, 16] (and bias [0]) means a block without one (MobileNetV2's first): x feeds the
-// depthwise convolution directly (E = C) and the fusion keeps its output in cache.
+// packed_conv.cc's layout) or any dense convolution (an RGB stem: its window in the e*
+// attributes, weights [ceil(E / 16), KH * KW * C, 16]), the depthwise convolution any window on
+// E channels ([ceil(E / 16), KH * KW, 16]), the projection a 1x1 convolution E -> O
+// ([ceil(O / 16), E, 16]), each with its own clamp (ReLU6 in MobileNetV2), and ``s`` a residual
+// connection. An empty expansion weight [0, C, 16] (and bias [0]) means a block without one: x
+// feeds the depthwise convolution directly (E = C) and the fusion keeps its output in cache.
 //
 // Three kernel calls write the expanded tensor (E = 6 C channels at the block's input size) to
 // memory and read it back; at MobileNetV2's 112x112 and 56x56 blocks it outgrows the L2 (4.8 MB
@@ -46,6 +47,8 @@ struct Work {
   dense::Geometry ge, gp;   // the expansion (C -> E) and the projection (E -> O)
   depthwise::Geometry gd;   // the depthwise convolution on E channels
   const float *x, *we, *wd, *bd, *wp;  // we: nullptr without an expansion
+  bool pointwise;           // the expansion is 1x1, stride 1, unpadded (else a stem: ConvRows)
+  std::vector<float> zero;  // ge.L zeros: a stem's run in the top or bottom padding
   std::vector<float> be, bp;  // biases padded to whole panels (the tile reads whole panels)
   float* y;
   int64_t band;        // output rows per band
@@ -77,6 +80,8 @@ struct Work {
   // Output rows [oh0, oh1) of image n, band by band.
   void Unit(int64_t n, int64_t oh0, int64_t oh1, std::vector<float>& e,
             std::vector<float>& d, std::vector<const float*>& rows) const {
+    thread_local std::vector<const float*> ptrs;  // a stem's run pointers and edge copies
+    thread_local std::vector<float> scratch;
     if (we == nullptr) return DepthwiseProject(n, oh0, oh1, d, rows);
     const int64_t E = gd.C, row_e = gd.W * E;  // floats per expanded row
     e.resize(span * row_e);
@@ -92,9 +97,12 @@ struct Work {
         std::memmove(e.data(), e.data() + (lo - e0) * row_e, (e1 - lo) * row_e * sizeof(float));
         from = e1;
       }
-      if (hi > from)
+      if (hi > from && pointwise)
         dense::Gemm(ge, x + (n * gd.H + from) * gd.W * ge.K, ge.K, (hi - from) * gd.W, we,
                     be.data(), e.data() + (from - lo) * row_e);
+      else if (hi > from)
+        dense::ConvRows(ge, x, n, from, hi, we, be.data(), e.data() + (from - lo) * row_e,
+                        zero.data(), ptrs, scratch);
       e0 = lo, e1 = std::max(hi, lo);
       for (int64_t oh = a; oh < b; ++oh) {
         for (int64_t i = 0; i < gd.KH; ++i) {
@@ -153,26 +161,37 @@ std::vector<float> Padded(ffi::AnyBuffer b, int64_t n) {
   return out;
 }
 
+// The expansion's window: kernel, strides, dilations, top/left pads, output rows and columns.
+struct Expansion {
+  int64_t kh, kw, sh, sw, dh, dw, pt, pl, oh, ow;
+};
+
 ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi::AnyBuffer be,
                  ffi::AnyBuffer wd, ffi::AnyBuffer bd, ffi::AnyBuffer wp, ffi::AnyBuffer bp,
                  const ffi::AnyBuffer* sum, ffi::Result<ffi::AnyBuffer> y, int64_t kh,
                  int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
-                 int64_t pl, float lo, float hi, float elo, float ehi, float dlo, float dhi) {
+                 int64_t pl, float lo, float hi, float elo, float ehi, float dlo, float dhi,
+                 Expansion ex) {
   const auto xd = x.dimensions(), yd = y->dimensions();
   if (x.element_type() != ffi::F32 || y->element_type() != ffi::F32 || xd.size() != 4 ||
       yd.size() != 4 || bd.dimensions().size() != 1)
     return ffi::Error::InvalidArgument(
         "onnx2jax_inverted_residual: expected float32 x [N, H, W, C], y [N, OH, OW, O]");
-  const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], E = bd.dimensions()[0];
+  const int64_t N = xd[0], H0 = xd[1], W0 = xd[2], C = xd[3], E = bd.dimensions()[0];
   const int64_t OH = yd[1], OW = yd[2], O = yd[3];
   const bool expand = we.dimensions().size() != 3 || we.dimensions()[0] != 0;
-  if (yd[0] != N || !(expand ? Packed(we, C, E) && Vector(be, E) : E == C && Vector(be, 0)) ||
+  // The depthwise convolution's input: the expansion's output, or x.
+  const int64_t H = expand ? ex.oh : H0, W = expand ? ex.ow : W0;
+  const bool window_ok = ex.kh >= 1 && ex.kw >= 1 && ex.sh >= 1 && ex.sw >= 1 && ex.dh >= 1 &&
+                         ex.dw >= 1 && ex.pt >= 0 && ex.pl >= 0 && H >= 1 && W >= 1;
+  if (yd[0] != N || !window_ok ||
+      !(expand ? Packed(we, ex.kh * ex.kw * C, E) && Vector(be, E) : E == C && Vector(be, 0)) ||
       !Packed(wd, kh * kw, E) || !Vector(bd, E) || !Packed(wp, E, O) || !Vector(bp, O) ||
       kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1 || pt < 0 || pl < 0 || C < 1 ||
       O < 1)
     return ffi::Error::InvalidArgument(
         "onnx2jax_inverted_residual: x, the packed weights [P, K, 16] (or an empty expansion "
-        "[0, C, 16]), biases and y do not agree");
+        "[0, C, 16]), biases, the windows and y do not agree");
   if (sum != nullptr && (sum->element_type() != ffi::F32 ||
                          !std::equal(yd.begin(), yd.end(), sum->dimensions().begin()) ||
                          sum->dimensions().size() != 4))
@@ -182,8 +201,15 @@ ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi
   Work* work = &work_;
   const int64_t T = dense::TileFor();
   work->ge = dense::Geometry{};
-  work->ge.K = work->ge.L = C, work->ge.O = E, work->ge.P = (E + kPanel - 1) / kPanel;
-  work->ge.S = 1, work->ge.T = T, work->ge.lo = elo, work->ge.hi = ehi;
+  auto& ge = work->ge;
+  ge.N = N, ge.H = H0, ge.W = W0, ge.C = C, ge.OH = H, ge.OW = W, ge.O = E;
+  ge.KH = ex.kh, ge.KW = ex.kw, ge.SH = ex.sh, ge.SW = ex.sw, ge.DH = ex.dh, ge.DW = ex.dw;
+  ge.PT = ex.pt, ge.PL = ex.pl, ge.P = (E + kPanel - 1) / kPanel, ge.K = ex.kh * ex.kw * C;
+  ge.S = ex.dw == 1 ? ex.kh : ex.kh * ex.kw;  // with dilation 1 a kernel row is one run
+  ge.L = ge.K / ge.S, ge.T = T, ge.lo = elo, ge.hi = ehi;
+  work->pointwise = ex.kh == 1 && ex.kw == 1 && ex.sh == 1 && ex.sw == 1 && ex.pt == 0 &&
+                    ex.pl == 0 && H == H0 && W == W0;
+  work->zero.assign(std::max<int64_t>(ge.L, 1), 0.0f);
   work->gp = dense::Geometry{};
   work->gp.K = work->gp.L = E, work->gp.O = O, work->gp.P = (O + kPanel - 1) / kPanel;
   work->gp.S = 1, work->gp.T = T, work->gp.lo = lo, work->gp.hi = hi;
@@ -196,7 +222,7 @@ ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi
   work->bd = bd.typed_data<float>(), work->wp = wp.typed_data<float>();
   work->be = Padded(be, expand ? E : 0), work->bp = Padded(bp, O);
   work->y = y->typed_data<float>();
-  const int64_t macs = N * ((expand ? H * W * C * E : 0) + OH * OW * E * (kh * kw + O));
+  const int64_t macs = N * ((expand ? H * W * ge.K * E : 0) + OH * OW * E * (kh * kw + O));
   const int64_t threads = macs < kParallelWork ? 1 : pool.num_threads();
   work->Partition(threads);
   onnx2jax::ParallelFor(pool, threads, N * work->chunks,
@@ -209,9 +235,11 @@ ffi::Error InvertedResidual(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuff
                             ffi::AnyBuffer wp, ffi::AnyBuffer bp, ffi::Result<ffi::AnyBuffer> y,
                             int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh,
                             int64_t dw, int64_t pt, int64_t pl, float lo, float hi, float elo,
-                            float ehi, float dlo, float dhi) {
+                            float ehi, float dlo, float dhi, int64_t ekh, int64_t ekw,
+                            int64_t esh, int64_t esw, int64_t edh, int64_t edw, int64_t ept,
+                            int64_t epl, int64_t eoh, int64_t eow) {
   return Block(pool, x, we, be, wd, bd, wp, bp, nullptr, y, kh, kw, sh, sw, dh, dw, pt, pl, lo,
-               hi, elo, ehi, dlo, dhi);
+               hi, elo, ehi, dlo, dhi, {ekh, ekw, esh, esw, edh, edw, ept, epl, eoh, eow});
 }
 
 ffi::Error InvertedResidualAdd(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer we,
@@ -219,13 +247,16 @@ ffi::Error InvertedResidualAdd(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
                                ffi::AnyBuffer wp, ffi::AnyBuffer bp, ffi::AnyBuffer s,
                                ffi::Result<ffi::AnyBuffer> y, int64_t kh, int64_t kw, int64_t sh,
                                int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
-                               float lo, float hi, float elo, float ehi, float dlo, float dhi) {
+                               float lo, float hi, float elo, float ehi, float dlo, float dhi,
+                               int64_t ekh, int64_t ekw, int64_t esh, int64_t esw, int64_t edh,
+                               int64_t edw, int64_t ept, int64_t epl, int64_t eoh, int64_t eow) {
   return Block(pool, x, we, be, wd, bd, wp, bp, &s, y, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi,
-               elo, ehi, dlo, dhi);
+               elo, ehi, dlo, dhi, {ekh, ekw, esh, esw, edh, edw, ept, epl, eoh, eow});
 }
 
-// The depthwise window and the projection's clamp (as conv_attrs.h names them), then the
-// expansion's and the depthwise convolution's clamps.
+// The depthwise window and the projection's clamp (as conv_attrs.h names them), the
+// expansion's and the depthwise convolution's clamps, then the expansion's window and output
+// size (a 1x1 unpadded window of the input's size for a pointwise expansion).
 template <typename Binding>
 auto WithBlockAttrs(Binding binding) {
   return std::move(binding).template Attr<int64_t>("kh")
@@ -241,7 +272,17 @@ auto WithBlockAttrs(Binding binding) {
       .template Attr<float>("elo")
       .template Attr<float>("ehi")
       .template Attr<float>("dlo")
-      .template Attr<float>("dhi");
+      .template Attr<float>("dhi")
+      .template Attr<int64_t>("ekh")
+      .template Attr<int64_t>("ekw")
+      .template Attr<int64_t>("esh")
+      .template Attr<int64_t>("esw")
+      .template Attr<int64_t>("edh")
+      .template Attr<int64_t>("edw")
+      .template Attr<int64_t>("ept")
+      .template Attr<int64_t>("epl")
+      .template Attr<int64_t>("eoh")
+      .template Attr<int64_t>("eow");
 }
 
 template <typename Binding>

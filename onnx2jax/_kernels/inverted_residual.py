@@ -64,17 +64,18 @@ def _fuses(x, ops, block: Block) -> bool:
     if any(o.dtype != jnp.float32 for o in ops):
         return False
     ones = ((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1))
-    pointwise = (p,) if e is None else (e, p)
-    if any((g.kernel, g.strides, g.pads, g.dilations) != ones or g.groups != 1 for g in pointwise):
+    if (p.kernel, p.strides, p.pads, p.dilations) != ones or p.groups != 1:
         return False
+    if e is not None and (e.groups != 1 or any(v < 0 for pair in e.pads for v in pair)):
+        return False  # the expansion: any dense window (a stem), not cropping
     channels = x.shape[3] if e is None else e.out_channels
     if d.groups != channels or d.out_channels != channels:
         return False
     out = _out_shape(x.shape, block)
     if len(ops) == 8 and tuple(ops[7].shape) != out:
         return False  # a broadcasting residual: the three calls add it
-    # What the fusion keeps in cache: the expanded input, or without one the depthwise output.
-    kept = x.shape[:3] if e is not None else out[:3]
+    # What the fusion keeps in cache: the expanded tensor, or without one the depthwise output.
+    kept = conv._out_shape(x.shape, e)[:3] if e is not None else out[:3]
     return math.prod(kept) * channels * 4 >= FUSE_BYTES
 
 
@@ -100,6 +101,16 @@ def _call(*ops, block: Block):
     f32 = np.float32
     elo, ehi = (-math.inf, math.inf) if e is None else (e.lo, e.hi)
     attrs.update(elo=f32(elo), ehi=f32(ehi), dlo=f32(d.lo), dhi=f32(d.hi))
+    i64 = np.int64
+    if e is None:  # the kernel reads x directly: a 1x1 window of x's size
+        window = {"ekh": 1, "ekw": 1, "esh": 1, "esw": 1, "edh": 1, "edw": 1, "ept": 0, "epl": 0}
+        size = x.shape[1:3]
+    else:
+        window = {
+            "e" + k: v for k, v in conv._window_attrs(e, 0, 0).items() if k not in ("lo", "hi")
+        }
+        size = conv._out_shape(x.shape, e)[1:3]
+    attrs.update({k: i64(v) for k, v in window.items()}, eoh=i64(size[0]), eow=i64(size[1]))
     target = _FUSED_ADD if len(ops) == 8 else _FUSED
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, x.dtype))(*ops, **attrs)
 

@@ -117,6 +117,10 @@ def packed_inverted_residual(
     strides=None,
     expanded_channels=None,
     output_channels=None,
+    expand_kernel_shape=(1, 1),
+    expand_strides=None,
+    expand_pads=None,
+    expand_dilations=None,
     expand_min=-math.inf,
     expand_max=math.inf,
     depthwise_min=-math.inf,
@@ -128,8 +132,10 @@ def packed_inverted_residual(
     ``expanded_channels`` clamped to ``[expand_min, expand_max]``, a depthwise convolution with
     the window attributes clamped to ``[depthwise_min, depthwise_max]``, a 1x1 projection to
     ``output_channels`` (``PackedInvertedResidualAdd`` adds ``residual``) clamped to
-    ``[activation_min, activation_max]``; weights packed as PackedNhwcConv's."""
+    ``[activation_min, activation_max]``; weights packed as PackedNhwcConv's. The expansion
+    may be any dense convolution (``expand_kernel_shape`` etc.: a stem)."""
     weights = (expand_w, expand_b, depthwise_w, depthwise_b, project_w, project_b)
+    expand_window = (expand_kernel_shape, expand_strides, expand_pads, expand_dilations)
     return _fused_block(
         x,
         weights,
@@ -140,6 +146,7 @@ def packed_inverted_residual(
         pads=pads,
         strides=strides,
         expanded_channels=expanded_channels,
+        expand_window=expand_window,
         output_channels=output_channels,
         clamps=(
             expand_min,
@@ -213,6 +220,7 @@ def _fused_block(
     output_channels,
     clamps,
     expanded_channels=None,
+    expand_window=((1, 1), None, None, None),
 ):
     expand = weights[0] is not None
     if not kernel_shape or output_channels is None or (expand and expanded_channels is None):
@@ -222,13 +230,25 @@ def _fused_block(
         )
     e = int(expanded_channels) if expand else x.shape[3]
     expand_min, expand_max, depthwise_min, depthwise_max, activation_min, activation_max = clamps
-    kernel = ints(kernel_shape)
-    strides, pad, dilations = _window(x, kernel, strides, pads, dilations, auto_pad)
     one = dict(kernel=(1, 1), strides=(1, 1), pads=((0, 0), (0, 0)), dilations=(1, 1))
+    expansion, h = None, x  # h: the depthwise convolution's input (its shape)
+    if expand:
+        ekernel = ints(expand_window[0])
+        es, ep, ed = _window(x, ekernel, *expand_window[1:], "NOTSET")
+        expansion = packed.Geometry(
+            kernel=tuple(ekernel),
+            out_channels=e,
+            strides=tuple(es),
+            pads=tuple(tuple(int(p) for p in pair) for pair in ep),
+            dilations=tuple(ed),
+            lo=float(expand_min),
+            hi=float(expand_max),
+        )
+        h = SimpleNamespace(shape=packed._out_shape(x.shape, expansion))
+    kernel = ints(kernel_shape)
+    strides, pad, dilations = _window(h, kernel, strides, pads, dilations, auto_pad)
     block = fused.Block(
-        expand=packed.Geometry(out_channels=e, lo=float(expand_min), hi=float(expand_max), **one)
-        if expand
-        else None,
+        expand=expansion,
         depthwise=packed.Geometry(
             kernel=tuple(kernel),
             out_channels=e,
