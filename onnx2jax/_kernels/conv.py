@@ -153,53 +153,51 @@ def _window_attrs(g, lo, hi) -> dict:
     }
 
 
-@functools.cache
-def _batched(g: Geometry, n_ops: int):
-    """The kernel call for one geometry and operand count (x, packed, b, and maybe the
-    residual), with a vmap rule (custom_vmap takes no static arguments, so there is one
-    function per geometry)."""
+def kernel_op(kernel, xla_form, images: tuple[int, ...]):
+    """An op on one of the kernels: ``kernel(*ops)`` on the CPU, ``xla_form(*ops)`` elsewhere
+    (the same values), differentiated as ``xla_form``, with a vmap rule: a weight (an operand
+    not in ``images``) batched per entry vmaps ``xla_form``; otherwise the vmapped entries
+    become more images (the operands at ``images``, broadcast where only some of them are
+    batched). custom_vmap takes no static arguments: build one per static configuration and
+    cache it (``_conv_op``)."""
 
     @jax.custom_batching.custom_vmap
     def call(*ops):
-        return lax.platform_dependent(
-            *ops, cpu=functools.partial(_call, g=g), default=functools.partial(_xla, g=g)
-        )
+        return lax.platform_dependent(*ops, cpu=kernel, default=xla_form)
 
     @call.def_vmap
     def rule(axis_size, in_batched, *ops):
-        x_b, packed_b, b_b = in_batched[:3]
-        if packed_b or b_b:  # a different weight per vmapped entry: XLA's convolution
+        if any(b for i, b in enumerate(in_batched) if i not in images):
             in_axes = tuple(0 if batched else None for batched in in_batched)
-            return jax.vmap(functools.partial(_xla, g=g), in_axes=in_axes)(*ops), True
-        # One weight for all entries: the entries become more images (the image operands,
-        # x and the residual, broadcast to the vmapped size where only one of them has it).
+            return jax.vmap(xla_form, in_axes=in_axes)(*ops), True
         ops = list(ops)
-        for i in (0, 3)[: n_ops - 2]:
+        for i in (i for i in images if i < len(ops)):
             if not in_batched[i]:
                 ops[i] = jnp.broadcast_to(ops[i], (axis_size, *ops[i].shape))
             ops[i] = ops[i].reshape(-1, *ops[i].shape[2:])
         y = call(*ops)
         return y.reshape(axis_size, -1, *y.shape[1:]), True
 
-    return call
+    @jax.custom_vjp
+    def op(*ops):
+        return call(*ops)
+
+    def bwd(saved, dy):
+        # The gradient of the XLA form: the same function, so the same derivative.
+        return jax.vjp(xla_form, *saved)[1](dy)
+
+    op.defvjp(lambda *ops: (call(*ops), ops), bwd)
+    return op
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.cache
+def _conv_op(g: Geometry):
+    """The convolution kernel op for one geometry: x and the residual are the images."""
+    return kernel_op(functools.partial(_call, g=g), functools.partial(_xla, g=g), (0, 3))
+
+
 def _packed_conv(g, *ops):
-    return _batched(g, len(ops))(*ops)
-
-
-def _fwd(g, *ops):
-    return _packed_conv(g, *ops), ops
-
-
-def _bwd(g, saved, dy):
-    # The gradient of the XLA form: the same function, so the same derivative.
-    _, vjp = jax.vjp(functools.partial(_xla, g=g), *saved)
-    return vjp(dy)
-
-
-_packed_conv.defvjp(_fwd, _bwd)
+    return _conv_op(g)(*ops)
 
 
 # -- max pool -----------------------------------------------------------------------------------
@@ -236,33 +234,9 @@ def _pool_call(x, *, w: PoolWindow):
 
 
 @functools.cache
-def _pool_batched(w: PoolWindow, xla_form):
-    @jax.custom_batching.custom_vmap
-    def call(x):
-        return lax.platform_dependent(
-            x, cpu=functools.partial(_pool_call, w=w), default=lambda x: xla_form(x, w)
-        )
-
-    @call.def_vmap
-    def rule(axis_size, in_batched, x):
-        y = call(x.reshape(-1, *x.shape[2:]))  # the vmapped entries become more images
-        return y.reshape(axis_size, -1, *y.shape[1:]), True
-
-    return call
+def _pool_op(w: PoolWindow, xla_form):
+    return kernel_op(functools.partial(_pool_call, w=w), lambda x: xla_form(x, w), (0,))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _max_pool(w, xla_form, x):
-    return _pool_batched(w, xla_form)(x)
-
-
-def _pool_fwd(w, xla_form, x):
-    return _max_pool(w, xla_form, x), x
-
-
-def _pool_bwd(w, xla_form, x, dy):
-    _, vjp = jax.vjp(lambda x: xla_form(x, w), x)
-    return vjp(dy)
-
-
-_max_pool.defvjp(_pool_fwd, _pool_bwd)
+    return _pool_op(w, xla_form)(x)

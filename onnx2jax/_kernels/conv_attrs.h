@@ -10,8 +10,9 @@ namespace onnx2jax {
 // kh, kw: kernel size; sh, sw: strides; dh, dw: dilations; pt, pl: top and left padding (the
 // bottom and right follow from the output's shape); lo, hi: the epilogue's clamp.
 template <typename Binding>
-auto WithConvAttrs(Binding binding) {
-  // Binding::Attr is &&-qualified: each call consumes the binding it extends.
+auto WithConvAttrs(Binding&& binding) {
+  // Binding::Attr is &&-qualified: each call consumes the binding it extends (taken by
+  // reference: Binding's move constructor is private, so a caller can pass its own on).
   return std::move(binding).template Attr<int64_t>("kh")
       .template Attr<int64_t>("kw")
       .template Attr<int64_t>("sh")

@@ -113,6 +113,16 @@ __attribute__((target("avx2,fma"))) void TileAvx2(const float* const* rows, cons
   }
 }
 
+// The AVX-512 tiles' epilogue for one accumulator: the bias, the residual ``s`` (or nullptr),
+// the clamp, a masked store of the panel's columns.
+__attribute__((target("avx512f"), always_inline)) inline void Store512(
+    __m512 acc, __m512 b, const float* s, __mmask16 mask, __m512 lo, __m512 hi, float* y) {
+  __m512 v = _mm512_add_ps(acc, b);
+  if (s != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, s));
+  v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));  // v second: NaN stays NaN
+  _mm512_mask_storeu_ps(y, mask, v);
+}
+
 // AVX-512: the same tile against two panels at once, 6 x 32 channels in 12 accumulators, so
 // each broadcast input value feeds two FMAs as on AVX2 but each FMA is twice as wide. ``np``
 // panels (1 or 2) starting at w; ``ncols`` of their 16 * np columns are stored (masked).
@@ -163,13 +173,9 @@ __attribute__((target("avx512f"))) void TileAvx512(const float* const* rows, con
     const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
     const __m512 b = _mm512_loadu_ps(bias + j * kPanel);  // bias is padded to whole panels
 #pragma GCC unroll 12
-    for (int r = 0; r < R; ++r) {
-      __m512 v = _mm512_add_ps(acc[r][j], b);
-      if (sum != nullptr)
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, sum + r * g.O + j * kPanel));
-      v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));  // v second: NaN stays NaN
-      _mm512_mask_storeu_ps(y + r * g.O + j * kPanel, mask, v);
-    }
+    for (int r = 0; r < R; ++r)
+      Store512(acc[r][j], b, sum == nullptr ? nullptr : sum + r * g.O + j * kPanel, mask, lo, hi,
+               y + r * g.O + j * kPanel);
   }
 }
 
@@ -215,13 +221,9 @@ __attribute__((target("avx512f"))) void TileAvx512Wide(const float* const* rows,
     const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
     const __m512 b = _mm512_loadu_ps(bias + j * kPanel);  // bias is padded to whole panels
 #pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      __m512 v = _mm512_add_ps(acc[r][j], b);
-      if (sum != nullptr)
-        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, sum + r * g.O + j * kPanel));
-      v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));  // v second: NaN stays NaN
-      _mm512_mask_storeu_ps(y + r * g.O + j * kPanel, mask, v);
-    }
+    for (int r = 0; r < R; ++r)
+      Store512(acc[r][j], b, sum == nullptr ? nullptr : sum + r * g.O + j * kPanel, mask, lo, hi,
+               y + r * g.O + j * kPanel);
   }
 }
 
@@ -254,55 +256,103 @@ constexpr TileWideFn kTilesWide[kTileAvx512Wide + 1] = {
     TileAvx512Wide<4>, TileAvx512Wide<5>, TileAvx512Wide<6>};
 #endif
 
-// y[m, 0..O) = clamp(a[m] . W + bias (+ g.sum at y's offset from g.y0), lo, hi) for ``m``
-// pixels of ``a`` that start ``lda`` floats apart and K = g.K values each (a 1x1 convolution
-// over a run of pixels; g.S == 1, g.L == g.K), y ``g.O`` floats apart; W panels [P, K, 16],
-// bias padded to whole panels. g.T must be the tile of this CPU (``TileFor``).
-inline void Gemm(const Geometry& g, const float* a, int64_t lda, int64_t m, const float* w,
-                 const float* bias, float* y) {
-  const float* rows[kTileAvx512];
+// One tile of ``count`` pixels (``rows``) against panels [p0, p1) of ``w``, ``unit`` panels at
+// a time (1: AVX2 or portable; 2: AVX-512; 4: its 6 x 64 tile, whose tile holds 6 pixels, a
+// unit's last 1-3 panels then two at a time); ``bias`` and ``y`` (the tile's first pixel) are
+// at panel 0.
+inline void Panels(const float* const* rows, int count, const Geometry& g, const float* w,
+                   const float* bias, float* y, int64_t p0, int64_t p1, int64_t unit) {
+  for (int64_t p = p0; p < p1; p += unit) {
+    const int np = static_cast<int>(std::min(unit, p1 - p));
+    const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
+    const float* wp = w + p * g.K * kPanel;
+    const float* bp = bias + p * kPanel;
+    float* yp = y + p * kPanel;
 #if defined(__x86_64__)
-  const bool wide = HasAvx512() && g.P >= 4;  // as packed_conv.cc chooses (NOTES entry 30)
-  const int64_t T = wide ? kTileAvx512Wide : g.T;  // (with one run per pixel T only counts)
-#else
-  const int64_t T = g.T;
-#endif
-  for (int64_t t = 0; t < m; t += T) {
-    const int count = static_cast<int>(std::min<int64_t>(T, m - t));
-    for (int r = 0; r < T; ++r) rows[r] = a + std::min<int64_t>(t + r, m - 1) * lda;
-#if defined(__x86_64__)
-    if (HasAvx512()) {
-      int64_t p = 0;
-      for (; wide && p + 4 <= g.P; p += 4)
-        kTilesWide[count](rows, w + p * g.K * kPanel, bias + p * kPanel,
-                          y + t * g.O + p * kPanel, g, std::min(4 * kPanel, g.O - p * kPanel));
-      for (; p < g.P; p += 2) {
-        const int np = static_cast<int>(std::min<int64_t>(2, g.P - p));
-        const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
-        kTiles512[count](rows, w + p * g.K * kPanel, np, bias + p * kPanel,
-                         y + t * g.O + p * kPanel, g, ncols);
+    if (unit == 4 && np == 4) {
+      kTilesWide[count](rows, wp, bp, yp, g, ncols);
+      continue;
+    }
+    if (unit >= 2) {
+      for (int j = 0; j < np; j += 2) {
+        const int64_t cols = std::min(kPanel * std::min(2, np - j), ncols - j * kPanel);
+        kTiles512[count](rows, wp + j * g.K * kPanel, std::min(2, np - j), bp + j * kPanel,
+                         yp + j * kPanel, g, cols);
       }
       continue;
     }
 #endif
-    for (int64_t p = 0; p < g.P; ++p) {
-      const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
-      kTiles[count](rows, w + p * g.K * kPanel, bias + p * kPanel, y + t * g.O + p * kPanel, g,
-                    ncols);
-    }
+    kTiles[count](rows, wp, bp, yp, g, ncols);
+  }
+}
+
+// The panels a tile takes at a time on this CPU (``Panels``' unit), with the 6 x 64 tile when
+// ``wide`` allows it and the convolution has 4+ panels (NOTES entry 30).
+inline int64_t PanelUnit(const Geometry& g, bool wide) {
+  return HasAvx512() ? (wide && g.P >= 4 ? 4 : 2) : 1;
+}
+
+// Output pixels per tile for a panel unit.
+inline int64_t TileFor(int64_t unit) {
+  return unit == 4 ? kTileAvx512Wide : unit == 2 ? kTileAvx512 : kTileAvx2;
+}
+
+// y[m, 0..O) = clamp(a[m] . W + bias (+ g.sum at y's offset from g.y0), lo, hi) for ``m``
+// pixels of ``a`` that start ``lda`` floats apart and K = g.K values each (a 1x1 convolution
+// over a run of pixels; g.S == 1, g.L == g.K), y ``g.O`` floats apart; W panels [P, K, 16],
+// bias padded to whole panels.
+inline void Gemm(const Geometry& g, const float* a, int64_t lda, int64_t m, const float* w,
+                 const float* bias, float* y) {
+  const float* rows[kTileAvx512];
+  const int64_t unit = PanelUnit(g, true), T = TileFor(unit);  // (one run per pixel: g.T unread)
+  for (int64_t t = 0; t < m; t += T) {
+    const int count = static_cast<int>(std::min<int64_t>(T, m - t));
+    for (int r = 0; r < T; ++r) rows[r] = a + std::min<int64_t>(t + r, m - 1) * lda;
+    Panels(rows, count, g, w, bias, y + t * g.O, 0, g.P, unit);
+  }
+}
+
+// The input run s of output pixel (n, oh, ow) of the convolution g of x: its start, ``zero``
+// (g.L zeros) when its kernel row lies in the top or bottom padding, nullptr when it crosses
+// the left or right padding (``FillRun`` then copies it).
+inline const float* RunAt(const Geometry& g, const float* x, const float* zero, int64_t n,
+                          int64_t oh, int64_t ow, int64_t s) {
+  const int64_t i = g.S == g.KH ? s : s / g.KW;  // kernel row
+  const int64_t j = g.S == g.KH ? 0 : s % g.KW;  // first kernel column of the run
+  const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+  if (ih < 0 || ih >= g.H) return zero;
+  const int64_t iw = ow * g.SW - g.PL + j * g.DW;
+  const int64_t taps = g.L / g.C;  // kernel columns in the run: KW, or 1
+  if (iw < 0 || iw + (taps - 1) * g.DW >= g.W) return nullptr;
+  return x + ((n * g.H + ih) * g.W + iw) * g.C;
+}
+
+// Run s of output pixel (n, oh, ow) copied into ``out`` (g.L values), zeros where it reads
+// padding.
+inline void FillRun(const Geometry& g, const float* x, int64_t n, int64_t oh, int64_t ow,
+                    int64_t s, float* out) {
+  const int64_t i = g.S == g.KH ? s : s / g.KW;
+  const int64_t j0 = g.S == g.KH ? 0 : s % g.KW;
+  const int64_t ih = oh * g.SH - g.PT + i * g.DH;
+  for (int64_t j = 0; j < g.L / g.C; ++j) {
+    const int64_t iw = ow * g.SW - g.PL + (j0 + j) * g.DW;
+    float* dst = out + j * g.C;
+    if (iw < 0 || iw >= g.W)
+      std::memset(dst, 0, g.C * sizeof(float));
+    else
+      std::memcpy(dst, x + ((n * g.H + ih) * g.W + iw) * g.C, g.C * sizeof(float));
   }
 }
 
 // Output rows [r0, r1) of image n of a dense convolution with any window (g: the whole
-// convolution, g.S runs of g.L values per output pixel as packed_conv.cc reads them) into
+// convolution, g.S runs of g.L values per output pixel, g.T the 2-panel tile's pixels) into
 // ``out`` [(r1 - r0) * OW, O]: packed_conv.cc's indirect GEMM for one band of rows (the fused
-// block's first stage when that is not a 1x1 convolution: a stem). A run crossing the left or
-// right padding is copied, zero-filled, into ``scratch``; one in the top or bottom padding
-// reads ``zero`` (g.L zeros). Two-panel tiles only (a stem has few output channels).
+// block's first stage when that is not a 1x1 convolution: a stem), edge runs copied into
+// ``scratch``.
 inline void ConvRows(const Geometry& g, const float* x, int64_t n, int64_t r0, int64_t r1,
                      const float* w, const float* bias, float* out, const float* zero,
                      std::vector<const float*>& ptrs, std::vector<float>& scratch) {
-  const int64_t m = (r1 - r0) * g.OW, taps = g.L / g.C;
+  const int64_t m = (r1 - r0) * g.OW;
   ptrs.resize(g.S * g.T);
   scratch.resize(g.S * g.T * g.L);
   for (int64_t t = 0; t < m; t += g.T) {
@@ -311,49 +361,18 @@ inline void ConvRows(const Geometry& g, const float* x, int64_t n, int64_t r0, i
       const int64_t q = std::min<int64_t>(t + r, m - 1);  // a short tile repeats its last pixel
       const int64_t oh = r0 + q / g.OW, ow = q % g.OW;
       for (int64_t s = 0; s < g.S; ++s) {
-        const int64_t i = g.S == g.KH ? s : s / g.KW;  // kernel row
-        const int64_t j0 = g.S == g.KH ? 0 : s % g.KW;  // first kernel column of the run
-        const int64_t ih = oh * g.SH - g.PT + i * g.DH;
-        const int64_t iw0 = ow * g.SW - g.PL + j0 * g.DW;
         const float*& run = ptrs[s * g.T + r];
-        if (ih < 0 || ih >= g.H) {
-          run = zero;
-        } else if (iw0 >= 0 && iw0 + (taps - 1) * g.DW < g.W) {
-          run = x + ((n * g.H + ih) * g.W + iw0) * g.C;
-        } else {
+        run = RunAt(g, x, zero, n, oh, ow, s);
+        if (run == nullptr) {
           float* dst = scratch.data() + (s * g.T + r) * g.L;
-          for (int64_t j = 0; j < taps; ++j) {
-            const int64_t iw = iw0 + j * g.DW;
-            if (iw < 0 || iw >= g.W)
-              std::memset(dst + j * g.C, 0, g.C * sizeof(float));
-            else
-              std::memcpy(dst + j * g.C, x + ((n * g.H + ih) * g.W + iw) * g.C,
-                          g.C * sizeof(float));
-          }
+          FillRun(g, x, n, oh, ow, s, dst);
           run = dst;
         }
       }
     }
-#if defined(__x86_64__)
-    if (HasAvx512()) {
-      for (int64_t p = 0; p < g.P; p += 2) {
-        const int np = static_cast<int>(std::min<int64_t>(2, g.P - p));
-        const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
-        kTiles512[count](ptrs.data(), w + p * g.K * kPanel, np, bias + p * kPanel,
-                         out + t * g.O + p * kPanel, g, ncols);
-      }
-      continue;
-    }
-#endif
-    for (int64_t p = 0; p < g.P; ++p) {
-      const int64_t ncols = std::min(kPanel, g.O - p * kPanel);
-      kTiles[count](ptrs.data(), w + p * g.K * kPanel, bias + p * kPanel,
-                    out + t * g.O + p * kPanel, g, ncols);
-    }
+    Panels(ptrs.data(), count, g, w, bias, out + t * g.O, 0, g.P, PanelUnit(g, false));
   }
 }
 
-// Output pixels per tile on this CPU.
-inline int64_t TileFor() { return HasAvx512() ? kTileAvx512 : kTileAvx2; }
 
 }  // namespace onnx2jax::dense

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "conv_attrs.h"
 #include "cpu_features.h"
 #include "dense_tile.h"
 #include "depthwise_rows.h"
@@ -199,7 +200,8 @@ ffi::Error Block(ffi::ThreadPool& pool, ffi::AnyBuffer x, ffi::AnyBuffer we, ffi
   if (N * OH * OW == 0) return ffi::Error::Success();
   Work work_;
   Work* work = &work_;
-  const int64_t T = dense::TileFor();
+  // ConvRows' tile (2-panel on AVX-512); Gemm picks its own
+  const int64_t T = dense::TileFor(onnx2jax::HasAvx512() ? 2 : 1);
   work->ge = dense::Geometry{};
   auto& ge = work->ge;
   ge.N = N, ge.H = H0, ge.W = W0, ge.C = C, ge.OH = H, ge.OW = W, ge.O = E;
@@ -258,17 +260,8 @@ ffi::Error InvertedResidualAdd(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
 // expansion's and the depthwise convolution's clamps, then the expansion's window and output
 // size (a 1x1 unpadded window of the input's size for a pointwise expansion).
 template <typename Binding>
-auto WithBlockAttrs(Binding binding) {
-  return std::move(binding).template Attr<int64_t>("kh")
-      .template Attr<int64_t>("kw")
-      .template Attr<int64_t>("sh")
-      .template Attr<int64_t>("sw")
-      .template Attr<int64_t>("dh")
-      .template Attr<int64_t>("dw")
-      .template Attr<int64_t>("pt")
-      .template Attr<int64_t>("pl")
-      .template Attr<float>("lo")
-      .template Attr<float>("hi")
+auto WithBlockAttrs(Binding&& binding) {
+  return onnx2jax::WithConvAttrs(std::move(binding))
       .template Attr<float>("elo")
       .template Attr<float>("ehi")
       .template Attr<float>("dlo")

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from . import CONV_PANEL, conv
 
@@ -116,46 +115,11 @@ def _call(*ops, block: Block):
 
 
 @functools.cache
-def _batched(block: Block, n_ops: int):
-    """The kernel call for one block and operand count, with a vmap rule (as conv._batched)."""
-
-    @jax.custom_batching.custom_vmap
-    def call(*ops):
-        return lax.platform_dependent(
-            *ops,
-            cpu=functools.partial(_call, block=block),
-            default=functools.partial(_three, block=block),
-        )
-
-    @call.def_vmap
-    def rule(axis_size, in_batched, *ops):
-        if any(in_batched[1:7]):  # a different weight per vmapped entry: the three calls
-            in_axes = tuple(0 if batched else None for batched in in_batched)
-            return jax.vmap(functools.partial(_three, block=block), in_axes=in_axes)(*ops), True
-        ops = list(ops)
-        for i in (0, 7)[: n_ops - 6]:  # x and the residual: the entries become more images
-            if not in_batched[i]:
-                ops[i] = jnp.broadcast_to(ops[i], (axis_size, *ops[i].shape))
-            ops[i] = ops[i].reshape(-1, *ops[i].shape[2:])
-        y = call(*ops)
-        return y.reshape(axis_size, -1, *y.shape[1:]), True
-
-    return call
+def _block_op(block: Block):
+    """The fused kernel op for one block: x and the residual are the images."""
+    three = functools.partial(_three, block=block)
+    return conv.kernel_op(functools.partial(_call, block=block), three, (0, 7))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(block, *ops):
-    return _batched(block, len(ops))(*ops)
-
-
-def _fwd(block, *ops):
-    return _fused(block, *ops), ops
-
-
-def _bwd(block, saved, dy):
-    # The three calls' gradient: the same function, so the same derivative.
-    _, vjp = jax.vjp(functools.partial(_three, block=block), *saved)
-    return vjp(dy)
-
-
-_fused.defvjp(_fwd, _bwd)
+    return _block_op(block)(*ops)

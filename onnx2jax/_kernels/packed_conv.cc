@@ -60,8 +60,8 @@ struct Work {
     // Panels go to the tile kernel ``unit`` at a time (2 or 4 on AVX-512): blocks hold whole
     // units.
     // On AVX-512 convolutions with 64 channels or more take the 6 x 64 tile (entry 30).
-    unit = onnx2jax::HasAvx512() ? (g.P >= 4 ? 4 : 2) : 1;
-    g.T = unit == 4 ? kTileAvx512Wide : unit == 2 ? kTileAvx512 : kTileAvx2;
+    unit = PanelUnit(g, true);
+    g.T = TileFor(unit);
     const int64_t units = (g.P + unit - 1) / unit;
     tiles = (pixels + g.T - 1) / g.T;
     mblocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
@@ -81,34 +81,10 @@ struct Work {
     total = mblocks * pblocks;
   }
 
-  // The input run s of output pixel (n, oh, ow): its start, or nullptr when it crosses the
-  // left or right padding (then ``Fill`` writes it).
-  const float* Run(int64_t n, int64_t oh, int64_t ow, int64_t s) const {
-    const int64_t i = g.S == g.KH ? s : s / g.KW;  // kernel row
-    const int64_t j = g.S == g.KH ? 0 : s % g.KW;  // first kernel column of the run
-    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
-    if (ih < 0 || ih >= g.H) return zero.data();
-    const int64_t iw = ow * g.SW - g.PL + j * g.DW;
-    const int64_t taps = g.L / g.C;  // kernel columns in the run: KW, or 1
-    if (iw < 0 || iw + (taps - 1) * g.DW >= g.W) return nullptr;
-    return x + ((n * g.H + ih) * g.W + iw) * g.C;
-  }
-
-  // Run s of pixel m copied into ``out`` (L values), zeros where it reads padding.
+  // Run s of output pixel m copied into ``out`` (L values), zeros where it reads padding.
   void Fill(int64_t m, int64_t s, float* out) const {
     const int64_t n = m / (g.OH * g.OW), rem = m % (g.OH * g.OW);
-    const int64_t oh = rem / g.OW, ow = rem % g.OW;
-    const int64_t i = g.S == g.KH ? s : s / g.KW;
-    const int64_t j0 = g.S == g.KH ? 0 : s % g.KW;
-    const int64_t ih = oh * g.SH - g.PT + i * g.DH;
-    for (int64_t j = 0; j < g.L / g.C; ++j) {
-      const int64_t iw = ow * g.SW - g.PL + (j0 + j) * g.DW;
-      float* dst = out + j * g.C;
-      if (iw < 0 || iw >= g.W)
-        std::memset(dst, 0, g.C * sizeof(float));
-      else
-        std::memcpy(dst, x + ((n * g.H + ih) * g.W + iw) * g.C, g.C * sizeof(float));
-    }
+    FillRun(g, x, n, rem / g.OW, rem % g.OW, s, out);
   }
 
   void Block(int64_t q, std::vector<const float*>& rows, std::vector<float>& scratch) const {
@@ -136,13 +112,13 @@ struct Work {
         const int64_t ih0 = oh * g.SH - g.PT, iw0 = ow * g.SW - g.PL;
         if (g.S == g.KH && ih0 >= 0 && ih0 + (g.KH - 1) * g.DH < g.H && iw0 >= 0 &&
             iw0 + (g.KW - 1) * g.DW < g.W) {
-          // A window inside the input: its runs are one row step apart. (Run's checks for
+          // A window inside the input: its runs are one row step apart. (RunAt's checks for
           // each of them cost the 7x7 stem, K = 147 per pixel, ~20% of its time: NOTES 27.)
           const float* run = x + ((n * g.H + ih0) * g.W + iw0) * g.C;
           for (int64_t s = 0; s < g.S; ++s, run += row_step) tile[s * g.T + r] = run;
         } else {
           for (int64_t s = 0; s < g.S; ++s) {
-            const float* run = Run(n, oh, ow, s);
+            const float* run = RunAt(g, x, zero.data(), n, oh, ow, s);
             tile[s * g.T + r] = run;
             edges += run == nullptr;
           }
@@ -169,30 +145,12 @@ struct Work {
         }
       }
     }
-    for (int64_t p = p0; p < p1; p += unit) {
-      const int np = static_cast<int>(std::min(unit, p1 - p));
-      const int64_t ncols = std::min(kPanel * np, g.O - p * kPanel);
-      const float* wp = w + p * g.K * kPanel;
+    for (int64_t p = p0; p < p1; p += unit) {  // panels outer: a unit's weights stay hot
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t m = t * g.T;
         const int count = static_cast<int>(std::min<int64_t>(g.T, pixels - m));
-        const float* const* tile_rows = &rows[(t - t0) * per_tile];
-        float* yt = y + m * g.O + p * kPanel;
-#if defined(__x86_64__)
-        if (unit == 4 && np == 4) {
-          kTilesWide[count](tile_rows, wp, bias.data() + p * kPanel, yt, g, ncols);
-          continue;
-        }
-        if (unit >= 2) {  // (a wide unit's last 1-3 panels: two at a time)
-          for (int j = 0; j < np; j += 2) {
-            const int64_t cols = std::min(kPanel * std::min(2, np - j), ncols - j * kPanel);
-            kTiles512[count](tile_rows, wp + j * g.K * kPanel, std::min(2, np - j),
-                             bias.data() + (p + j) * kPanel, yt + j * kPanel, g, cols);
-          }
-          continue;
-        }
-#endif
-        kTiles[count](tile_rows, wp, bias.data() + p * kPanel, yt, g, ncols);
+        Panels(&rows[(t - t0) * per_tile], count, g, w, bias.data(), y + m * g.O, p,
+               std::min(p + unit, p1), unit);
       }
     }
   }
